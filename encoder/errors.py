@@ -1,0 +1,5 @@
+"""Errors the encoder raises for user mistakes: caught by the CLI and shown as one clear line."""
+
+
+class ModelLoadError(ValueError):
+    """A checkpoint cannot be loaded: missing file, wrong architecture, bad shapes, unreachable hub."""

@@ -1,0 +1,84 @@
+"""Tokenization with the `tokenizers` library, straight to the packed form the encoder runs on."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer as HFTokenizer
+
+from .packing import pack
+
+
+class Tokenizer:
+    """Wraps ``tokenizer.json``: [CLS] text [SEP] per text, truncation at ``max_length`` keeping [SEP]."""
+
+    def __init__(self, tokenizer: HFTokenizer, model_max_length: int = 8192, source_folder: Path | None = None):
+        self.backend = tokenizer
+        self.source_folder = source_folder  # its tokenizer_config.json etc. are copied when the model is saved
+        self.backend.no_padding()
+        self.backend.no_truncation()
+        self.model_max_length = model_max_length
+        self.cls_token_id = self._special_id("[CLS]")
+        self.sep_token_id = self._special_id("[SEP]")
+        self.mask_token_id = self._special_id("[MASK]")
+        self.pad_token_id = self._special_id("[PAD]")
+        self.mask_token = "[MASK]"
+
+    def _special_id(self, token: str) -> int | None:
+        return self.backend.token_to_id(token)
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, model_max_length: int | None = None) -> "Tokenizer":
+        folder = Path(folder)
+        config_path = folder / "tokenizer_config.json"
+        if model_max_length is None and config_path.exists():
+            model_max_length = json.loads(config_path.read_text()).get("model_max_length")
+        if not isinstance(model_max_length, int) or model_max_length > 1_000_000:
+            model_max_length = 8192
+        if not (folder / "tokenizer.json").exists():
+            raise FileNotFoundError(f"{folder} has no tokenizer.json")
+        return cls(HFTokenizer.from_file(str(folder / "tokenizer.json")), model_max_length, folder)
+
+    def __len__(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, texts: Sequence[str], max_length: int | None = None,
+               add_special_tokens: bool = True) -> list[list[int]]:
+        """Token ids per text. ``max_length`` (default: the model's) counts [CLS] and [SEP]."""
+        check_texts(texts)
+        limit = min(max_length or self.model_max_length, self.model_max_length)
+        if limit < 3:
+            raise ValueError(f"max_length must be at least 3 ([CLS] + a token + [SEP]), got {limit}")
+        if add_special_tokens:
+            self.backend.enable_truncation(limit)
+        else:
+            self.backend.no_truncation()
+        try:
+            encodings = self.backend.encode_batch(list(texts), add_special_tokens=add_special_tokens)
+        finally:
+            self.backend.no_truncation()
+        ids = [e.ids for e in encodings]
+        return ids if add_special_tokens else [row[:limit] for row in ids]
+
+    def pack(self, texts: Sequence[str], max_length: int | None = None,
+             device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """Texts -> (input_ids (total,), cu_seqlens (n+1,)): the encoder's input, no padding."""
+        return pack(self.encode(texts, max_length), device)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.backend.decode(list(ids), skip_special_tokens=False)
+
+    def save(self, folder: str | Path) -> None:
+        self.backend.save(str(Path(folder) / "tokenizer.json"))
+
+
+def check_texts(texts: Sequence[str]) -> None:
+    """Clear errors for the usual mistakes: one string instead of a list, None or non-str entries."""
+    if isinstance(texts, str):
+        raise TypeError("expected a list of texts, got a single string; wrap it in a list")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"text {i} is {type(text).__name__}, not str")

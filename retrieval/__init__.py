@@ -1,0 +1,1 @@
+"""retrieval: see README.md (filled by a later issue)."""
