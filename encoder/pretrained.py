@@ -54,7 +54,8 @@ class Encoder(nn.Module):
         weights = checkpoint.read_weights(folder)
         tokenizer = Tokenizer.from_folder(folder) if (folder / "tokenizer.json").exists() else None
         encoder = cls.from_state_dict(config, weights, tokenizer)
-        encoder.attention_backend = resolve_backend(attention_backend, device, dtype)
+        resolve_backend(attention_backend, device, dtype)  # an impossible choice fails now, not at the first call
+        encoder.attention_backend = attention_backend  # resolved per call: the model may move between devices
         return encoder.to(device=device, dtype=dtype).eval()
 
     @classmethod

@@ -109,3 +109,14 @@ def test_real_shapes_match_transformers(shape, lengths):
     with torch.inference_mode():
         states = split(ours(input_ids, cu_seqlens), cu_seqlens)
     assert max_diff(states, reference_states(hf, token_ids, one_by_one=True)) <= TOL
+
+
+def test_base_shape_at_8192_tokens():
+    """ModernBERT-base at its full context on CPU: fits in memory and equals the reference."""
+    hf = hf_model("base", mlm=False, seed=6)
+    ours = ours_from(hf)
+    token_ids = random_ids([8192], seed=6)
+    input_ids, cu_seqlens = pack(token_ids)
+    with torch.inference_mode():
+        states = [ours(input_ids, cu_seqlens)]
+    assert max_diff(states, reference_states(hf, token_ids, one_by_one=True)) <= TOL
