@@ -30,13 +30,14 @@ DENSE_BAND_MAX = 320  # up to this length a local layer is one SDPA call under a
 
 @dataclass
 class LengthGroup:
-    """Sequences of one length: their token positions in the packed batch, and local-attention masks."""
+    """Sequences of one length (and one key length): where they are in the packed batch, and their masks."""
 
     length: int
     start: int | None  # set when the sequences lie back to back from ``start``: a view, not a gather
     index: torch.Tensor | None  # (n, length) packed positions otherwise
     count: int
     local_mask: torch.Tensor | None  # None: the window covers the whole sequence (no mask needed)
+    global_mask: torch.Tensor | None = None  # only with query-only tokens: (L, L), keys past key_length hidden
 
 
 @dataclass
@@ -49,28 +50,48 @@ class AttentionPlan:
     groups: list[LengthGroup] | None = None  # only for the sdpa backend
 
     @classmethod
-    def build(cls, cu_seqlens: torch.Tensor, window_radius: int, grouped: bool) -> "AttentionPlan":
+    def build(cls, cu_seqlens: torch.Tensor, window_radius: int, grouped: bool,
+              key_lengths: list[int] | None = None) -> "AttentionPlan":
+        """``key_lengths[i]``: only the first key_lengths[i] tokens of sequence i are attended to; the rest are
+        query-only (ColBERT's query expansion [MASK]s, which read the text but are not read). Needs grouping."""
         cu = cu_seqlens.tolist()
         lengths = [b - a for a, b in zip(cu[:-1], cu[1:])]
         plan = cls(cu_seqlens.to(torch.int32), max(lengths), window_radius)
+        if key_lengths is not None and not grouped:
+            raise ValueError("query-only tokens (key_lengths) need the sdpa attention backend")
         if grouped:
-            plan.groups = _group_by_length(cu, lengths, window_radius, cu_seqlens.device)
+            plan.groups = _group_by_length(cu, lengths, key_lengths or lengths, window_radius, cu_seqlens.device)
         return plan
 
 
-def _group_by_length(cu: list[int], lengths: list[int], radius: int, device: torch.device) -> list[LengthGroup]:
-    starts_by_length: dict[int, list[int]] = {}
-    for start, length in zip(cu[:-1], lengths):
-        starts_by_length.setdefault(length, []).append(start)
+def _group_by_length(cu: list[int], lengths: list[int], key_lengths: list[int], radius: int,
+                     device: torch.device) -> list[LengthGroup]:
+    starts_by_shape: dict[tuple[int, int], list[int]] = {}
+    for start, length, keys in zip(cu[:-1], lengths, key_lengths):
+        if not 0 < keys <= length:
+            raise ValueError(f"key length {keys} outside 1..{length}")
+        starts_by_shape.setdefault((length, keys), []).append(start)
     groups = []
-    for length, starts in starts_by_length.items():
+    for (length, keys), starts in starts_by_shape.items():
         back_to_back = all(b - a == length for a, b in zip(starts[:-1], starts[1:]))
         index = None
         if not back_to_back:
             index = torch.tensor(starts, device=device)[:, None] + torch.arange(length, device=device)
-        groups.append(LengthGroup(length, starts[0] if back_to_back else None, index, len(starts),
-                                  _local_mask(length, radius, device)))
+        group = LengthGroup(length, starts[0] if back_to_back else None, index, len(starts),
+                            _local_mask(length, radius, device))
+        if keys < length:
+            group.global_mask, group.local_mask = _key_limited_masks(length, keys, radius, device)
+        groups.append(group)
     return groups
+
+
+def _key_limited_masks(length: int, keys: int, radius: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense (L, L) masks when only the first ``keys`` tokens may be attended to (short sequences: queries)."""
+    pos = torch.arange(length, device=device)
+    real_key = (pos < keys).expand(length, length)
+    band = (pos[:, None] - pos[None, :]).abs() <= radius
+    # a row with no real key in its window gets a zero attention output from SDPA, exactly as in transformers
+    return real_key, real_key & band
 
 
 def _local_mask(length: int, radius: int, device: torch.device) -> torch.Tensor | None:
@@ -107,7 +128,7 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Atte
             qg, kg, vg = (t[span].view(n, length, *t.shape[1:]).transpose(1, 2) for t in (q, k, v))
         else:
             qg, kg, vg = (t[group.index].transpose(1, 2) for t in (q, k, v))
-        mask = group.local_mask if local else None
+        mask = group.local_mask if local else group.global_mask
         if mask is None or mask.dim() == 2:
             og = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=mask, scale=scale)
         else:

@@ -24,8 +24,10 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 BODY_PREFIXES = ("embeddings.", "layers.", "final_norm.")
 
 
-def resolve(name_or_path: str | Path, revision: str | None = None) -> Path:
-    """A local folder as is; otherwise a hub id, downloaded (or taken from the cache) by huggingface_hub."""
+def resolve(name_or_path: str | Path, revision: str | None = None, extra_files: list[str] | None = None) -> Path:
+    """A local folder as is; otherwise a hub id, downloaded (or taken from the cache) by huggingface_hub.
+
+    ``extra_files``: more glob patterns to fetch (a sentence-transformers model's module folders, say)."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
@@ -37,7 +39,7 @@ def resolve(name_or_path: str | Path, revision: str | None = None) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(text, revision=revision, allow_patterns=HUB_FILES))
+        return Path(snapshot_download(text, revision=revision, allow_patterns=HUB_FILES + (extra_files or [])))
     except Exception as error:  # connection, offline mode, unknown repo, gated repo: all the same advice
         raise ModelLoadError(
             f"could not get {text!r} from the Hugging Face hub ({type(error).__name__}: {str(error).splitlines()[0]}). "

@@ -134,9 +134,14 @@ class ModernBert(nn.Module):
             self.rotary = nn.ModuleDict({t: Rotary(self.config.head_dim, self.config.rope_theta(t))
                                          for t in (GLOBAL, LOCAL)})
 
-    def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, backend: str = "sdpa") -> torch.Tensor:
-        """input_ids (total_tokens,), cu_seqlens (n + 1,) -> hidden states (total_tokens, hidden)."""
-        plan = AttentionPlan.build(cu_seqlens, self.config.window_radius, grouped=backend == "sdpa")
+    def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, backend: str = "sdpa",
+                key_lengths: list[int] | None = None) -> torch.Tensor:
+        """input_ids (total_tokens,), cu_seqlens (n + 1,) -> hidden states (total_tokens, hidden).
+
+        ``key_lengths`` (sdpa only): per sequence, how many leading tokens may be attended to; the others only read.
+        """
+        plan = AttentionPlan.build(cu_seqlens, self.config.window_radius, grouped=backend == "sdpa",
+                                   key_lengths=key_lengths)
         positions = position_ids(cu_seqlens)
         x = self.embeddings(input_ids)
         rope = {t: rotary(positions, x.dtype) for t, rotary in self.rotary.items()}

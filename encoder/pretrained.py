@@ -81,10 +81,15 @@ class Encoder(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.model.embeddings.tok_embeddings.weight.dtype
 
-    def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
-        """Packed ids (total,) + cu_seqlens (n+1,) -> packed hidden states (total, hidden)."""
-        backend = resolve_backend(self.attention_backend, self.device, self.dtype)
-        return self.model(input_ids.to(self.device), cu_seqlens.to(self.device), backend)
+    def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor,
+                key_lengths: list[int] | None = None) -> torch.Tensor:
+        """Packed ids (total,) + cu_seqlens (n+1,) -> packed hidden states (total, hidden).
+
+        ``key_lengths``: per sequence, the number of leading tokens that are attended to; tokens after them read
+        the sequence but are not read (what an attention mask of 0 on trailing tokens does in transformers).
+        """
+        backend = "sdpa" if key_lengths is not None else resolve_backend(self.attention_backend, self.device, self.dtype)
+        return self.model(input_ids.to(self.device), cu_seqlens.to(self.device), backend, key_lengths)
 
     def forward_padded(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Convenience (batch, length) call: unpads, runs packed, and returns (batch, length, hidden), zeros at padding."""

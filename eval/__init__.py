@@ -1,1 +1,1 @@
-"""eval: see README.md (filled by a later issue)."""
+"""Evaluation harnesses (BEIR layout loader, trec_eval metrics); the full runner comes with its issue."""

@@ -120,3 +120,19 @@ def test_base_shape_at_8192_tokens():
     with torch.inference_mode():
         states = [ours(input_ids, cu_seqlens)]
     assert max_diff(states, reference_states(hf, token_ids, one_by_one=True)) <= TOL
+
+
+def test_query_only_tokens_match_transformers_attention_mask(tiny):
+    """Trailing tokens with attention mask 0 (ColBERT query expansion): they read the text, nobody reads them."""
+    hf, ours = tiny
+    token_ids = random_ids([32, 32, 200, 400], seed=9)
+    key_lengths = [9, 32, 120, 300]
+    ids = torch.tensor([row + [50283] * (400 - len(row)) for row in token_ids])
+    mask = torch.zeros_like(ids)
+    for i, keys in enumerate(key_lengths):
+        mask[i, :keys] = 1
+    input_ids, cu_seqlens = pack(token_ids)
+    with torch.inference_mode():
+        expected = hf.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        states = split(ours(input_ids, cu_seqlens, key_lengths=key_lengths), cu_seqlens)
+    assert max_diff(states, [expected[i, : len(row)] for i, row in enumerate(token_ids)]) <= TOL

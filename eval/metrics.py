@@ -1,0 +1,37 @@
+"""Retrieval metrics with trec_eval semantics, computed by pytrec_eval."""
+
+from __future__ import annotations
+
+import numpy as np
+
+MEASURES = {"ndcg@10": "ndcg_cut_10", "recall@100": "recall_100", "mrr@10": "recip_rank", "map": "map"}
+
+
+def evaluate(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]]) -> dict[str, float]:
+    """Mean metrics over the judged queries. ``run``: query id -> {doc id: score}.
+
+    A query's own id is dropped from its results, as BEIR does. MRR@10 is trec_eval's recip_rank on the top 10.
+    """
+    import pytrec_eval
+
+    run = {q: {d: float(s) for d, s in docs.items() if d != q} for q, docs in run.items()}
+    top10 = {q: dict(sorted(docs.items(), key=lambda kv: -kv[1])[:10]) for q, docs in run.items()}
+    evaluator = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.100", "map"})
+    per_query = evaluator.evaluate(run)
+    mrr = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(top10)
+    judged = list(qrels)
+    out = {}
+    for name, key in MEASURES.items():
+        table = mrr if name == "mrr@10" else per_query
+        out[name] = float(np.mean([table.get(q, {}).get(key, 0.0) for q in judged]))
+    out["num_queries"] = len(judged)
+    return out
+
+
+def exact_search(query_vectors: np.ndarray, doc_vectors: np.ndarray, doc_ids: list[str], query_ids: list[str],
+                 k: int = 100) -> dict[str, dict[str, float]]:
+    """Exhaustive inner-product search (cosine on normalized vectors): query id -> {doc id: score} for the top k."""
+    scores = query_vectors @ doc_vectors.T
+    k = min(k, scores.shape[1])
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    return {q: {doc_ids[j]: float(scores[i, j]) for j in top[i]} for i, q in enumerate(query_ids)}

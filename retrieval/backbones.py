@@ -1,0 +1,83 @@
+"""Backbones turn token ids into per-text token states. ModernBERT runs on our unpadded encoder; any other
+architecture (BERT, e.g. all-MiniLM-L6-v2) runs through transformers' AutoModel (extra ``hf``) behind the same
+interface, so that baselines travel the same pipeline."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+import encoder
+from encoder.packing import batches_by_token_budget
+from encoder.tokenizer import Tokenizer
+
+
+class ModernBertBackbone:
+    def __init__(self, model: encoder.Encoder):
+        self.model = model
+        self.tokenizer = model.tokenizer
+        self.hidden_size = model.config.hidden_size
+        self.max_length = model.config.max_position_embeddings
+
+    def token_states(self, token_ids: Sequence[Sequence[int]], show_progress: bool | None = None) -> list[torch.Tensor]:
+        return self.model.embed_token_ids(token_ids, show_progress=show_progress)
+
+    def save(self, folder: Path) -> None:
+        self.model.save_pretrained(folder)
+
+
+class TransformersBackbone:
+    """Any transformers encoder, run in length-sorted padded batches (its own kernels need padding)."""
+
+    def __init__(self, folder: Path, device: torch.device, dtype: torch.dtype):
+        try:
+            from transformers import AutoModel
+        except ImportError:
+            raise encoder.ModelLoadError(
+                f"{folder} is not a ModernBERT model; other architectures need transformers: "
+                "pip install 'modernretrieval[hf]'") from None
+        self.folder = folder
+        self.model = AutoModel.from_pretrained(folder, dtype=dtype).to(device).eval()
+        self.tokenizer = Tokenizer.from_folder(folder)
+        self.hidden_size = self.model.config.hidden_size
+        self.max_length = getattr(self.model.config, "max_position_embeddings", 512)
+        self.device = device
+
+    @torch.inference_mode()
+    def token_states(self, token_ids: Sequence[Sequence[int]], show_progress: bool | None = None,
+                     batch_tokens: int = 8192) -> list[torch.Tensor]:
+        out: list[torch.Tensor | None] = [None] * len(token_ids)
+        pad = self.tokenizer.pad_token_id or 0
+        for batch in batches_by_token_budget([len(ids) for ids in token_ids], batch_tokens, max_sequences=256):
+            length = max(len(token_ids[i]) for i in batch)
+            ids = torch.full((len(batch), length), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for row, i in enumerate(batch):
+                ids[row, : len(token_ids[i])] = torch.tensor(token_ids[i])
+                mask[row, : len(token_ids[i])] = 1
+            states = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state
+            for row, i in enumerate(batch):
+                out[i] = states[row, : len(token_ids[i])]
+        return out  # type: ignore[return-value]
+
+    def save(self, folder: Path) -> None:
+        self.model.save_pretrained(folder)
+        self.tokenizer.save(folder)
+        for name in ("tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+            if (self.folder / name).exists() and (folder / name) != (self.folder / name):
+                (folder / name).write_bytes((self.folder / name).read_bytes())
+
+
+def load_backbone(folder: Path, device: torch.device, dtype: torch.dtype) -> ModernBertBackbone | TransformersBackbone:
+    config_file = folder / "config.json"
+    if not config_file.exists():
+        raise encoder.ModelLoadError(f"{folder} has no config.json")
+    if json.loads(config_file.read_text()).get("model_type") == "modernbert":
+        model = encoder.from_pretrained(folder, device=device, dtype=dtype)
+        if model.tokenizer is None:
+            raise encoder.ModelLoadError(f"{folder} has no tokenizer.json")
+        return ModernBertBackbone(model)
+    return TransformersBackbone(folder, device, dtype)

@@ -1,0 +1,140 @@
+"""The ColBERT multi-vector head (PyLate format): backbone -> Dense projection (to 128) -> L2 norm per token.
+
+Queries: "[Q]" token after [CLS], truncated to query_length, then expanded with [MASK] up to query_length; the
+[MASK]s read the query but are not read (attend_to_expansion_tokens=False), and their vectors are kept.
+Documents: "[D]" after [CLS], truncated to document_length, and the tokens of the skiplist (punctuation) dropped.
+Output: one (n_tokens, dim) float32 array per text, never padded.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from encoder import checkpoint
+from encoder.errors import ModelLoadError
+from encoder.packing import batches_by_token_budget, pack, split
+from encoder.pretrained import check_dtype
+from encoder.tokenizer import check_texts
+
+from .backbones import ModernBertBackbone, load_backbone
+from .dense import DenseLayer
+from .maxsim import maxsim
+from .st_folder import STFolder
+
+
+class ColBERT:
+    def __init__(self, spec: STFolder, device: torch.device, dtype: torch.dtype, query_length: int | None = None,
+                 document_length: int | None = None):
+        self.spec = spec
+        self.backbone = load_backbone(spec.transformer, device, dtype)
+        self.dense = [DenseLayer(d).to(device) for d in spec.dense]
+        settings = spec.settings
+        tokenizer = self.backbone.tokenizer
+        self.query_length = query_length or settings.get("query_length") or 32
+        self.document_length = document_length or settings.get("document_length") or 180
+        self.attend_to_expansion = bool(settings.get("attend_to_expansion_tokens", False))
+        self.query_expansion = bool(settings.get("do_query_expansion", True))
+        self.query_prefix_id = self._prefix_id(settings.get("query_prefix", "[Q] "))
+        self.document_prefix_id = self._prefix_id(settings.get("document_prefix", "[D] "))
+        # as PyLate: each skiplist word is looked up as one token (a word not in the vocabulary maps to [UNK])
+        unknown = tokenizer.backend.token_to_id("[UNK]")
+        words = settings.get("skiplist_words", list(string.punctuation))
+        self.skiplist = {tokenizer.backend.token_to_id(w) for w in words} - {None} | (
+            {unknown} if unknown is not None and any(tokenizer.backend.token_to_id(w) is None for w in words) else set())
+
+    def _prefix_id(self, prefix: str) -> int:
+        token_id = self.backbone.tokenizer.backend.token_to_id(prefix.strip()) or self.backbone.tokenizer.backend.token_to_id(prefix)
+        if token_id is None:
+            raise ModelLoadError(f"the prefix token {prefix!r} is not in the tokenizer")
+        return token_id
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32, query_length: int | None = None,
+                        document_length: int | None = None, revision: str | None = None) -> "ColBERT":
+        """A PyLate folder or hub id. ``document_length`` may be raised (up to 8192) for long documents."""
+        device = torch.device(device)
+        check_dtype(device, dtype)
+        folder = checkpoint.resolve(name_or_path, revision, extra_files=["*.json", "*/*.json", "*/*.safetensors"])
+        spec = STFolder.read(folder)
+        if spec.pooling:
+            raise ModelLoadError(f"{folder} pools to one vector: load it with BiEncoder")
+        return cls(spec, device, dtype, query_length, document_length)
+
+    @property
+    def dim(self) -> int:
+        return self.spec.dense[-1].out_features if self.spec.dense else self.backbone.hidden_size
+
+    def tokenize(self, texts: Sequence[str], is_query: bool) -> list[list[int]]:
+        """Token ids as PyLate makes them: [CLS] prefix text [SEP], then [MASK] expansion for queries."""
+        check_texts(texts)
+        tokenizer = self.backbone.tokenizer
+        limit = self.query_length if is_query else self.document_length
+        prefix = self.query_prefix_id if is_query else self.document_prefix_id
+        rows = [row[:1] + [prefix] + row[1:] for row in tokenizer.encode(texts, limit - 1)]
+        if is_query and self.query_expansion:
+            rows = [row + [tokenizer.mask_token_id] * (limit - len(row)) for row in rows]
+        return rows
+
+    def _token_vectors(self, token_ids: list[list[int]], key_lengths: list[int] | None,
+                       show_progress: bool | None) -> list[torch.Tensor]:
+        if key_lengths is None:
+            states = self.backbone.token_states(token_ids, show_progress)
+        elif isinstance(self.backbone, ModernBertBackbone):
+            states = self._states_with_expansion(token_ids, key_lengths)
+        else:
+            raise ModelLoadError("query expansion without attention to [MASK]s needs a ModernBERT backbone")
+        with torch.inference_mode():
+            out = []
+            for s in states:
+                v = s.float()
+                for layer in self.dense:
+                    v = layer(v)
+                out.append(F.normalize(v, dim=-1))
+        return out
+
+    @torch.inference_mode()
+    def _states_with_expansion(self, token_ids: list[list[int]], key_lengths: list[int]) -> list[torch.Tensor]:
+        model = self.backbone.model
+        out: list[torch.Tensor | None] = [None] * len(token_ids)
+        for batch in batches_by_token_budget([len(r) for r in token_ids], 8192):
+            ids, cu_seqlens = pack([token_ids[i] for i in batch], model.device)
+            hidden = model(ids, cu_seqlens, key_lengths=[key_lengths[i] for i in batch])
+            for i, states in zip(batch, split(hidden, cu_seqlens)):
+                out[i] = states
+        return out  # type: ignore[return-value]
+
+    def encode_queries(self, texts: Sequence[str], show_progress: bool | None = None) -> list[np.ndarray]:
+        """One (query_length, dim) array per query (expansion tokens included)."""
+        token_ids = self.tokenize(texts, is_query=True)
+        key_lengths = None
+        if self.query_expansion and not self.attend_to_expansion:
+            mask_id = self.backbone.tokenizer.mask_token_id
+            key_lengths = [len(row) - _trailing(row, mask_id) for row in token_ids]
+        return [v.numpy() for v in self._token_vectors(token_ids, key_lengths, show_progress)]
+
+    def encode_documents(self, texts: Sequence[str], show_progress: bool | None = None) -> list[np.ndarray]:
+        """One (n_kept_tokens, dim) array per document, skiplist tokens removed."""
+        token_ids = self.tokenize(texts, is_query=False)
+        vectors = self._token_vectors(token_ids, None, show_progress)
+        keep = [torch.tensor([t not in self.skiplist for t in row]) for row in token_ids]
+        return [v[k].numpy() for v, k in zip(vectors, keep)]
+
+    def rerank(self, query: str, documents: Sequence[str]) -> list[tuple[int, float]]:
+        """(document index, MaxSim score) pairs, best first."""
+        scores = maxsim(self.encode_queries([query]), self.encode_documents(documents))[0]
+        order = np.argsort(-scores, kind="stable")
+        return [(int(i), float(scores[i])) for i in order]
+
+
+def _trailing(row: list[int], token: int) -> int:
+    n = 0
+    while n < len(row) and row[-1 - n] == token:
+        n += 1
+    return n
