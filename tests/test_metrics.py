@@ -13,8 +13,9 @@ def test_graded_ndcg_mrr_map_by_hand():
     qrels = {"q1": {"a": 2, "b": 1}, "q2": {"c": 1}}
     run = {"q1": {"b": 3.0, "x": 2.0, "a": 1.0}, "q2": {"y": 1.0}}  # q2 retrieves nothing relevant
     metrics = evaluate(run, qrels)
-    dcg = 1 / math.log2(2) + 3 / math.log2(4)  # gains 2^rel - 1: b (1) at rank 1, a (3) at rank 3
-    ideal = 3 / math.log2(2) + 1 / math.log2(3)
+    # trec_eval's gain is the grade itself (not 2^grade - 1): b (1) at rank 1, a (2) at rank 3
+    dcg = 1 / math.log2(2) + 2 / math.log2(4)
+    ideal = 2 / math.log2(2) + 1 / math.log2(3)
     assert metrics["ndcg@10"] == pytest.approx((dcg / ideal + 0) / 2, abs=1e-4)
     assert metrics["mrr@10"] == pytest.approx((1.0 + 0) / 2)
     assert metrics["map"] == pytest.approx(((1 / 1 + 2 / 3) / 2 + 0) / 2)
