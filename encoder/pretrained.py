@@ -122,14 +122,18 @@ class Encoder(nn.Module):
 
     @torch.inference_mode()
     def embed_token_ids(self, token_ids: Sequence[Sequence[int]], batch_tokens: int | None = None,
-                        show_progress: bool | None = None) -> list[torch.Tensor]:
-        """``embed`` for already tokenized input (lists of ids, special tokens included)."""
+                        show_progress: bool | None = None,
+                        key_lengths: Sequence[int] | None = None) -> list[torch.Tensor]:
+        """``embed`` for already tokenized input (lists of ids, special tokens included).
+
+        ``key_lengths``: per text, how many leading tokens are attended to (see ``forward``)."""
         budget = batch_tokens or (CUDA_BATCH_TOKENS if self.device.type == "cuda" else CPU_BATCH_TOKENS)
         batches = batches_by_token_budget([len(ids) for ids in token_ids], budget)
         out: list[torch.Tensor | None] = [None] * len(token_ids)
         for batch in progress(batches, show_progress, total_tokens=sum(map(len, token_ids))):
             input_ids, cu_seqlens = pack([token_ids[i] for i in batch], self.device)
-            for i, states in zip(batch, split(self(input_ids, cu_seqlens), cu_seqlens)):
+            keys = None if key_lengths is None else [key_lengths[i] for i in batch]
+            for i, states in zip(batch, split(self(input_ids, cu_seqlens, keys), cu_seqlens)):
                 out[i] = states
         return out  # type: ignore[return-value]
 

@@ -19,7 +19,6 @@ from safetensors.torch import save_file
 
 from encoder import checkpoint
 from encoder.errors import ModelLoadError
-from encoder.packing import batches_by_token_budget, pack, split
 from encoder.pretrained import check_dtype
 from encoder.tokenizer import check_texts
 
@@ -88,7 +87,8 @@ class ColBERT:
         if key_lengths is None:
             states = self.backbone.token_states(token_ids, show_progress)
         elif isinstance(self.backbone, ModernBertBackbone):
-            states = self._states_with_expansion(token_ids, key_lengths)
+            states = self.backbone.model.embed_token_ids(token_ids, show_progress=show_progress,
+                                                         key_lengths=key_lengths)
         else:
             raise ModelLoadError("query expansion without attention to [MASK]s needs a ModernBERT backbone")
         with torch.inference_mode():
@@ -99,17 +99,6 @@ class ColBERT:
                     v = layer(v)
                 out.append(F.normalize(v, dim=-1))
         return out
-
-    @torch.inference_mode()
-    def _states_with_expansion(self, token_ids: list[list[int]], key_lengths: list[int]) -> list[torch.Tensor]:
-        model = self.backbone.model
-        out: list[torch.Tensor | None] = [None] * len(token_ids)
-        for batch in batches_by_token_budget([len(r) for r in token_ids], 8192):
-            ids, cu_seqlens = pack([token_ids[i] for i in batch], model.device)
-            hidden = model(ids, cu_seqlens, key_lengths=[key_lengths[i] for i in batch])
-            for i, states in zip(batch, split(hidden, cu_seqlens)):
-                out[i] = states
-        return out  # type: ignore[return-value]
 
     def encode_queries(self, texts: Sequence[str], show_progress: bool | None = None) -> list[np.ndarray]:
         """One (query_length, dim) array per query (expansion tokens included)."""
