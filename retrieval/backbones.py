@@ -22,8 +22,10 @@ class ModernBertBackbone:
         self.hidden_size = model.config.hidden_size
         self.max_length = model.config.max_position_embeddings
 
-    def token_states(self, token_ids: Sequence[Sequence[int]], show_progress: bool | None = None) -> list[torch.Tensor]:
-        return self.model.embed_token_ids(token_ids, show_progress=show_progress)
+    def token_states(self, token_ids: Sequence[Sequence[int]], show_progress: bool | None = None,
+                     key_lengths: Sequence[int] | None = None) -> list[torch.Tensor]:
+        """Per-text token states; with ``key_lengths``, only the first key_lengths[i] tokens are attended to."""
+        return self.model.embed_token_ids(token_ids, show_progress=show_progress, key_lengths=key_lengths)
 
     def save(self, folder: Path) -> None:
         self.model.save_pretrained(folder)
@@ -48,7 +50,9 @@ class TransformersBackbone:
 
     @torch.inference_mode()
     def token_states(self, token_ids: Sequence[Sequence[int]], show_progress: bool | None = None,
-                     batch_tokens: int = 8192) -> list[torch.Tensor]:
+                     key_lengths: Sequence[int] | None = None, batch_tokens: int = 8192) -> list[torch.Tensor]:
+        """As ModernBertBackbone.token_states; query-only tokens are those outside the attention mask, which
+        still get outputs (what ColBERT's [MASK] expansion relies on)."""
         out: list[torch.Tensor | None] = [None] * len(token_ids)
         pad = self.tokenizer.pad_token_id or 0
         for batch in batches_by_token_budget([len(ids) for ids in token_ids], batch_tokens, max_sequences=256):
@@ -57,7 +61,7 @@ class TransformersBackbone:
             mask = torch.zeros_like(ids)
             for row, i in enumerate(batch):
                 ids[row, : len(token_ids[i])] = torch.tensor(token_ids[i])
-                mask[row, : len(token_ids[i])] = 1
+                mask[row, : len(token_ids[i]) if key_lengths is None else key_lengths[i]] = 1
             states = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state
             for row, i in enumerate(batch):
                 out[i] = states[row, : len(token_ids[i])]

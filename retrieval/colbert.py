@@ -22,10 +22,11 @@ from encoder.errors import ModelLoadError
 from encoder.pretrained import check_dtype
 from encoder.tokenizer import check_texts
 
-from .backbones import ModernBertBackbone, load_backbone
+from .backbones import load_backbone
 from .dense import DenseLayer
 from .maxsim import maxsim
 from .st_folder import STFolder, write_json, write_modules
+from .stanford import METADATA, is_stanford_folder, read_stanford_folder
 
 
 class ColBERT:
@@ -58,11 +59,13 @@ class ColBERT:
     def from_pretrained(cls, name_or_path: str | Path, device: str | torch.device = "cpu",
                         dtype: torch.dtype = torch.float32, query_length: int | None = None,
                         document_length: int | None = None, revision: str | None = None) -> "ColBERT":
-        """A PyLate folder or hub id. ``document_length`` may be raised (up to 8192) for long documents."""
+        """A PyLate folder or hub id, or a Stanford ColBERT checkpoint (artifact.metadata, e.g.
+        colbert-ir/colbertv2.0). ``document_length`` may be raised (up to 8192) for long documents."""
         device = torch.device(device)
         check_dtype(device, dtype)
-        folder = checkpoint.resolve(name_or_path, revision, extra_files=["*.json", "*/*.json", "*/*.safetensors"])
-        spec = STFolder.read(folder)
+        folder = checkpoint.resolve(name_or_path, revision,
+                                    extra_files=["*.json", "*/*.json", "*/*.safetensors", METADATA, "vocab.txt"])
+        spec = read_stanford_folder(folder) if is_stanford_folder(folder) else STFolder.read(folder)
         if spec.pooling:
             raise ModelLoadError(f"{folder} pools to one vector: load it with BiEncoder")
         return cls(spec, device, dtype, query_length, document_length)
@@ -84,13 +87,7 @@ class ColBERT:
 
     def _token_vectors(self, token_ids: list[list[int]], key_lengths: list[int] | None,
                        show_progress: bool | None) -> list[torch.Tensor]:
-        if key_lengths is None:
-            states = self.backbone.token_states(token_ids, show_progress)
-        elif isinstance(self.backbone, ModernBertBackbone):
-            states = self.backbone.model.embed_token_ids(token_ids, show_progress=show_progress,
-                                                         key_lengths=key_lengths)
-        else:
-            raise ModelLoadError("query expansion without attention to [MASK]s needs a ModernBERT backbone")
+        states = self.backbone.token_states(token_ids, show_progress, key_lengths=key_lengths)
         with torch.inference_mode():
             out = []
             for s in states:

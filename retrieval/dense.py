@@ -14,7 +14,8 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from encoder import checkpoint
 from encoder.errors import ModelLoadError
@@ -41,7 +42,9 @@ class DenseLayer(torch.nn.Module):
         weights = spec.folder / "model.safetensors"
         if not weights.exists():
             raise ModelLoadError(f"{spec.folder} has no model.safetensors (only safetensors are loaded)")
-        self.load_state_dict(load_file(str(weights)))
+        # only the linear.* keys: a Stanford ColBERT checkpoint keeps its projection beside the whole BERT
+        with safe_open(str(weights), framework="pt") as f:
+            self.load_state_dict({k: f.get_tensor(k) for k in f.keys() if k.startswith("linear.")})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.activation(self.linear(x))

@@ -112,3 +112,14 @@ def test_pack_arrays():
 
     embeddings, offsets = pack_arrays([np.ones((2, 4), np.float32), np.zeros((3, 4), np.float32)])
     assert embeddings.shape == (5, 4) and offsets.tolist() == [0, 2, 5] and offsets.dtype == np.int64
+
+
+def test_bfloat16_is_close_to_float32(model, fixture):
+    import torch
+
+    info, _ = fixture
+    half = ColBERT.from_pretrained(FIXTURE / "model", dtype=torch.bfloat16)
+    for ours, full in zip(half.encode_documents(info["documents"]) + half.encode_queries(info["queries"]),
+                          model.encode_documents(info["documents"]) + model.encode_queries(info["queries"])):
+        assert ours.dtype == np.float32 and ours.shape == full.shape
+        assert per_token_cosine(ours, full) >= 0.99

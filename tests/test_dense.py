@@ -140,3 +140,14 @@ def test_not_a_sentence_transformers_folder(tmp_path, tiny_checkpoint):
     (tmp_path / "m" / "modules.json").write_text(json.dumps(GTE_LAYOUT["modules.json"][:1]))
     with pytest.raises(ModelLoadError, match="no Pooling"):
         BiEncoder.from_pretrained(tmp_path / "m")
+
+
+def test_bfloat16_is_close_to_float32(tmp_path, tokenizer_dir):
+    """bf16 on CPU (the fast path for long inputs): float32 numpy out, vectors within bf16 rounding of fp32."""
+    import torch
+
+    folder = st_folder(tmp_path, tokenizer_dir, "mean", dense=32)
+    full = BiEncoder.from_pretrained(folder).encode_documents(TEXTS)
+    half = BiEncoder.from_pretrained(folder, dtype=torch.bfloat16).encode_documents(TEXTS)
+    assert half.dtype == np.float32 and half.shape == full.shape
+    assert cosines(full, half).min() >= 0.99
