@@ -13,6 +13,7 @@ class BeirDataset:
     corpus: dict[str, dict[str, str]]  # doc id -> {"title", "text"}
     queries: dict[str, str]  # query id -> text (only queries judged in the split)
     qrels: dict[str, dict[str, int]]  # query id -> {doc id: relevance}
+    folder: Path | None = None  # where it was loaded from: part of encode_beir's cache key
 
     def document_texts(self, ids: list[str]) -> list[str]:
         """Title and text joined as BEIR does: "title text" (just the text when there is no title)."""
@@ -41,4 +42,4 @@ def load_beir(folder: str | Path, split: str = "test") -> BeirDataset:
             query = json.loads(line)
             if str(query["_id"]) in qrels:
                 queries[str(query["_id"])] = query["text"]
-    return BeirDataset(corpus, queries, qrels)
+    return BeirDataset(corpus, queries, qrels, folder)

@@ -4,12 +4,16 @@ Queries: "[Q]" token after [CLS], truncated to query_length, then expanded with 
 [MASK]s read the query but are not read (attend_to_expansion_tokens=False), and their vectors are kept.
 Documents: "[D]" after [CLS], truncated to document_length, and the tokens of the skiplist (punctuation) dropped.
 Output: one (n_tokens, dim) float32 array per text, never padded.
+
+``ColBERT.from_token_embeddings`` runs any encoder's own token states as a multi-vector model (no projection, no
+marker token, no expansion, no skiplist) through the same class: only its spec and settings differ.
 """
 
 from __future__ import annotations
 
 import string
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +45,7 @@ class ColBERT:
         self.document_length = document_length or settings.get("document_length") or 180
         self.attend_to_expansion = bool(settings.get("attend_to_expansion_tokens", False))
         self.query_expansion = bool(settings.get("do_query_expansion", True))
+        # None: no marker token is inserted (from_token_embeddings)
         self.query_prefix_id = self._prefix_id(settings.get("query_prefix", "[Q] "))
         self.document_prefix_id = self._prefix_id(settings.get("document_prefix", "[D] "))
         # as PyLate: each skiplist word is looked up as one token (a word not in the vocabulary maps to [UNK])
@@ -49,7 +54,9 @@ class ColBERT:
         self.skiplist = {tokenizer.backend.token_to_id(w) for w in words} - {None} | (
             {unknown} if unknown is not None and any(tokenizer.backend.token_to_id(w) is None for w in words) else set())
 
-    def _prefix_id(self, prefix: str) -> int:
+    def _prefix_id(self, prefix: str | None) -> int | None:
+        if prefix is None:
+            return None
         token_id = self.backbone.tokenizer.backend.token_to_id(prefix.strip()) or self.backbone.tokenizer.backend.token_to_id(prefix)
         if token_id is None:
             raise ModelLoadError(f"the prefix token {prefix!r} is not in the tokenizer")
@@ -70,17 +77,43 @@ class ColBERT:
             raise ModelLoadError(f"{folder} pools to one vector: load it with BiEncoder")
         return cls(spec, device, dtype, query_length, document_length)
 
+    @classmethod
+    def from_token_embeddings(cls, name_or_path: str | Path, device: str | torch.device = "cpu",
+                              dtype: torch.dtype = torch.float32, query_length: int | None = None,
+                              document_length: int | None = None, revision: str | None = None) -> "ColBERT":
+        """Any sentence-transformers folder's backbone (or a plain Hugging Face checkpoint) used as a multi-vector
+        model: every token's state ([CLS]/[SEP] included), L2-normalized, nothing projected, inserted, expanded or
+        dropped. Queries and documents are truncated at the folder's max_seq_length (else the backbone's maximum).
+
+        A baseline for late interaction: what MaxSim gives on an encoder never trained for it. Such a model cannot
+        be saved (see ``save``); load it again from its source folder."""
+        device = torch.device(device)
+        check_dtype(device, dtype)
+        folder = checkpoint.resolve(name_or_path, revision, extra_files=["*.json", "*/*.json", "*/*.safetensors"])
+        spec = STFolder.read(folder) if (folder / "modules.json").exists() else STFolder(transformer=folder)
+        limit = spec.max_seq_length or checkpoint.read_config(spec.transformer).get("max_position_embeddings", 512)
+        settings = {"query_prefix": None, "document_prefix": None, "query_length": limit, "document_length": limit,
+                    "do_query_expansion": False, "skiplist_words": []}
+        spec = replace(spec, pooling=[], dense=[], normalize=False, settings=settings)
+        return cls(spec, device, dtype, query_length, document_length)
+
     @property
     def dim(self) -> int:
         return self.spec.dense[-1].out_features if self.spec.dense else self.backbone.hidden_size
 
     def tokenize(self, texts: Sequence[str], is_query: bool) -> list[list[int]]:
-        """Token ids as PyLate makes them: [CLS] prefix text [SEP], then [MASK] expansion for queries."""
+        """Token ids as PyLate makes them: [CLS] prefix text [SEP] (no prefix when the model has none), then [MASK]
+        expansion for queries."""
         check_texts(texts)
+        if self.spec.do_lower_case:  # as sentence-transformers' Transformer module (which PyLate uses) does
+            texts = [t.lower() for t in texts]
         tokenizer = self.backbone.tokenizer
         limit = self.query_length if is_query else self.document_length
         prefix = self.query_prefix_id if is_query else self.document_prefix_id
-        rows = [row[:1] + [prefix] + row[1:] for row in tokenizer.encode(texts, limit - 1)]
+        if prefix is None:
+            rows = tokenizer.encode(texts, limit)
+        else:
+            rows = [row[:1] + [prefix] + row[1:] for row in tokenizer.encode(texts, limit - 1)]
         if is_query and self.query_expansion:
             rows = [row + [tokenizer.mask_token_id] * (limit - len(row)) for row in rows]
         return rows
@@ -98,7 +131,8 @@ class ColBERT:
         return out
 
     def encode_queries(self, texts: Sequence[str], show_progress: bool | None = None) -> list[np.ndarray]:
-        """One (query_length, dim) array per query (expansion tokens included)."""
+        """One (query_length, dim) array per query with expansion (its [MASK]s included); one row per query
+        token (truncated at query_length) without."""
         token_ids = self.tokenize(texts, is_query=True)
         key_lengths = None
         if self.query_expansion and not self.attend_to_expansion:
@@ -114,7 +148,15 @@ class ColBERT:
         return [v[k].numpy() for v, k in zip(vectors, keep)]
 
     def save(self, folder: str | Path) -> None:
-        """The PyLate folder layout (Transformer + 1_Dense), loadable by PyLate and sentence-transformers."""
+        """The PyLate folder layout (Transformer + 1_Dense), loadable by PyLate and sentence-transformers.
+
+        A model without marker tokens or projection (``from_token_embeddings``) is refused: PyLate would load that
+        folder with [Q]/[D] inserted and a new random projection, i.e. silently as a different model."""
+        if self.query_prefix_id is None or self.document_prefix_id is None or not self.dense:
+            raise ValueError(
+                "this model has no [Q]/[D] marker tokens or no projection (made by from_token_embeddings?), which "
+                "the PyLate layout cannot express: PyLate would load it as a different model. Load it again from its "
+                "source folder with ColBERT.from_token_embeddings instead")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.backbone.save(folder)

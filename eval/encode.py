@@ -1,0 +1,251 @@
+"""Encode a BEIR dataset once, keep it on disk: dense vectors (BiEncoder) or per-token vectors (ColBERT) for all
+or some of its documents and queries, so that tests, benchmarks and the eval runner share one encoding.
+
+The cache key hashes everything that decides the result: the model (the caller's ``model_key``, or the resolved
+folder / hub id and its loader), its dtype and length settings, the kind, the dataset folder and a digest of the
+texts, the ordered id lists and FORMAT_VERSION. Each entry is a .npz (written to a temporary file, fsynced and
+renamed into place) beside a .json that describes it; an entry that cannot be read or does not match its ids is
+ignored with a warning and encoded again. Documents, then queries, are encoded in length-sorted chunks under one
+progress bar. Not done: an interrupted run starts over (no resume from finished chunks), old entries are never
+evicted, and two processes encoding the same key both do the work (the last rename wins; the results are equal).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import time
+import warnings
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+import numpy as np
+
+from retrieval import BiEncoder, ColBERT
+from retrieval.colbert import pack_arrays
+
+from .beir import BeirDataset
+
+FORMAT_VERSION = 1
+CHUNK_TEXTS = 128  # texts per model call: the progress bar's step, and what an interruption loses at most
+Kind = Literal["dense", "colbert"]
+
+
+@dataclass
+class EncodedBeir:
+    """Rows in the order of doc_ids / query_ids. Dense: docs (n, dim), no offsets. ColBERT: packed tokens
+    (total_tokens, dim); text i is rows offsets[i]:offsets[i+1] (``doc(i)``, ``query(i)``)."""
+
+    doc_ids: list[str]
+    query_ids: list[str]
+    docs: np.ndarray
+    queries: np.ndarray
+    doc_offsets: np.ndarray | None = None
+    query_offsets: np.ndarray | None = None
+    path: Path | None = None  # the cache entry it was read from or written to
+
+    def doc(self, i: int) -> np.ndarray:
+        return _row(self.docs, self.doc_offsets, i)
+
+    def query(self, i: int) -> np.ndarray:
+        return _row(self.queries, self.query_offsets, i)
+
+
+def _row(values: np.ndarray, offsets: np.ndarray | None, i: int) -> np.ndarray:
+    return values[i] if offsets is None else values[offsets[i]: offsets[i + 1]]
+
+
+def encode_beir(dataset: BeirDataset, model: BiEncoder | ColBERT | str | Path, kind: Kind,
+                cache_dir: Path | None = Path(".cache/embeddings"), doc_ids: Sequence[str] | None = None,
+                query_ids: Sequence[str] | None = None, model_key: str | None = None,
+                show_progress: bool | None = None, token_embeddings: bool = False) -> EncodedBeir:
+    """The dataset's documents (joined as ``document_texts`` does) and queries, all or the given ids in that order.
+
+    ``model``: a loaded BiEncoder (kind "dense") or ColBERT (kind "colbert"), named in the cache key by
+    ``model_key``; or a folder / hub id, loaded here (``token_embeddings=True``: ColBERT.from_token_embeddings).
+    ``cache_dir=None`` encodes without caching. ``show_progress``: None shows the bar on a terminal only."""
+    if kind not in ("dense", "colbert"):
+        raise ValueError(f'kind must be "dense" or "colbert", got {kind!r}')
+    doc_ids = list(dataset.corpus) if doc_ids is None else [str(i) for i in doc_ids]
+    query_ids = list(dataset.queries) if query_ids is None else [str(i) for i in query_ids]
+    _check_ids(doc_ids, dataset.corpus, "document")
+    _check_ids(query_ids, dataset.queries, "query")
+    model, model_key = _model(model, kind, model_key, token_embeddings, cache_dir is not None)
+    doc_texts, query_texts = dataset.document_texts(doc_ids), [dataset.queries[q] for q in query_ids]
+
+    path, description = None, {}
+    if cache_dir is not None:
+        key = {"format": FORMAT_VERSION, "model": model_key, "dtype": _dtype(model), "lengths": _lengths(model),
+               "kind": kind, "dataset": str(dataset.folder.resolve()) if dataset.folder else None,
+               "texts": _digest(doc_texts, query_texts), "doc_ids": doc_ids, "query_ids": query_ids}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+        name = dataset.folder.name if dataset.folder else "dataset"
+        path = Path(cache_dir) / f"{name}-{kind}-{digest[:20]}.npz"
+        cached = _read(path, doc_ids, query_ids, kind)
+        if cached is not None:
+            return cached
+        description = {k: v for k, v in key.items() if not k.endswith("_ids")} | {"key": digest}
+
+    start = time.perf_counter()
+    docs, queries = _encode(model, doc_texts, query_texts, show_progress)
+    result = _assemble(doc_ids, query_ids, docs, queries, kind, model.dim)
+    if path is not None:
+        seconds = round(time.perf_counter() - start, 1)
+        _write(result, path, description | {"seconds": seconds, **_shapes(result)})
+        result.path = path
+    return result
+
+
+def _check_ids(ids: list[str], known: dict, what: str) -> None:
+    missing = [i for i in ids if i not in known]
+    if missing:
+        raise KeyError(f"{len(missing)} {what} id(s) not in the dataset, e.g. {missing[:3]}")
+
+
+def _model(model: BiEncoder | ColBERT | str | Path, kind: Kind, model_key: str | None, token_embeddings: bool,
+           caching: bool) -> tuple[BiEncoder | ColBERT, str | None]:
+    """The model object and its name in the cache key."""
+    if token_embeddings and (kind != "colbert" or not isinstance(model, (str, Path))):
+        raise ValueError("token_embeddings=True loads a folder with ColBERT.from_token_embeddings: "
+                         'it needs kind "colbert" and a model path')
+    if isinstance(model, (str, Path)):
+        load = BiEncoder.from_pretrained if kind == "dense" else (
+            ColBERT.from_token_embeddings if token_embeddings else ColBERT.from_pretrained)
+        local = Path(model).expanduser()
+        name = str(local.resolve()) if local.is_dir() else str(model)
+        return load(model), model_key or f"{name} ({load.__qualname__})"
+    expected = BiEncoder if kind == "dense" else ColBERT
+    if not isinstance(model, expected):
+        raise TypeError(f"kind {kind!r} encodes with a {expected.__name__}, got {type(model).__name__}")
+    if caching and not model_key:
+        raise ValueError("a loaded model needs model_key=... to name it in the cache key (or pass cache_dir=None)")
+    return model, model_key
+
+
+def _lengths(model: BiEncoder | ColBERT) -> dict[str, int | None]:
+    if isinstance(model, BiEncoder):
+        return {"max_length": model.max_length, "truncate_dim": model.truncate_dim}
+    return {"query_length": model.query_length, "document_length": model.document_length}
+
+
+def _dtype(model: BiEncoder | ColBERT) -> str:
+    return str(next(model.backbone.model.parameters()).dtype)
+
+
+def _digest(*parts: list[str]) -> str:
+    """The texts themselves, so that a changed corpus file or joining rule never serves stale vectors."""
+    h = hashlib.sha256()
+    for texts in parts:
+        h.update(len(texts).to_bytes(8, "little"))
+        for text in texts:
+            data = text.encode()
+            h.update(len(data).to_bytes(8, "little") + data)
+    return h.hexdigest()
+
+
+def _encode(model: BiEncoder | ColBERT, doc_texts: list[str], query_texts: list[str],
+            show_progress: bool | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    from tqdm.auto import tqdm
+
+    disable = None if show_progress is None else not show_progress
+    with tqdm(total=len(doc_texts) + len(query_texts), desc="encoding", unit="text", disable=disable) as bar:
+        docs = _in_chunks(model.encode_documents, doc_texts, bar.update)
+        queries = _in_chunks(model.encode_queries, query_texts, bar.update)
+    return docs, queries
+
+
+def _in_chunks(encode: Callable, texts: list[str], advance: Callable[[int], object]) -> list[np.ndarray]:
+    """Longest texts first, CHUNK_TEXTS at a time (similar lengths batch with little padding); input order out."""
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    out: list[np.ndarray] = [np.empty(0)] * len(texts)
+    for start in range(0, len(order), CHUNK_TEXTS):
+        chunk = order[start: start + CHUNK_TEXTS]
+        for i, row in zip(chunk, encode([texts[i] for i in chunk], show_progress=False)):
+            out[i] = row
+        advance(len(chunk))
+    return out
+
+
+def _assemble(doc_ids: list[str], query_ids: list[str], docs: list[np.ndarray], queries: list[np.ndarray],
+              kind: Kind, dim: int) -> EncodedBeir:
+    if kind == "dense":
+        return EncodedBeir(doc_ids, query_ids, _stack(docs, dim), _stack(queries, dim))
+    (d, d_offsets), (q, q_offsets) = pack_arrays(docs), pack_arrays(queries)
+    return EncodedBeir(doc_ids, query_ids, d.reshape(-1, dim), q.reshape(-1, dim), d_offsets, q_offsets)
+
+
+def _stack(rows: list[np.ndarray], dim: int) -> np.ndarray:
+    return np.stack(rows).astype(np.float32, copy=False) if rows else np.zeros((0, dim), np.float32)
+
+
+def _shapes(result: EncodedBeir) -> dict[str, object]:
+    return {"n_docs": len(result.doc_ids), "n_queries": len(result.query_ids), "docs_shape": list(result.docs.shape),
+            "queries_shape": list(result.queries.shape)}
+
+
+def _write(result: EncodedBeir, path: Path, description: dict) -> None:
+    arrays = {"doc_ids": np.array(result.doc_ids, dtype=str), "query_ids": np.array(result.query_ids, dtype=str),
+              "docs": result.docs, "queries": result.queries}
+    if result.doc_offsets is not None:
+        arrays |= {"doc_offsets": result.doc_offsets, "query_offsets": result.query_offsets}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic(path, lambda f: np.savez(f, **arrays))
+    description |= {"npz": path.name, "bytes": path.stat().st_size}
+    _atomic(path.with_suffix(".json"), lambda f: f.write(json.dumps(description, indent=2).encode() + b"\n"))
+
+
+def _atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Whole or not at all: a crash leaves at most a stray *.tmp, never a partial file under the final name."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")  # open() keeps the umask's mode
+    try:
+        with open(tmp, "xb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a power loss
+    finally:
+        os.close(directory)
+
+
+def _read(path: Path, doc_ids: list[str], query_ids: list[str], kind: Kind) -> EncodedBeir | None:
+    """The cached entry, or None (missing, unreadable, or not matching the ids: then it is encoded again)."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {name: f[name] for name in f.files}
+        result = EncodedBeir(arrays["doc_ids"].tolist(), arrays["query_ids"].tolist(), arrays["docs"],
+                             arrays["queries"], arrays.get("doc_offsets"), arrays.get("query_offsets"), path)
+        problem = _inconsistency(result, doc_ids, query_ids, kind)
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as error:
+        problem = f"{type(error).__name__}: {error}"
+    if problem is None:
+        return result
+    warnings.warn(f"ignoring the cached embeddings {path} ({problem}); encoding again", stacklevel=3)
+    return None
+
+
+def _inconsistency(result: EncodedBeir, doc_ids: list[str], query_ids: list[str], kind: Kind) -> str | None:
+    if result.doc_ids != doc_ids or result.query_ids != query_ids:
+        return "other ids"
+    for values, offsets, n in ((result.docs, result.doc_offsets, len(doc_ids)),
+                               (result.queries, result.query_offsets, len(query_ids))):
+        if values.dtype != np.float32 or values.ndim != 2:
+            return f"{values.dtype} array of {values.ndim} dimensions"
+        if kind == "dense" and (offsets is not None or len(values) != n):
+            return "not a dense entry of this size"
+        if kind == "colbert" and (offsets is None or len(offsets) != n + 1 or offsets[0] != 0
+                                  or offsets[-1] != len(values) or (np.diff(offsets) < 0).any()):
+            return "offsets do not match the token rows"
+    return None

@@ -1,0 +1,141 @@
+"""FaissIndex: exact search against numpy, HNSW / IVF-PQ, incremental changes, filters, persistence, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from indexes import Document, FaissIndex, IndexInputError
+from indexes.base import MAX_SEGMENTS
+
+
+def unit(rng: np.random.Generator, n: int, dim: int = 32) -> np.ndarray:
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def ids(start: int, stop: int) -> list[str]:
+    return [f"doc{i}" for i in range(start, stop)]
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(7)
+
+
+def test_flat_equals_exact_inner_product(tmp_path, rng):
+    vectors, queries = unit(rng, 500), unit(rng, 20)
+    index = FaissIndex.create(tmp_path / "ix", dim=32, kind="flat")
+    index.add(ids(0, 300), vectors[:300])
+    index.add(ids(300, 500), vectors[300:])  # two segments, merged at search
+    scores = queries @ vectors.T
+    for q, hits in enumerate(index.search(queries, k=5)):
+        expected = np.argsort(-scores[q])[:5]
+        assert [h[0] for h in hits] == [f"doc{i}" for i in expected]
+        np.testing.assert_allclose([h[1] for h in hits], scores[q, expected], atol=1e-5)
+
+
+def test_hnsw_and_ivfpq_recall(tmp_path, rng):
+    vectors, queries = unit(rng, 12_000), unit(rng, 50)
+    exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+    recalls = {}
+    for kind in ("hnsw", "ivfpq"):
+        index = FaissIndex.create(tmp_path / kind, dim=32, kind=kind)
+        index.add(ids(0, 12_000), vectors)
+        found = index.search(queries, k=10)
+        recalls[kind] = np.mean([len({h[0] for h in hits} & {f"doc{i}" for i in row}) / 10
+                                 for hits, row in zip(found, exact)])
+    assert recalls["hnsw"] >= 0.98
+    assert recalls["ivfpq"] >= 0.3  # 8 bytes per 32-d vector on random data: coarse, but far above chance
+
+
+def test_auto_kind_is_resolved_and_kept(tmp_path, rng):
+    index = FaissIndex.create(tmp_path / "ix", dim=32)
+    index.add(ids(0, 10), unit(rng, 10))
+    assert FaissIndex.open(tmp_path / "ix").settings["index"] == "flat"
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_remove_update_reopen_and_compact(tmp_path, rng, kind):
+    vectors = unit(rng, 200)
+    index = FaissIndex.create(tmp_path / "ix", dim=32, kind=kind)
+    index.add(ids(0, 200), vectors)
+    index.remove(["doc5", "doc6"])
+    assert "doc5" not in index and len(index) == 198
+    assert all(h[0] not in ("doc5", "doc6") for h in index.search(vectors[5], k=200)[0])
+    replacement = unit(rng, 1)
+    index.update(["doc7"], replacement)
+    index = FaissIndex.open(tmp_path / "ix")
+    assert len(index) == 198 and "doc5" not in index
+    assert index.search(replacement, k=1)[0][0][0] == "doc7"
+    assert all(h[0] != "doc5" for h in index.search(vectors[5], k=200)[0])
+    index.add(["new"], vectors[5:6])  # add after reopen
+    assert index.search(vectors[5], k=1)[0][0][0] == "new"
+    before = index.search(vectors[:10], k=5)
+    index.compact()
+    assert index.stats()["segments"] == 1 and index.stats()["removed_not_compacted"] == 0
+    after = FaissIndex.open(tmp_path / "ix").search(vectors[:10], k=5)
+    assert [[h[0] for h in hits] for hits in after] == [[h[0] for h in hits] for hits in before]
+
+
+def test_filters_and_documents(tmp_path, rng):
+    vectors = unit(rng, 100)
+    documents = [Document(f"doc{i}", source=f"{'src' if i % 2 else 'docs'}/f{i}.py", start_line=1, end_line=9,
+                          metadata={"lang": "python" if i % 3 else "rust"}, text=f"text {i}") for i in range(100)]
+    index = FaissIndex.create(tmp_path / "ix", dim=32, kind="flat")
+    index.add(ids(0, 100), vectors, documents)
+    hits = index.search(vectors, k=100, filter="source LIKE 'src/%'")
+    assert all(int(h[0][3:]) % 2 == 1 for row in hits for h in row) and len(hits[0]) == 50
+    hits = index.search(vectors[:1], k=100, filter=("json_extract(metadata, '$.lang') = ?", ["rust"]))[0]
+    assert {h[0] for h in hits} == {f"doc{i}" for i in range(0, 100, 3)}
+    assert [h[0] for h in index.search(vectors[:1], k=10, filter={"doc4", "doc9"})[0]] in (["doc4", "doc9"], ["doc9", "doc4"])
+    assert index.documents(["doc4"])[0].metadata == {"lang": "python"} and index.documents(["x"]) == [None]
+    with pytest.raises(IndexInputError, match="not a valid SQL predicate"):
+        index.search(vectors[:1], k=1, filter="no_such_column = 1")
+
+
+def test_many_small_adds_are_merged(tmp_path, rng):
+    index = FaissIndex.create(tmp_path / "ix", dim=32, kind="flat")
+    vectors = unit(rng, 3 * MAX_SEGMENTS)
+    for i in range(3 * MAX_SEGMENTS):
+        index.add([f"doc{i}"], vectors[i:i + 1])
+    assert index.stats()["segments"] <= MAX_SEGMENTS
+    assert [index.search(vectors[i], k=1)[0][0][0] for i in range(len(vectors))] == ids(0, len(vectors))
+    assert len(list((tmp_path / "ix" / "files").iterdir())) <= 4 * MAX_SEGMENTS  # old segment files collected
+
+
+def test_transaction_is_one_commit(tmp_path, rng):
+    index = FaissIndex.create(tmp_path / "ix", dim=32, kind="flat")
+    with index.transaction():
+        index.add(["a"], unit(rng, 1))
+        index.add(["b"], unit(rng, 1))
+        index.remove(["a"])
+    assert index.generation == 1 and len(index) == 1 and "b" in index
+    with pytest.raises(IndexInputError), index.transaction():
+        index.add(["c"], unit(rng, 1))
+        index.add(["c"], unit(rng, 1))  # duplicate: the whole transaction is dropped
+    assert "c" not in FaissIndex.open(tmp_path / "ix") and index.generation == 1
+
+
+def test_bad_input_is_a_clear_error(tmp_path, rng):
+    index = FaissIndex.create(tmp_path / "ix", dim=32, kind="flat")
+    index.add(["a"], unit(rng, 1))
+    cases = [
+        (lambda: index.add(["b"], unit(rng, 1, dim=16)), r"shape \(n, 32\)"),
+        (lambda: index.add(["b", "c"], unit(rng, 1)), "2 ids but 1"),
+        (lambda: index.add(["b"], np.full((1, 32), np.nan)), "NaN"),
+        (lambda: index.add(["a"], unit(rng, 1)), "already in the index"),
+        (lambda: index.add(["b", "b"], unit(rng, 2)), "duplicate"),
+        (lambda: index.add([""], unit(rng, 1)), "non-empty strings"),
+        (lambda: index.add("b", unit(rng, 1)), "not one string"),
+        (lambda: index.remove(["zzz"]), "not in the index"),
+        (lambda: index.search(unit(rng, 1), k=0), "positive integer"),
+        (lambda: index.search(np.ones((1, 8)), k=1), r"shape \(n, 32\)"),
+        (lambda: FaissIndex.create(tmp_path / "ix", dim=32), "already holds an index"),
+        (lambda: FaissIndex.create(tmp_path / "other", dim=32, kind="annoy"), "kind must be one of"),
+        (lambda: FaissIndex.create(tmp_path / "pq", dim=32, kind="ivfpq").add(["x"], unit(rng, 1)), "at least"),
+    ]
+    for call, message in cases:
+        with pytest.raises(IndexInputError, match=message):
+            call()
+    assert len(FaissIndex.open(tmp_path / "ix")) == 1
