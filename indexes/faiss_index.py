@@ -95,7 +95,8 @@ class FaissIndex(VectorIndex):
 
     def _train_ivfpq(self, settings: dict[str, Any], vectors: np.ndarray, prefix: str) -> None:
         dim = settings["dim"]
-        nlist = settings["nlist"] or sqrt_count(len(vectors), 4)
+        # sqrt-sized, but small enough that the coarse k-means gets ~39 vectors per list (faiss's rule of thumb)
+        nlist = settings["nlist"] or min(sqrt_count(len(vectors), 4), 2 ** max(0, int(np.log2(max(len(vectors) // 39, 1)))))
         pq_m = settings["pq_m"] or max(m for m in (8, 16, 24, 32, 48, 64, 96) if dim % m == 0 and m <= dim // 4)  # sub-quantizers
         pq_bits = 8 if len(vectors) >= 39 * 256 else 4  # 16-code sub-quantizers train on fewer vectors
         needed = max(39 * nlist, 39 * 2**pq_bits)  # faiss's rule of thumb for the coarse and the PQ k-means

