@@ -309,8 +309,14 @@ class VectorIndex:
         assert pending is not None
         live = [(s, self._alive[s.rows]) for s in segments]
         rows = np.concatenate([s.rows[keep] for s, keep in live]) if live else np.zeros(0, np.int64)
+        self._replace(segments, rows, lambda prefix: self._write_merged(prefix, live))
+
+    def _replace(self, segments: list[Segment], rows: np.ndarray, write) -> None:
+        """Stage one new segment holding ``rows`` (written by ``write(prefix)``) in place of ``segments``."""
+        pending = self._pending
+        assert pending is not None
         if len(rows):
-            merged = self._new_segment(pending, rows, lambda prefix: self._write_merged(prefix, live))
+            merged = self._new_segment(pending, rows, write)
             pending.segments.append((merged, []))
             pending.moved.update({s.id: merged.id for s in segments})
         pending.dropped.extend(s.id for s in segments)

@@ -174,9 +174,6 @@ class PlaidIndex(VectorIndex):
         assert self.codec is not None
         return self._write_arrays(prefix, self.codec, np.concatenate(codes), np.concatenate(residuals), offsets)
 
-    def _segment_info(self, segment: Segment) -> dict[str, Any]:
-        return {"n": int(len(segment.rows))}
-
     def _open_segment(self, segment: Segment) -> SegmentArrays:
         """The arrays, memory-mapped, after the checks that keep a damaged file from failing deep inside a search:
         shapes, offsets that are monotonic and end where the data ends, ids in range. Codes and the inverted file
@@ -221,15 +218,10 @@ class PlaidIndex(VectorIndex):
                     c, r = codec.compress(old_codec.decompress(data.codes[a:b], data.residuals[a:b]))
                     codes.append(c), residuals.append(r), lengths.append(b - a)
                 rows.append(segment.rows[keep])
-            pending = self._pending
-            assert pending is not None
             offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
             np.cumsum(lengths, out=offsets[1:])
-            merged = self._new_segment(pending, np.concatenate(rows), lambda prefix: self._write_arrays(
+            self._replace([s for s, _ in live], np.concatenate(rows), lambda prefix: self._write_arrays(
                 prefix, codec, np.concatenate(codes), np.concatenate(residuals), offsets))
-            pending.segments.append((merged, []))
-            pending.moved.update({s.id: merged.id for s, _ in live})
-            pending.dropped.extend(s.id for s, _ in live)
 
     def _sample_tokens(self, codec: ResidualCodec, live: list[tuple[Segment, np.ndarray]]) -> np.ndarray:
         rng = np.random.default_rng(self.settings["seed"])
