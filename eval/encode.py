@@ -4,10 +4,11 @@ or some of its documents and queries, so that tests, benchmarks and the eval run
 The cache key hashes everything that decides the result: the model (the caller's ``model_key``, or the resolved
 folder / hub id and its loader), its dtype and length settings, the kind, the dataset folder and a digest of the
 texts, the ordered id lists and FORMAT_VERSION. Each entry is a .npz (written to a temporary file, fsynced and
-renamed into place) beside a .json that describes it; an entry that cannot be read or does not match its ids is
-ignored with a warning and encoded again. Documents, then queries, are encoded in length-sorted chunks under one
-progress bar. Not done: an interrupted run starts over (no resume from finished chunks), old entries are never
-evicted, and two processes encoding the same key both do the work (the last rename wins; the results are equal).
+renamed into place) beside a .json that describes it (with the encoding seconds and input tokens); an entry that
+cannot be read or does not match its ids is ignored with a warning and encoded again. Documents, then queries, are
+encoded in length-sorted chunks under one progress bar; each finished chunk is saved beside the entry (a .parts
+folder, removed once the entry is written), so an interrupted run resumes from its last finished chunk. Not done:
+old entries are never evicted, and two processes encoding the same key both do the work (the last rename wins).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import time
 import warnings
 import zipfile
@@ -48,6 +50,8 @@ class EncodedBeir:
     doc_offsets: np.ndarray | None = None
     query_offsets: np.ndarray | None = None
     path: Path | None = None  # the cache entry it was read from or written to
+    seconds: float | None = None  # time spent encoding (over all the runs that made it)
+    tokens: int | None = None  # input tokens encoded
 
     def doc(self, i: int) -> np.ndarray:
         return _row(self.docs, self.doc_offsets, i)
@@ -91,14 +95,23 @@ def encode_beir(dataset: BeirDataset, model: BiEncoder | ColBERT | str | Path, k
             return cached
         description = {k: v for k, v in key.items() if not k.endswith("_ids")} | {"key": digest}
 
-    start = time.perf_counter()
-    docs, queries = _encode(model, doc_texts, query_texts, show_progress)
+    parts = path.with_suffix(".parts") if path is not None else None
+    docs, queries, seconds, tokens = _encode(model, doc_texts, query_texts, show_progress, parts)
     result = _assemble(doc_ids, query_ids, docs, queries, kind, model.dim)
+    result.seconds, result.tokens = seconds, tokens
     if path is not None:
-        seconds = round(time.perf_counter() - start, 1)
-        _write(result, path, description | {"seconds": seconds, **_shapes(result)})
+        _write(result, path, description | {"seconds": round(seconds, 1), "tokens": tokens, **_shapes(result)})
+        shutil.rmtree(parts, ignore_errors=True)
         result.path = path
     return result
+
+
+def model_cache_name(name_or_path: str | Path, loader: Callable) -> str:
+    """How a model loaded from a folder or hub id is named in the cache key: the resolved folder (or the hub id)
+    and the loader, e.g. "/models/minilm (ColBERT.from_token_embeddings)"."""
+    local = Path(name_or_path).expanduser()
+    name = str(local.resolve()) if local.is_dir() else str(name_or_path)
+    return f"{name} ({loader.__qualname__})"
 
 
 def _check_ids(ids: list[str], known: dict, what: str) -> None:
@@ -116,9 +129,7 @@ def _model(model: BiEncoder | ColBERT | str | Path, kind: Kind, model_key: str |
     if isinstance(model, (str, Path)):
         load = BiEncoder.from_pretrained if kind == "dense" else (
             ColBERT.from_token_embeddings if token_embeddings else ColBERT.from_pretrained)
-        local = Path(model).expanduser()
-        name = str(local.resolve()) if local.is_dir() else str(model)
-        return load(model), model_key or f"{name} ({load.__qualname__})"
+        return load(model), model_key or model_cache_name(model, load)
     expected = BiEncoder if kind == "dense" else ColBERT
     if not isinstance(model, expected):
         raise TypeError(f"kind {kind!r} encodes with a {expected.__name__}, got {type(model).__name__}")
@@ -148,27 +159,71 @@ def _digest(*parts: list[str]) -> str:
     return h.hexdigest()
 
 
-def _encode(model: BiEncoder | ColBERT, doc_texts: list[str], query_texts: list[str],
-            show_progress: bool | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def _encode(model: BiEncoder | ColBERT, doc_texts: list[str], query_texts: list[str], show_progress: bool | None,
+            parts: Path | None) -> tuple[list[np.ndarray], list[np.ndarray], float, int]:
+    """(document rows, query rows, encoding seconds, input tokens), resuming from the chunks in ``parts``."""
     from tqdm.auto import tqdm
 
     disable = None if show_progress is None else not show_progress
     with tqdm(total=len(doc_texts) + len(query_texts), desc="encoding", unit="text", disable=disable) as bar:
-        docs = _in_chunks(model.encode_documents, doc_texts, bar.update)
-        queries = _in_chunks(model.encode_queries, query_texts, bar.update)
-    return docs, queries
+        docs, doc_seconds, doc_tokens = _in_chunks(model, doc_texts, False, bar.update, parts)
+        queries, query_seconds, query_tokens = _in_chunks(model, query_texts, True, bar.update, parts)
+    return docs, queries, doc_seconds + query_seconds, doc_tokens + query_tokens
 
 
-def _in_chunks(encode: Callable, texts: list[str], advance: Callable[[int], object]) -> list[np.ndarray]:
-    """Longest texts first, CHUNK_TEXTS at a time (similar lengths batch with little padding); input order out."""
-    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+def _in_chunks(model: BiEncoder | ColBERT, texts: list[str], is_query: bool, advance: Callable[[int], object],
+               parts: Path | None) -> tuple[list[np.ndarray], float, int]:
+    """Longest texts first, CHUNK_TEXTS at a time (similar lengths batch with little padding); input order out.
+
+    Each finished chunk is saved in ``parts`` (when given) before the next starts, and a chunk found there is read
+    instead of encoded: an interrupted run resumes where it stopped. The seconds and token counts add up over runs."""
+    encode = model.encode_queries if is_query else model.encode_documents
+    order = sorted(range(len(texts)), key=lambda i: (-len(texts[i]), i))
     out: list[np.ndarray] = [np.empty(0)] * len(texts)
+    seconds, tokens = 0.0, 0
     for start in range(0, len(order), CHUNK_TEXTS):
         chunk = order[start: start + CHUNK_TEXTS]
-        for i, row in zip(chunk, encode([texts[i] for i in chunk], show_progress=False)):
+        part = parts / f"{'queries' if is_query else 'docs'}-{start // CHUNK_TEXTS:06d}.npz" if parts else None
+        rows, chunk_seconds, chunk_tokens = _read_part(part, len(chunk)) if part and part.exists() else (None, 0, 0)
+        if rows is None:
+            begin = time.perf_counter()
+            batch = [texts[i] for i in chunk]
+            rows = list(encode(batch, show_progress=False))
+            chunk_seconds, chunk_tokens = time.perf_counter() - begin, _count_tokens(model, batch, is_query)
+            if part is not None:
+                part.parent.mkdir(parents=True, exist_ok=True)
+                lengths = np.array([len(r) if r.ndim == 2 else 0 for r in rows])
+                _atomic(part, lambda f: np.savez(f, rows=np.concatenate(rows) if rows[0].ndim == 2 else np.stack(rows),
+                                                 lengths=lengths, seconds=chunk_seconds, tokens=chunk_tokens))
+        for i, row in zip(chunk, rows):
             out[i] = row
+        seconds, tokens = seconds + chunk_seconds, tokens + chunk_tokens
         advance(len(chunk))
-    return out
+    return out, seconds, tokens
+
+
+def _read_part(part: Path, n: int) -> tuple[list[np.ndarray] | None, float, int]:
+    """A saved chunk as rows (None when unreadable or of the wrong size: it is encoded again)."""
+    try:
+        with np.load(part, allow_pickle=False) as f:
+            rows, lengths = f["rows"], f["lengths"]
+            seconds, tokens = float(f["seconds"]), int(f["tokens"])
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
+        return None, 0, 0
+    if len(lengths) != n:
+        return None, 0, 0
+    if lengths.any():  # per-token rows, packed
+        if lengths.sum() != len(rows):
+            return None, 0, 0
+        return np.split(rows, np.cumsum(lengths)[:-1]), seconds, tokens
+    return list(rows) if len(rows) == n else None, seconds, tokens
+
+
+def _count_tokens(model: BiEncoder | ColBERT, texts: list[str], is_query: bool) -> int:
+    """Input tokens of these texts as the model truncates them (for tokens/s; prompts not counted)."""
+    if isinstance(model, ColBERT):
+        return sum(len(ids) for ids in model.tokenize(texts, is_query))
+    return sum(len(ids) for ids in model.backbone.tokenizer.encode(texts, model.max_length))
 
 
 def _assemble(doc_ids: list[str], query_ids: list[str], docs: list[np.ndarray], queries: list[np.ndarray],
@@ -231,6 +286,11 @@ def _read(path: Path, doc_ids: list[str], query_ids: list[str], kind: Kind) -> E
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as error:
         problem = f"{type(error).__name__}: {error}"
     if problem is None:
+        try:
+            description = json.loads(path.with_suffix(".json").read_text())
+            result.seconds, result.tokens = description.get("seconds"), description.get("tokens")
+        except (OSError, ValueError):
+            pass  # the description is informative only
         return result
     warnings.warn(f"ignoring the cached embeddings {path} ({problem}); encoding again", stacklevel=3)
     return None

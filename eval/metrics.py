@@ -15,7 +15,7 @@ def evaluate(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]])
     import pytrec_eval
 
     run = {q: {d: float(s) for d, s in docs.items() if d != q} for q, docs in run.items()}
-    top10 = {q: dict(sorted(docs.items(), key=lambda kv: -kv[1])[:10]) for q, docs in run.items()}
+    top10 = {q: dict(trec_order(docs)[:10]) for q, docs in run.items()}
     evaluator = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.100", "map"})
     per_query = evaluator.evaluate(run)
     mrr = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(top10)
@@ -26,6 +26,13 @@ def evaluate(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]])
         out[name] = float(np.mean([table.get(q, {}).get(key, 0.0) for q in judged]))
     out["num_queries"] = len(judged)
     return out
+
+
+def trec_order(docs: dict[str, float]) -> list[tuple[str, float]]:
+    """Best first, as trec_eval ranks: by score, ties broken by document id in descending order."""
+    ranked = sorted(docs.items(), key=lambda kv: kv[0], reverse=True)
+    ranked.sort(key=lambda kv: -kv[1])  # stable: equal scores keep the descending ids
+    return ranked
 
 
 def exact_search(query_vectors: np.ndarray, doc_vectors: np.ndarray, doc_ids: list[str], query_ids: list[str],

@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 import json
-from enum import Enum
 from pathlib import Path
 
 import numpy as np
 import typer
-from rich.console import Console
+
+from .console import Kind, err, fail
 
 app = typer.Typer(help="modernretrieval: ModernBERT embeddings and retrieval.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
-err = Console(stderr=True)
-
-
-class Kind(str, Enum):
-    dense = "dense"
-    colbert = "colbert"
-
-
-def fail(message: str) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)  # one line, greppable
-    raise typer.Exit(2)
 
 
 def read_texts(path: Path) -> list[str]:
@@ -95,6 +84,16 @@ def embed(
 @app.callback()
 def main() -> None:
     """modernretrieval: ModernBERT embeddings and retrieval."""
+
+
+def _register_eval() -> None:
+    from eval.cli import datasets_app, eval_command
+
+    app.command("eval")(eval_command)
+    app.add_typer(datasets_app, name="datasets")
+
+
+_register_eval()
 
 
 if __name__ == "__main__":

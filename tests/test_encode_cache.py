@@ -129,3 +129,33 @@ def test_mistakes_are_refused(subset, dense, tmp_path):
     with pytest.raises(ValueError, match="kind"):
         encode(subset, dense, "sparse", tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("kind", ["dense", "colbert"])
+def test_an_interrupted_encoding_resumes_from_its_last_finished_chunk(subset, dense, colbert, tmp_path, monkeypatch,
+                                                                      kind):
+    import eval.encode as encode_module
+
+    model = dense if kind == "dense" else colbert
+    reference = encode(subset, model, kind, None)
+    monkeypatch.setattr(encode_module, "CHUNK_TEXTS", 6)  # 20 documents: chunks of 6, 6, 6, 2
+    real, calls, interrupted = model.encode_documents, [], []
+
+    def interrupted_at_the_third_chunk(texts, **kwargs):
+        calls.append(len(texts))
+        if len(calls) == 3 and not interrupted:
+            interrupted.append(True)
+            raise KeyboardInterrupt
+        return real(texts, **kwargs)
+
+    monkeypatch.setattr(model, "encode_documents", interrupted_at_the_third_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        encode(subset, model, kind, tmp_path)
+    assert len(list(tmp_path.glob("*.parts/docs-*.npz"))) == 2 and not list(tmp_path.glob("*.npz"))
+    calls.clear()
+    result = encode(subset, model, kind, tmp_path)
+    assert calls == [6, 2]  # only the chunks that were not finished
+    assert not list(tmp_path.glob("*.parts")) and result.tokens > 0
+    assert np.allclose(result.docs, reference.docs, atol=1e-6) and np.allclose(result.queries, reference.queries)
+    if kind == "colbert":
+        assert np.array_equal(result.doc_offsets, reference.doc_offsets)

@@ -35,3 +35,18 @@ def test_exact_search_top_k():
     d = np.array([[0.0, 1.0], [1.0, 0.0], [0.7, 0.7]], dtype=np.float32)
     run = exact_search(q, d, ["a", "b", "c"], ["q"], k=2)
     assert set(run["q"]) == {"b", "c"}
+
+
+def test_ties_are_ranked_as_trec_eval_ranks_them():
+    """Equal scores: trec_eval puts the larger document id first; our MRR@10 cut follows the same order."""
+    from eval.metrics import trec_order
+
+    qrels = {"q": {"a": 1}}
+    assert evaluate({"q": {"a": 1.0, "b": 1.0}}, qrels)["mrr@10"] == 0.5  # b before a
+    assert trec_order({"a": 1.0, "b": 1.0, "c": 2.0}) == [("c", 2.0), ("b", 1.0), ("a", 1.0)]
+    nine_better = {f"z{i}": 2.0 for i in range(9)}
+    lost = evaluate({"q": {**nine_better, "a": 1.0, "b": 1.0}}, qrels)  # a is 11th
+    assert lost["mrr@10"] == 0.0 and lost["ndcg@10"] == 0.0
+    kept = evaluate({"q": {**nine_better, "a": 1.0, "0": 1.0}}, qrels)  # a is 10th: "a" > "0"
+    assert kept["mrr@10"] == pytest.approx(1 / 10)
+    assert kept["ndcg@10"] == pytest.approx(1 / math.log2(11), abs=1e-4)

@@ -1,0 +1,278 @@
+"""What ``mret eval`` runs: a dataset -> encoded once (cached, resumable) -> an index (cached) -> the top ``depth``
+documents of every query -> a TREC run file, metrics.json and a report beside the published numbers.
+
+Every index here is ours: ``flat`` is exact search (FAISS flat for single vectors, exhaustive MaxSim for ColBERT),
+``hnsw``/``ivfpq`` are FAISS's approximate ones, ``plaid`` our multi-vector index. Scores are pytrec_eval's."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from .beir import BeirDataset
+from .encode import EncodedBeir, encode_beir, model_cache_name
+from .metrics import evaluate, trec_order
+from .published import published_scores
+
+INDEXES = {"dense": ("flat", "hnsw", "ivfpq"), "colbert": ("flat", "plaid")}
+QUERY_BATCH = 32
+DOC_BATCH = 256  # documents per PLAID build batch, and per exhaustive MaxSim block (tokens bound the memory)
+
+
+@dataclass
+class EvalSettings:
+    model: str
+    kind: Literal["dense", "colbert"] = "dense"
+    index: str = "flat"
+    max_length: int | None = None  # None: the model's own; 0: the backbone's maximum (8192 for ModernBERT)
+    token_embeddings: bool = False  # kind colbert over any encoder's token states (ColBERT.from_token_embeddings)
+    depth: int = 100  # documents retrieved per query (Recall@100 needs 100)
+    nbits: int = 2  # PLAID residual bits
+    index_options: dict[str, Any] = field(default_factory=dict)  # e.g. ef_search, n_ivf_probe, nprobe
+
+    def check(self) -> None:
+        if self.kind not in INDEXES:
+            raise ValueError(f"--kind must be dense or colbert, got {self.kind!r}")
+        if self.index not in INDEXES[self.kind]:
+            raise ValueError(f"--index {self.index} does not apply to --kind {self.kind}; "
+                             f"use one of: {', '.join(INDEXES[self.kind])}")
+        if self.token_embeddings and self.kind != "colbert":
+            raise ValueError("--token-embeddings needs --kind colbert")
+        if self.depth < 10:
+            raise ValueError("--depth must be at least 10 (nDCG@10, MRR@10)")
+
+
+def run_eval(dataset: BeirDataset, settings: EvalSettings, output: Path, cache_dir: Path,
+             show_progress: bool | None = None) -> dict[str, Any]:
+    """Evaluate, write ``output``/run.trec and ``output``/metrics.json, and return the metrics record."""
+    settings.check()
+    started = time.perf_counter()
+    model, key = load_model(settings)
+    encoded = encode_beir(dataset, model, settings.kind, cache_dir / "embeddings", model_key=key,
+                          show_progress=show_progress)
+    encode_seconds = time.perf_counter() - started
+    index_started = time.perf_counter()
+    searcher, index_info = open_index(encoded, settings, cache_dir / "indexes", show_progress)
+    index_seconds = time.perf_counter() - index_started
+    search_started = time.perf_counter()
+    run = searcher(settings.depth + 1)  # one extra: a query's own id is dropped from its results, as BEIR does
+    search_seconds = time.perf_counter() - search_started
+
+    metrics = evaluate(run, dataset.qrels)
+    output.mkdir(parents=True, exist_ok=True)
+    write_trec_run(run, output / "run.trec", tag=f"mret-{settings.kind}-{settings.index}")
+    record = {
+        **metrics,
+        "dataset": {"name": dataset.name, "folder": str(dataset.folder) if dataset.folder else None,
+                    "documents": len(dataset.corpus), "queries": len(dataset.queries)},
+        "settings": asdict(settings),
+        "model": {"name": settings.model, "dim": model.dim, **_lengths(model)},
+        "index": index_info,
+        "timings": {"encode_s": round(encode_seconds, 2), "encoding_total_s": _round(encoded.seconds),
+                    "index_s": round(index_seconds, 2), "search_s": round(search_seconds, 2),
+                    "search_ms_per_query": round(1000 * search_seconds / max(1, len(encoded.query_ids)), 2),
+                    "total_s": round(time.perf_counter() - started, 2)},
+        "tokens": encoded.tokens,
+        "tokens_per_s": round(encoded.tokens / encoded.seconds, 1) if encoded.tokens and encoded.seconds else None,
+        "embeddings_cache": str(encoded.path) if encoded.path else None,
+        "device": device_description(),
+        "versions": versions(),
+        "published": published_scores(settings.model, dataset.name, settings.kind),
+    }
+    (output / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def load_model(settings: EvalSettings):
+    """The model and its name in the embeddings cache key."""
+    from retrieval import BiEncoder, ColBERT
+
+    if settings.kind == "dense":
+        loader = BiEncoder.from_pretrained
+    else:
+        loader = ColBERT.from_token_embeddings if settings.token_embeddings else ColBERT.from_pretrained
+    model = loader(settings.model)
+    if settings.max_length is not None:
+        limit = model.backbone.max_length  # the backbone's positions: 8192 for ModernBERT, 512 for BERT
+        length = limit if settings.max_length == 0 else settings.max_length
+        if not 8 <= length <= limit:
+            raise ValueError(f"--max-length must be between 8 and {limit} for this model, got {length}")
+        if settings.kind == "dense":
+            model.max_length = length
+        else:
+            model.document_length = length
+    return model, model_cache_name(settings.model, loader)
+
+
+def _lengths(model) -> dict[str, int]:
+    if hasattr(model, "document_length"):
+        return {"query_length": model.query_length, "document_length": model.document_length}
+    return {"max_length": model.max_length}
+
+
+# ----- indexes
+def open_index(encoded: EncodedBeir, settings: EvalSettings, cache: Path, show_progress: bool | None):
+    """(search function: depth -> run, index description). Built indexes are kept in ``cache`` under a key of the
+    embeddings entry and the index settings, and reused when complete."""
+    if settings.kind == "colbert" and settings.index == "flat":
+        return (lambda depth: exhaustive_maxsim(encoded, depth, show_progress)), {"kind": "exhaustive MaxSim"}
+    folder = _index_folder(encoded, settings, cache)
+    index = _reuse(folder, len(encoded.doc_ids), settings)
+    if index is None:
+        index = _build(folder, encoded, settings, show_progress)
+    info = {"kind": settings.index, "folder": str(folder), "stats": _jsonable(index.stats())}
+
+    def search(depth: int) -> dict[str, dict[str, float]]:
+        from tqdm.auto import tqdm
+
+        run = {}
+        n = len(encoded.query_ids)
+        disable = None if show_progress is None else not show_progress
+        for start in tqdm(range(0, n, QUERY_BATCH), desc="searching", unit="batch", disable=disable):
+            stop = min(n, start + QUERY_BATCH)
+            queries = (encoded.queries[start:stop] if settings.kind == "dense"
+                       else [encoded.query(i) for i in range(start, stop)])
+            for query_id, hits in zip(encoded.query_ids[start:stop],
+                                      index.search(queries, k=depth, **settings.index_options)):
+                run[query_id] = dict(hits)
+        return run
+    return search, info
+
+
+def _index_folder(encoded: EncodedBeir, settings: EvalSettings, cache: Path) -> Path:
+    spec = {"index": settings.index, "nbits": settings.nbits if settings.index == "plaid" else None}
+    if encoded.path is None:  # not cached: a private folder, rebuilt every time
+        return cache / f"uncached-{os.getpid()}-{settings.index}"
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    return cache / f"{encoded.path.stem}-{settings.index}-{digest}"
+
+
+def _reuse(folder: Path, n_docs: int, settings: EvalSettings):
+    from indexes import FaissIndex, IndexCorruptError, PlaidIndex
+
+    if not (folder / "store.sqlite").exists():
+        return None
+    try:
+        index = (PlaidIndex if settings.index == "plaid" else FaissIndex).open(folder)
+    except (IndexCorruptError, OSError, ValueError):
+        return None
+    return index if len(index) == n_docs else None
+
+
+def _build(folder: Path, encoded: EncodedBeir, settings: EvalSettings, show_progress: bool | None):
+    from tqdm.auto import tqdm
+
+    from indexes import FaissIndex, PlaidIndex
+
+    shutil.rmtree(folder, ignore_errors=True)  # an incomplete build (the index's own commits make it consistent)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    dim = encoded.docs.shape[1]
+    if settings.kind == "dense":
+        index = FaissIndex.create(folder, dim, kind=settings.index)
+        index.add(encoded.doc_ids, encoded.docs)
+        return index
+    n = len(encoded.doc_ids)
+    disable = None if show_progress is None else not show_progress
+
+    def batches() -> Iterator[tuple[list[str], list[np.ndarray]]]:
+        with tqdm(total=n, desc="indexing", unit="doc", disable=disable) as bar:
+            for start in range(0, n, DOC_BATCH):
+                stop = min(n, start + DOC_BATCH)
+                yield encoded.doc_ids[start:stop], [encoded.doc(i) for i in range(start, stop)]
+                bar.update(stop - start)
+    return PlaidIndex.build(folder, batches(), dim=dim, expected_tokens=len(encoded.docs), nbits=settings.nbits)
+
+
+def exhaustive_maxsim(encoded: EncodedBeir, depth: int, show_progress: bool | None,
+                      block_tokens: int = 1 << 21) -> dict[str, dict[str, float]]:
+    """Exact late interaction: every query token against every document token, in blocks of documents holding
+    about ``block_tokens`` tokens (memory stays bounded on large corpora); the best ``depth`` kept per query."""
+    import torch
+    from tqdm.auto import tqdm
+
+    offsets = encoded.doc_offsets
+    blocks, start = [], 0
+    while start < len(encoded.doc_ids):
+        stop = int(np.searchsorted(offsets, offsets[start] + block_tokens, side="right")) - 1
+        stop = max(stop, start + 1)
+        blocks.append((start, min(stop, len(encoded.doc_ids))))
+        start = blocks[-1][1]
+    n_queries = len(encoded.query_ids)
+    best = np.full((n_queries, 0), -np.inf, np.float32), np.zeros((n_queries, 0), np.int64)
+    disable = None if show_progress is None else not show_progress
+    with tqdm(total=n_queries * len(blocks), desc="exhaustive MaxSim", unit="query", disable=disable) as bar:
+        for start, stop in blocks:
+            tokens = torch.from_numpy(encoded.docs[offsets[start]:offsets[stop]])
+            owner = torch.repeat_interleave(torch.arange(stop - start), torch.from_numpy(np.diff(offsets[start:stop + 1])))
+            scores = np.empty((n_queries, stop - start), np.float32)
+            for i in range(n_queries):
+                similarity = torch.from_numpy(encoded.query(i)) @ tokens.T  # (query tokens, block tokens)
+                per_doc = torch.full((similarity.shape[0], stop - start), -torch.inf)
+                per_doc.scatter_reduce_(1, owner.expand(similarity.shape[0], -1), similarity, "amax")
+                scores[i] = per_doc.sum(0).numpy()
+                bar.update()
+            best = _merge_top(best, scores, np.arange(start, stop), depth)
+    return {q: {encoded.doc_ids[j]: float(s) for s, j in zip(best[0][i], best[1][i])}
+            for i, q in enumerate(encoded.query_ids)}
+
+
+def _merge_top(best: tuple[np.ndarray, np.ndarray], scores: np.ndarray, columns: np.ndarray, depth: int):
+    values = np.concatenate([best[0], scores], axis=1)
+    ids = np.concatenate([best[1], np.broadcast_to(columns, scores.shape)], axis=1)
+    keep = np.argsort(-values, axis=1, kind="stable")[:, :depth]
+    return np.take_along_axis(values, keep, 1), np.take_along_axis(ids, keep, 1)
+
+
+# ----- outputs
+def write_trec_run(run: dict[str, dict[str, float]], path: Path, tag: str) -> None:
+    """TREC format: query-id Q0 doc-id rank score tag, in trec_eval's order (ties: descending doc id), a query's
+    own id left out, as scored."""
+    with open(path, "w") as f:
+        for query_id, docs in run.items():
+            ranked = trec_order({d: s for d, s in docs.items() if d != query_id})
+            for rank, (doc_id, score) in enumerate(ranked, start=1):
+                f.write(f"{query_id} Q0 {doc_id} {rank} {score:.6f} {tag}\n")
+
+
+def device_description() -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"device": "cpu", "cpu": cpu, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for package in ("modernretrieval", "torch", "numpy", "faiss-cpu", "tokenizers", "transformers",
+                    "pytrec-eval-terrier"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
+def _jsonable(stats: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(stats, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
