@@ -84,7 +84,7 @@ def encode_beir(dataset: BeirDataset, model: BiEncoder | ColBERT | str | Path, k
 
     path, description = None, {}
     if cache_dir is not None:
-        key = {"format": FORMAT_VERSION, "model": model_key, "dtype": _dtype(model), "lengths": _lengths(model),
+        key = {"format": FORMAT_VERSION, "model": model_key, "dtype": _dtype(model), "lengths": model_lengths(model),
                "kind": kind, "dataset": str(dataset.folder.resolve()) if dataset.folder else None,
                "texts": _digest(doc_texts, query_texts), "doc_ids": doc_ids, "query_ids": query_ids}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
@@ -138,7 +138,8 @@ def _model(model: BiEncoder | ColBERT | str | Path, kind: Kind, model_key: str |
     return model, model_key
 
 
-def _lengths(model: BiEncoder | ColBERT) -> dict[str, int | None]:
+def model_lengths(model: BiEncoder | ColBERT) -> dict[str, int | None]:
+    """The length settings that decide what a model encodes (part of the cache key, and of eval's metrics.json)."""
     if isinstance(model, BiEncoder):
         return {"max_length": model.max_length, "truncate_dim": model.truncate_dim}
     return {"query_length": model.query_length, "document_length": model.document_length}

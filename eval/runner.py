@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .beir import BeirDataset
-from .encode import EncodedBeir, encode_beir, model_cache_name
+from .encode import EncodedBeir, encode_beir, model_cache_name, model_lengths
 from .metrics import evaluate, trec_order
 from .published import published_scores
 
@@ -77,7 +77,7 @@ def run_eval(dataset: BeirDataset, settings: EvalSettings, output: Path, cache_d
         "dataset": {"name": dataset.name, "folder": str(dataset.folder) if dataset.folder else None,
                     "documents": len(dataset.corpus), "queries": len(dataset.queries)},
         "settings": asdict(settings),
-        "model": {"name": settings.model, "dim": model.dim, **_lengths(model)},
+        "model": {"name": settings.model, "dim": model.dim, **model_lengths(model)},
         "index": index_info,
         "timings": {"encode_s": round(encode_seconds, 2), "encoding_total_s": _round(encoded.seconds),
                     "index_s": round(index_seconds, 2), "search_s": round(search_seconds, 2),
@@ -113,12 +113,6 @@ def load_model(settings: EvalSettings):
         else:
             model.document_length = length
     return model, model_cache_name(settings.model, loader)
-
-
-def _lengths(model) -> dict[str, int]:
-    if hasattr(model, "document_length"):
-        return {"query_length": model.query_length, "document_length": model.document_length}
-    return {"max_length": model.max_length}
 
 
 # ----- indexes
