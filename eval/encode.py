@@ -30,6 +30,7 @@ import numpy as np
 
 from retrieval import BiEncoder, ColBERT
 from retrieval.colbert import pack_arrays
+from retrieval.models import loader_for
 
 from .beir import BeirDataset
 
@@ -127,8 +128,7 @@ def _model(model: BiEncoder | ColBERT | str | Path, kind: Kind, model_key: str |
         raise ValueError("token_embeddings=True loads a folder with ColBERT.from_token_embeddings: "
                          'it needs kind "colbert" and a model path')
     if isinstance(model, (str, Path)):
-        load = BiEncoder.from_pretrained if kind == "dense" else (
-            ColBERT.from_token_embeddings if token_embeddings else ColBERT.from_pretrained)
+        load = loader_for(kind, token_embeddings)
         return load(model), model_key or model_cache_name(model, load)
     expected = BiEncoder if kind == "dense" else ColBERT
     if not isinstance(model, expected):

@@ -96,23 +96,10 @@ def run_eval(dataset: BeirDataset, settings: EvalSettings, output: Path, cache_d
 
 def load_model(settings: EvalSettings):
     """The model and its name in the embeddings cache key."""
-    from retrieval import BiEncoder, ColBERT
+    from retrieval.models import load_head, loader_for
 
-    if settings.kind == "dense":
-        loader = BiEncoder.from_pretrained
-    else:
-        loader = ColBERT.from_token_embeddings if settings.token_embeddings else ColBERT.from_pretrained
-    model = loader(settings.model)
-    if settings.max_length is not None:
-        limit = model.backbone.max_length  # the backbone's positions: 8192 for ModernBERT, 512 for BERT
-        length = limit if settings.max_length == 0 else settings.max_length
-        if not 8 <= length <= limit:
-            raise ValueError(f"--max-length must be between 8 and {limit} for this model, got {length}")
-        if settings.kind == "dense":
-            model.max_length = length
-        else:
-            model.document_length = length
-    return model, model_cache_name(settings.model, loader)
+    model = load_head(settings.model, settings.kind, settings.max_length, settings.token_embeddings)
+    return model, model_cache_name(settings.model, loader_for(settings.kind, settings.token_embeddings))
 
 
 # ----- indexes

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 import encoder
-from encoder.packing import batches_by_token_budget
+from encoder.packing import batches_by_token_budget, pack
 from encoder.tokenizer import Tokenizer
 
 
@@ -26,6 +26,12 @@ class ModernBertBackbone:
                      key_lengths: Sequence[int] | None = None) -> list[torch.Tensor]:
         """Per-text token states; with ``key_lengths``, only the first key_lengths[i] tokens are attended to."""
         return self.model.embed_token_ids(token_ids, show_progress=show_progress, key_lengths=key_lengths)
+
+    def forward_states(self, token_ids: Sequence[Sequence[int]],
+                       key_lengths: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Differentiable (training): all texts as one packed sequence -> (hidden (total, h), cu_seqlens)."""
+        input_ids, cu_seqlens = pack(token_ids, self.model.device)
+        return self.model(input_ids, cu_seqlens, None if key_lengths is None else list(key_lengths)), cu_seqlens
 
     def save(self, folder: Path) -> None:
         self.model.save_pretrained(folder)
@@ -54,18 +60,33 @@ class TransformersBackbone:
         """As ModernBertBackbone.token_states; query-only tokens are those outside the attention mask, which
         still get outputs (what ColBERT's [MASK] expansion relies on)."""
         out: list[torch.Tensor | None] = [None] * len(token_ids)
-        pad = self.tokenizer.pad_token_id or 0
         for batch in batches_by_token_budget([len(ids) for ids in token_ids], batch_tokens, max_sequences=256):
-            length = max(len(token_ids[i]) for i in batch)
-            ids = torch.full((len(batch), length), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for row, i in enumerate(batch):
-                ids[row, : len(token_ids[i])] = torch.tensor(token_ids[i])
-                mask[row, : len(token_ids[i]) if key_lengths is None else key_lengths[i]] = 1
-            states = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state
+            states = self._padded([token_ids[i] for i in batch], None if key_lengths is None else
+                                  [key_lengths[i] for i in batch])
             for row, i in enumerate(batch):
                 out[i] = states[row, : len(token_ids[i])]
         return out  # type: ignore[return-value]
+
+    def forward_states(self, token_ids: Sequence[Sequence[int]],
+                       key_lengths: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Differentiable (training): as ModernBertBackbone.forward_states, through a padded batch."""
+        states = self._padded(token_ids, key_lengths)
+        lengths = torch.tensor([len(ids) for ids in token_ids])
+        keep = torch.arange(states.shape[1])[None, :] < lengths[:, None]
+        cu_seqlens = torch.zeros(len(token_ids) + 1, dtype=torch.int32)
+        cu_seqlens[1:] = lengths.cumsum(0)
+        return states[keep.to(states.device)], cu_seqlens.to(states.device)
+
+    def _padded(self, token_ids: Sequence[Sequence[int]], key_lengths: Sequence[int] | None) -> torch.Tensor:
+        """(batch, longest, hidden): the padded batch transformers' kernels need."""
+        pad = self.tokenizer.pad_token_id or 0
+        length = max(len(ids) for ids in token_ids)
+        ids = torch.full((len(token_ids), length), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, row_ids in enumerate(token_ids):
+            ids[row, : len(row_ids)] = torch.tensor(row_ids)
+            mask[row, : len(row_ids) if key_lengths is None else key_lengths[row]] = 1
+        return self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state
 
     def save(self, folder: Path) -> None:
         self.model.save_pretrained(folder)

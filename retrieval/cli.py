@@ -86,14 +86,20 @@ def main() -> None:
     """modernretrieval: ModernBERT embeddings and retrieval."""
 
 
-def _register_eval() -> None:
+def _register_commands() -> None:
     from eval.cli import datasets_app, eval_command
 
+    from .index_cli import register
+
+    from .train_cli import train_command
+
+    register(app)
+    app.command("train")(train_command)
     app.command("eval")(eval_command)
     app.add_typer(datasets_app, name="datasets")
 
 
-_register_eval()
+_register_commands()
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ marker token, no expansion, no skiplist) through the same class: only its spec a
 
 from __future__ import annotations
 
+import json
 import string
 from collections.abc import Sequence
 from dataclasses import replace
@@ -29,7 +30,7 @@ from encoder.tokenizer import check_texts
 from .backbones import load_backbone
 from .dense import DenseLayer
 from .maxsim import maxsim
-from .st_folder import STFolder, write_json, write_modules
+from .st_folder import DenseSpec, STFolder, write_json, write_modules
 from .stanford import METADATA, is_stanford_folder, read_stanford_folder
 
 
@@ -97,6 +98,30 @@ class ColBERT:
         spec = replace(spec, pooling=[], dense=[], normalize=False, settings=settings)
         return cls(spec, device, dtype, query_length, document_length)
 
+    @classmethod
+    def from_base(cls, name_or_path: str | Path, dim: int = 128, device: str | torch.device = "cpu",
+                  dtype: torch.dtype = torch.float32, query_length: int = 32, document_length: int = 180,
+                  revision: str | None = None) -> "ColBERT":
+        """A new ColBERT to train, on any encoder (a Hugging Face or sentence-transformers folder): a Dense
+        projection to ``dim`` (the identity when ``dim`` equals the hidden size, else random orthogonal), marker
+        tokens [Q]/[D] when the tokenizer has them, else [unused0]/[unused1] (as Stanford ColBERT; no new
+        embeddings), query expansion with [MASK], punctuation skiplist: PyLate's defaults. Saves in PyLate's layout."""
+        device = torch.device(device)
+        check_dtype(device, dtype)
+        folder = checkpoint.resolve(name_or_path, revision, extra_files=["*.json", "*/*.json", "*/*.safetensors"])
+        base = STFolder.read(folder) if (folder / "modules.json").exists() else STFolder(transformer=folder)
+        hidden = checkpoint.read_config(base.transformer)["hidden_size"]
+        vocab = json.loads((base.transformer / "tokenizer.json").read_text()) if (
+            base.transformer / "tokenizer.json").exists() else {}
+        known = {t["content"] for t in vocab.get("added_tokens", [])} | set(vocab.get("model", {}).get("vocab", {}))
+        markers = ("[Q] ", "[D] ") if {"[Q]", "[D]"} <= known else ("[unused0]", "[unused1]")
+        settings = {"query_prefix": markers[0], "document_prefix": markers[1], "query_length": query_length,
+                    "document_length": document_length, "do_query_expansion": True,
+                    "attend_to_expansion_tokens": False, "skiplist_words": list(string.punctuation)}
+        projection = DenseSpec(None, hidden, dim, False, "torch.nn.modules.linear.Identity")
+        spec = replace(base, pooling=[], dense=[projection], normalize=False, settings=settings)
+        return cls(spec, device, dtype)
+
     @property
     def dim(self) -> int:
         return self.spec.dense[-1].out_features if self.spec.dense else self.backbone.hidden_size
@@ -118,34 +143,45 @@ class ColBERT:
             rows = [row + [tokenizer.mask_token_id] * (limit - len(row)) for row in rows]
         return rows
 
-    def _token_vectors(self, token_ids: list[list[int]], key_lengths: list[int] | None,
-                       show_progress: bool | None) -> list[torch.Tensor]:
-        states = self.backbone.token_states(token_ids, show_progress, key_lengths=key_lengths)
+    def _key_lengths(self, token_ids: list[list[int]], is_query: bool) -> list[int] | None:
+        """Queries' [MASK] expansion reads the query but is not read (unless attend_to_expansion_tokens)."""
+        if not (is_query and self.query_expansion and not self.attend_to_expansion):
+            return None
+        mask_id = self.backbone.tokenizer.mask_token_id
+        return [len(row) - _trailing(row, mask_id) for row in token_ids]
+
+    def _project(self, states: torch.Tensor) -> torch.Tensor:
+        v = states.float()
+        for layer in self.dense:
+            v = layer(v)
+        return F.normalize(v, dim=-1)
+
+    def _kept(self, vectors: torch.Tensor, row: list[int], is_query: bool) -> torch.Tensor:
+        """Documents drop their skiplist (punctuation) tokens; queries keep every token."""
+        return vectors if is_query else vectors[torch.tensor([t not in self.skiplist for t in row])]
+
+    def forward(self, token_ids: list[list[int]], is_query: bool) -> list[torch.Tensor]:
+        """Differentiable (training): token ids from ``tokenize`` -> one (n_kept, dim) tensor per text, all texts
+        in one packed pass."""
+        hidden, cu_seqlens = self.backbone.forward_states(token_ids, self._key_lengths(token_ids, is_query))
+        vectors = self._project(hidden)
+        bounds = cu_seqlens.tolist()
+        return [self._kept(vectors[a:b], row, is_query) for row, a, b in zip(token_ids, bounds, bounds[1:])]
+
+    def _encode(self, texts: Sequence[str], is_query: bool, show_progress: bool | None) -> list[np.ndarray]:
+        token_ids = self.tokenize(texts, is_query)
+        states = self.backbone.token_states(token_ids, show_progress, key_lengths=self._key_lengths(token_ids, is_query))
         with torch.inference_mode():
-            out = []
-            for s in states:
-                v = s.float()
-                for layer in self.dense:
-                    v = layer(v)
-                out.append(F.normalize(v, dim=-1))
-        return out
+            return [self._kept(self._project(s), row, is_query).numpy() for s, row in zip(states, token_ids)]
 
     def encode_queries(self, texts: Sequence[str], show_progress: bool | None = None) -> list[np.ndarray]:
         """One (query_length, dim) array per query with expansion (its [MASK]s included); one row per query
         token (truncated at query_length) without."""
-        token_ids = self.tokenize(texts, is_query=True)
-        key_lengths = None
-        if self.query_expansion and not self.attend_to_expansion:
-            mask_id = self.backbone.tokenizer.mask_token_id
-            key_lengths = [len(row) - _trailing(row, mask_id) for row in token_ids]
-        return [v.numpy() for v in self._token_vectors(token_ids, key_lengths, show_progress)]
+        return self._encode(texts, True, show_progress)
 
     def encode_documents(self, texts: Sequence[str], show_progress: bool | None = None) -> list[np.ndarray]:
         """One (n_kept_tokens, dim) array per document, skiplist tokens removed."""
-        token_ids = self.tokenize(texts, is_query=False)
-        vectors = self._token_vectors(token_ids, None, show_progress)
-        keep = [torch.tensor([t not in self.skiplist for t in row]) for row in token_ids]
-        return [v[k].numpy() for v, k in zip(vectors, keep)]
+        return self._encode(texts, False, show_progress)
 
     def save(self, folder: str | Path) -> None:
         """The PyLate folder layout (Transformer + 1_Dense), loadable by PyLate and sentence-transformers.

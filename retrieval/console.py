@@ -7,6 +7,7 @@ from typing import NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 err = Console(stderr=True)
 
@@ -18,5 +19,5 @@ class Kind(str, Enum):
 
 def fail(message: str) -> NoReturn:
     """A user mistake: one red line on stderr (greppable, no traceback) and exit code 2."""
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)  # paths may hold [..]
     raise typer.Exit(2)

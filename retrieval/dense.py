@@ -23,7 +23,7 @@ from encoder.pretrained import check_dtype
 from encoder.tokenizer import check_texts
 
 from .backbones import load_backbone
-from .pooling import pool_all
+from .pooling import pool_all, pool_packed
 from .st_folder import CLASSIC_POOLING_KEYS, DenseSpec, STFolder, write_json, write_modules
 
 Output = Literal["numpy", "torch"]
@@ -39,6 +39,15 @@ class DenseLayer(torch.nn.Module):
         module_path, _, name = spec.activation.rpartition(".")
         self.activation = getattr(importlib.import_module(module_path), name)() if module_path.startswith(
             "torch.nn") else torch.nn.Identity()
+        if spec.folder is None:  # a new layer, to be trained
+            with torch.no_grad():
+                if spec.in_features == spec.out_features:
+                    self.linear.weight.copy_(torch.eye(spec.in_features))
+                else:
+                    torch.nn.init.orthogonal_(self.linear.weight, generator=torch.Generator().manual_seed(0))
+                if self.linear.bias is not None:
+                    self.linear.bias.zero_()
+            return
         weights = spec.folder / "model.safetensors"
         if not weights.exists():
             raise ModelLoadError(f"{spec.folder} has no model.safetensors (only safetensors are loaded)")
@@ -75,6 +84,20 @@ class BiEncoder:
             raise ModelLoadError("pooling with include_prompt=false is not supported yet")
         return cls(folder, spec, device, dtype, truncate_dim)
 
+    @classmethod
+    def from_base(cls, name_or_path: str | Path, pooling: str = "mean", device: str | torch.device = "cpu",
+                  dtype: torch.dtype = torch.float32, max_length: int | None = None,
+                  revision: str | None = None) -> "BiEncoder":
+        """A new bi-encoder to train on a plain Hugging Face checkpoint (e.g. answerdotai/ModernBERT-base):
+        ``pooling`` then Normalize, as sentence-transformers builds one from a bare transformer."""
+        device = torch.device(device)
+        check_dtype(device, dtype)
+        folder = checkpoint.resolve(name_or_path, revision)
+        if (folder / "modules.json").exists():
+            return cls.from_pretrained(folder, device, dtype)
+        spec = STFolder(transformer=folder, pooling=[pooling], normalize=True, max_seq_length=max_length)
+        return cls(folder, spec, device, dtype)
+
     @property
     def dim(self) -> int:
         full = self.spec.dense[-1].out_features if self.spec.dense else self.backbone.hidden_size * len(self.spec.pooling)
@@ -86,28 +109,43 @@ class BiEncoder:
         """(n, dim) float32 vectors in input order. ``prompt_name`` picks one of the model's prompts (its default
         prompt when None); ``prompt`` gives the text to prepend directly. ``normalize`` defaults to the model's
         Normalize module (and renormalizes after ``truncate_dim``)."""
-        check_texts(texts)
         if prompt is None:
             prompt_name = prompt_name or self.spec.settings.get("default_prompt_name")
             if prompt_name is not None and prompt_name not in self.spec.prompts:
                 raise ValueError(f"unknown prompt {prompt_name!r}; this model has {sorted(self.spec.prompts)}")
             prompt = self.spec.prompts.get(prompt_name, "") if prompt_name else ""
+        token_ids = self.tokenize(texts, prompt)
+        with torch.inference_mode():
+            vectors = self._head(pool_all(self.backbone.token_states(token_ids, show_progress), self.spec.pooling),
+                                 normalize)
+        vectors = vectors.float().cpu().contiguous()
+        return vectors.numpy() if output == "numpy" else vectors
+
+    def tokenize(self, texts: Sequence[str], prompt: str = "") -> list[list[int]]:
+        """Token ids as sentence-transformers makes them: the prompt before each text, lower-cased if the model
+        says so, truncated at ``max_length``."""
+        check_texts(texts)
         texts = [prompt + t for t in texts]
         if self.spec.do_lower_case:
             texts = [t.lower() for t in texts]
-        token_ids = self.backbone.tokenizer.encode(texts, self.max_length)
-        with torch.inference_mode():
-            vectors = pool_all(self.backbone.token_states(token_ids, show_progress), self.spec.pooling)
-            for layer in self.dense:
-                vectors = layer(vectors)
-            if self.spec.normalize:
-                vectors = F.normalize(vectors, dim=-1)
-            if self.truncate_dim:
-                vectors = vectors[:, : self.truncate_dim]
-            if normalize or (normalize is None and self.spec.normalize and self.truncate_dim):
-                vectors = F.normalize(vectors, dim=-1)
-        vectors = vectors.float().cpu().contiguous()
-        return vectors.numpy() if output == "numpy" else vectors
+        return self.backbone.tokenizer.encode(texts, self.max_length)
+
+    def forward(self, token_ids: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Differentiable (training): token ids -> (n, dim) vectors, all texts in one packed pass."""
+        hidden, cu_seqlens = self.backbone.forward_states(token_ids)
+        return self._head(pool_packed(hidden, cu_seqlens, self.spec.pooling))
+
+    def _head(self, vectors: torch.Tensor, normalize: bool | None = None) -> torch.Tensor:
+        """Pooled vectors -> Dense layers -> Normalize -> Matryoshka truncation (renormalized)."""
+        for layer in self.dense:
+            vectors = layer(vectors)
+        if self.spec.normalize:
+            vectors = F.normalize(vectors, dim=-1)
+        if self.truncate_dim:
+            vectors = vectors[:, : self.truncate_dim]
+        if normalize or (normalize is None and self.spec.normalize and self.truncate_dim):
+            vectors = F.normalize(vectors, dim=-1)
+        return vectors
 
     def encode_queries(self, texts: Sequence[str], **kwargs) -> np.ndarray | torch.Tensor:
         """Queries, with the model's "query" prompt when it has one (e.g. nomic's "search_query: ")."""
@@ -116,6 +154,17 @@ class BiEncoder:
     def encode_documents(self, texts: Sequence[str], **kwargs) -> np.ndarray | torch.Tensor:
         """Documents, with the model's "document" (or "passage") prompt when it has one."""
         return self.encode(texts, prompt_name=self._prompt("document", "passage", "corpus"), **kwargs)
+
+    @property
+    def document_prompt(self) -> str:
+        """The text put before every document (the model's "document"/"passage"/"corpus" prompt, or nothing)."""
+        name = self._prompt("document", "passage", "corpus")
+        return self.spec.prompts.get(name, "") if name else ""
+
+    @property
+    def query_prompt(self) -> str:
+        name = self._prompt("query")
+        return self.spec.prompts.get(name, "") if name else ""
 
     def _prompt(self, *names: str) -> str | None:
         for name in names:

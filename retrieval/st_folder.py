@@ -24,9 +24,10 @@ CLASSIC_POOLING_KEYS = {
 
 @dataclass
 class DenseSpec:
-    """A Dense module: Linear(in, out, bias) then an activation, weights in ``folder/model.safetensors``."""
+    """A Dense module: Linear(in, out, bias) then an activation, weights in ``folder/model.safetensors`` (a new
+    layer, not yet saved, has no folder: it starts as the identity when square, else random)."""
 
-    folder: Path
+    folder: Path | None
     in_features: int
     out_features: int
     bias: bool

@@ -145,7 +145,7 @@ class PlaidIndex(VectorIndex):
     # ----- segments
     def _write_segment(self, prefix: str, vectors: list[np.ndarray]) -> dict[str, FileEntry]:
         tokens = np.concatenate(vectors)
-        codec = self._current_codec() or self._train(tokens)
+        codec = self._current_codec() or self._train(tokens, self._expected_tokens)
         codes, residuals = codec.compress(tokens)
         offsets = np.zeros(len(vectors) + 1, dtype=np.int64)
         np.cumsum([len(v) for v in vectors], out=offsets[1:])
@@ -234,8 +234,17 @@ class PlaidIndex(VectorIndex):
             parts.append(codec.decompress(segment.data.codes[chosen], segment.data.residuals[chosen]))
         return np.concatenate(parts)
 
-    def add(self, doc_ids: Sequence[str], embeddings: Any, documents: Sequence[Document] | None = None) -> None:
-        super().add(doc_ids, embeddings, documents)
+    def add(self, doc_ids: Sequence[str], embeddings: Any, documents: Sequence[Document] | None = None,
+            expected_tokens: int | None = None) -> None:
+        """As VectorIndex.add. When this add trains the codec (the index has none yet), ``expected_tokens`` (what the
+        index will hold, if known) sizes the centroids instead of the tokens of this add."""
+        if expected_tokens is not None:
+            self._expected_tokens = expected_tokens
+        try:
+            super().add(doc_ids, embeddings, documents)
+        finally:
+            if expected_tokens is not None:
+                self._expected_tokens = None
         if self._pending is None:
             self._rebuild_if_outgrown()
 

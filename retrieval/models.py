@@ -1,0 +1,50 @@
+"""Loading a head by kind, with the length setting every command shares (``--max-length``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+from .colbert import ColBERT
+from .dense import BiEncoder
+
+Kind = Literal["dense", "colbert"]
+# the best public ModernBERT retrievers, the defaults of `mret index`
+DEFAULT_MODELS = {"dense": "Alibaba-NLP/gte-modernbert-base", "colbert": "lightonai/GTE-ModernColBERT-v1"}
+
+
+def loader_for(kind: Kind, token_embeddings: bool = False) -> Callable[..., BiEncoder | ColBERT]:
+    if kind == "dense":
+        if token_embeddings:
+            raise ValueError("token embeddings are a multi-vector model: they need kind colbert")
+        return BiEncoder.from_pretrained
+    if kind == "colbert":
+        return ColBERT.from_token_embeddings if token_embeddings else ColBERT.from_pretrained
+    raise ValueError(f"kind must be dense or colbert, got {kind!r}")
+
+
+def load_head(name_or_path: str | Path, kind: Kind, max_length: int | None = None,
+              token_embeddings: bool = False) -> BiEncoder | ColBERT:
+    """A BiEncoder or ColBERT. ``max_length``: None keeps the model's own document length; 0 takes the backbone's
+    maximum (8192 for ModernBERT, 512 for BERT); any other value must lie between 8 and that maximum."""
+    model = loader_for(kind, token_embeddings)(name_or_path)
+    if max_length is not None:
+        set_document_length(model, max_length)
+    return model
+
+
+def set_document_length(model: BiEncoder | ColBERT, max_length: int) -> int:
+    limit = model.backbone.max_length
+    length = limit if max_length == 0 else max_length
+    if not 8 <= length <= limit:
+        raise ValueError(f"--max-length must be between 8 and {limit} for this model, got {length}")
+    if isinstance(model, BiEncoder):
+        model.max_length = length
+    else:
+        model.document_length = length
+    return length
+
+
+def document_length(model: BiEncoder | ColBERT) -> int:
+    return model.max_length if isinstance(model, BiEncoder) else model.document_length

@@ -1,0 +1,331 @@
+"""Which files of a tree are indexed, and their text: the walk (``.gitignore``/``.mretignore``, vendored and build
+folders, binary, huge, generated and undecodable files skipped with a counted reason) and the readers (plain text and
+code as is; HTML as its text on the same line numbers; PDF through pypdf when it is installed).
+
+The walk only stats files; reading happens later, one file at a time, so that a tree of any size streams through.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pathspec
+
+# folders nobody wants in a code search: version control, dependencies, caches, build output, our own index
+EXCLUDED_DIRS = frozenset({
+    ".git", ".hg", ".svn", ".mret", "node_modules", "bower_components", "vendor", "third_party", "__pycache__",
+    ".venv", "venv", ".tox", ".nox", ".mypy_cache", ".pytest_cache", ".ruff_cache", ".cache", "build", "dist",
+    "target", ".eggs", "site-packages", ".idea", ".vscode", ".gradle", ".next", ".terraform", "htmlcov"})
+# content that is not prose or code even when it decodes: archives, media, compiled and serialized data
+BINARY_SUFFIXES = frozenset(
+    ".png .jpg .jpeg .gif .bmp .ico .webp .tif .tiff .psd .mp3 .mp4 .wav .ogg .flac .avi .mov .mkv .webm .zip .gz "
+    ".tgz .bz2 .xz .zst .7z .rar .tar .jar .war .whl .egg .so .dylib .dll .exe .o .a .lib .obj .pyc .pyo .class .wasm "
+    ".ttf .otf .woff .woff2 .eot .npy .npz .pt .pth .ckpt .safetensors .bin .onnx .pkl .pickle .parquet .arrow .h5 "
+    ".hdf5 .db .sqlite .sqlite3 .mo .dat .iso .dmg .deb .rpm .doc .docx .xls .xlsx .ppt .pptx".split())
+GENERATED_NAMES = frozenset({"package-lock.json", "yarn.lock", "pnpm-lock.yaml", "poetry.lock", "Cargo.lock",
+                             "uv.lock", "Pipfile.lock", "composer.lock", "go.sum", "Gemfile.lock"})
+GENERATED_SUFFIXES = (".min.js", ".min.css", ".map", ".lock")
+LANGUAGES = {
+    ".py": "python", ".pyi": "python", ".js": "javascript", ".mjs": "javascript", ".cjs": "javascript",
+    ".jsx": "javascript", ".ts": "typescript", ".tsx": "typescript", ".java": "java", ".kt": "kotlin", ".scala": "scala",
+    ".go": "go", ".rs": "rust", ".c": "c", ".h": "c", ".cc": "cpp", ".cpp": "cpp", ".cxx": "cpp", ".hpp": "cpp",
+    ".cs": "csharp", ".rb": "ruby", ".php": "php", ".swift": "swift", ".m": "objc", ".lua": "lua", ".r": "r",
+    ".jl": "julia", ".sh": "shell", ".bash": "shell", ".zsh": "shell", ".sql": "sql", ".pl": "perl", ".hs": "haskell",
+    ".ex": "elixir", ".exs": "elixir", ".erl": "erlang", ".clj": "clojure", ".dart": "dart", ".vue": "vue",
+    ".md": "markdown", ".markdown": "markdown", ".rst": "rst", ".txt": "text", ".tex": "tex", ".html": "html",
+    ".htm": "html", ".xhtml": "html", ".pdf": "pdf", ".json": "json", ".yaml": "yaml", ".yml": "yaml",
+    ".toml": "toml", ".ini": "ini", ".cfg": "ini", ".xml": "xml", ".css": "css", ".scss": "css", ".proto": "proto"}
+PROSE = frozenset({"markdown", "rst", "text", "tex", "html", "pdf"})
+SNIFF_BYTES = 8192
+DEFAULT_MAX_FILE_BYTES = 1 << 20  # 1 MiB: larger "source" files are almost always data or generated
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A file the walk found: ``path`` relative to the root, with '/' separators (the id used everywhere)."""
+
+    path: str
+    absolute: Path
+    size: int
+    mtime_ns: int
+
+    @property
+    def language(self) -> str:
+        return language_of(self.path)
+
+
+@dataclass
+class Walk:
+    files: list[SourceFile] = field(default_factory=list)
+    skipped: Counter = field(default_factory=Counter)  # reason -> files (or folders, for excluded folders)
+
+
+def language_of(path: str) -> str:
+    suffix = os.path.splitext(path)[1].lower()
+    return LANGUAGES.get(suffix, suffix.lstrip(".") or "text")
+
+
+def is_code(path: str) -> bool:
+    return language_of(path) not in PROSE
+
+
+class _IgnoreRules:
+    """``.gitignore`` and ``.mretignore`` files, each applying below its own folder; as in git, the deepest file
+    with a matching pattern decides, and within a file the last matching pattern (``!`` re-includes)."""
+
+    def __init__(self) -> None:
+        self._specs: dict[str, list[pathspec.PathSpec]] = {}
+
+    def load(self, folder: Path, relative: str) -> None:
+        specs = []
+        for name in (".gitignore", ".mretignore"):
+            try:
+                lines = (folder / name).read_text(encoding="utf-8", errors="replace").splitlines()
+            except OSError:
+                continue
+            specs.append(pathspec.GitIgnoreSpec.from_lines(lines))
+        if specs:
+            self._specs[relative] = specs
+
+    def ignored(self, relative: str, is_dir: bool) -> bool:
+        parts = relative.split("/")
+        for depth in range(len(parts) - 1, -1, -1):  # the deepest folder first
+            base = "/".join(parts[:depth])
+            for spec in reversed(self._specs.get(base, ())):  # .mretignore over .gitignore
+                sub = "/".join(parts[depth:]) + ("/" if is_dir else "")
+                result = spec.check_file(sub)
+                if result.include is not None:
+                    return bool(result.include)
+        return False
+
+
+def walk(root: Path, exclude: Iterable[Path] = ()) -> Walk:
+    """Every indexable-looking file under ``root`` in a fixed (sorted) order, without reading file contents.
+    Binary suffixes, generated files, size limits and encodings are judged later by ``read_source``."""
+    root = root.resolve()
+    excluded = {Path(p).resolve() for p in exclude}
+    rules, out = _IgnoreRules(), Walk()
+    for folder, dirnames, filenames in os.walk(root):
+        here = Path(folder)
+        relative = here.relative_to(root).as_posix()
+        relative = "" if relative == "." else relative
+        rules.load(here, relative)
+        keep = []
+        for name in sorted(dirnames):
+            path = f"{relative}/{name}" if relative else name
+            if name == ".mret" or (here / name).resolve() in excluded:
+                continue  # our own index folders: not the user's content, not worth a line in the summary
+            if name in EXCLUDED_DIRS or name.endswith(".egg-info"):
+                out.skipped["excluded folder (vendored, build, cache)"] += 1
+            elif (here / name).is_symlink():
+                out.skipped["symlink"] += 1
+            elif rules.ignored(path, is_dir=True):
+                out.skipped["ignored (.gitignore/.mretignore)"] += 1
+            else:
+                keep.append(name)
+        dirnames[:] = keep
+        for name in sorted(filenames):
+            path = f"{relative}/{name}" if relative else name
+            absolute = here / name
+            if name in (".gitignore", ".mretignore"):
+                continue
+            if absolute.is_symlink():
+                out.skipped["symlink"] += 1
+            elif rules.ignored(path, is_dir=False):
+                out.skipped["ignored (.gitignore/.mretignore)"] += 1
+            else:
+                found = stat_file(root, absolute)
+                if isinstance(found, str):
+                    out.skipped[found] += 1
+                else:
+                    out.files.append(found)
+    return out
+
+
+def listed(root: Path, paths: Iterable[str]) -> Walk:
+    """The files named in a list (``--files-from``), relative to ``root`` or absolute under it, in list order."""
+    root, out, seen = root.resolve(), Walk(), set()
+    for line in paths:
+        name = line.strip()
+        if not name or name.startswith("#"):
+            continue
+        absolute = (root / name).resolve()
+        if not absolute.is_relative_to(root):
+            out.skipped["outside the indexed root"] += 1
+            continue
+        found = stat_file(root, absolute)
+        if isinstance(found, str):
+            out.skipped[found] += 1
+        elif found.path not in seen:
+            seen.add(found.path)
+            out.files.append(found)
+    return out
+
+
+def stat_file(root: Path, absolute: Path) -> SourceFile | str:
+    """The file, or why it is not taken (a reason that can be decided without reading it)."""
+    try:
+        info = absolute.stat()
+    except OSError:
+        return "missing or unreadable"
+    if not absolute.is_file():
+        return "not a regular file"
+    return SourceFile(absolute.relative_to(root).as_posix(), absolute, info.st_size, info.st_mtime_ns)
+
+
+class SkippedFile(Exception):
+    """A file that is not indexed; ``reason`` is what the summary counts it under."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def read_source(file: SourceFile, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> str:
+    """The file's text; ``SkippedFile`` when it is binary, too large, generated, empty or undecodable."""
+    name = file.path.rsplit("/", 1)[-1]
+    lower = name.lower()
+    suffix = os.path.splitext(lower)[1]
+    if suffix in BINARY_SUFFIXES:
+        raise SkippedFile("binary")
+    if name in GENERATED_NAMES or lower.endswith(GENERATED_SUFFIXES):
+        raise SkippedFile("generated (lock file, minified, source map)")
+    if file.size > max_bytes:
+        raise SkippedFile(f"larger than {max_bytes // 1024} KiB")
+    if file.size == 0:
+        raise SkippedFile("empty")
+    try:
+        data = file.absolute.read_bytes()
+    except OSError:
+        raise SkippedFile("missing or unreadable")
+    if suffix == ".pdf":
+        return _pdf_text(data)
+    text = decode(data)
+    if text is None:
+        raise SkippedFile("binary" if b"\0" in data[:SNIFF_BYTES] else "not UTF-8 or UTF-16 text")
+    if suffix in (".html", ".htm", ".xhtml"):
+        text = html_text(text)
+    if not text.strip():
+        raise SkippedFile("empty")
+    return text
+
+
+def decode(data: bytes) -> str | None:
+    """UTF-8 (with or without BOM), or UTF-16 with a BOM; anything else is refused rather than guessed."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            text = data.decode("utf-16")
+        except UnicodeDecodeError:
+            return None
+        return None if "\0" in text else text  # UTF-32 starts with the UTF-16 LE mark; its text is full of NULs
+    if b"\0" in data[:SNIFF_BYTES]:
+        return None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return None
+
+
+class _HtmlText(HTMLParser):
+    """Text of an HTML page that keeps every source line on its line number: tags, comments, scripts and styles are
+    dropped but their newlines kept, so a chunk's line span points into the .html file itself."""
+
+    HIDDEN = frozenset({"script", "style", "noscript", "template"})
+    # elements whose text a browser never runs into its neighbours' ("<li>Home</li><li>About</li>")
+    BLOCKS = frozenset("""address article aside blockquote body br caption dd details dialog div dl dt fieldset figcaption
+        figure footer form h1 h2 h3 h4 h5 h6 head header hr html li main nav ol option p pre section summary table tbody
+        td tfoot th thead title tr ul""".split())
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.hidden = 0
+        self.ended = False
+
+    def _newlines(self, text: str | None) -> None:
+        if text:
+            self.parts.append("\n" * text.count("\n"))
+
+    def _separate(self, tag: str) -> None:
+        if tag in self.BLOCKS and not self.hidden:
+            self.parts.append(" ")
+
+    def handle_starttag(self, tag, attrs) -> None:
+        self._separate(tag)
+        self.hidden += tag in self.HIDDEN
+        self._newlines(self.get_starttag_text())
+
+    def handle_startendtag(self, tag, attrs) -> None:
+        self._separate(tag)
+        self._newlines(self.get_starttag_text())
+
+    def handle_endtag(self, tag) -> None:
+        self.hidden = max(0, self.hidden - (tag in self.HIDDEN))
+        self._separate(tag)
+        self.ended = True
+
+    def parse_endtag(self, i: int) -> int:
+        # an end tag can span lines too ("</a\n>", as Prettier writes them); handle_endtag does not see its text
+        self.ended = False
+        end = super().parse_endtag(i)
+        if self.ended and end > i:
+            self._newlines(self.rawdata[i:end])
+        return end
+
+    def handle_data(self, data) -> None:
+        if self.hidden:
+            self._newlines(data)
+        else:
+            self.parts.append(data)
+
+    def handle_comment(self, data) -> None:
+        self._newlines(data)
+
+    def handle_decl(self, decl) -> None:
+        self._newlines(decl)
+
+    def handle_pi(self, data) -> None:
+        self._newlines(data)
+
+    def unknown_decl(self, data) -> None:  # <![CDATA[...]]>
+        self._newlines(data)
+
+
+def html_text(html: str) -> str:
+    parser = _HtmlText()
+    parser.feed(html)
+    parser.close()
+    return re.sub(r"[ \t]+\n", "\n", "".join(parser.parts))
+
+
+def _pdf_text(data: bytes) -> str:
+    """A PDF's text, pages joined with a form feed line (lines of the extracted text, not of the file)."""
+    try:
+        import io
+
+        from pypdf import PdfReader
+        from pypdf.errors import PyPdfError
+    except ImportError:
+        raise SkippedFile("PDF (pip install 'modernretrieval[docs]' to read PDFs)")
+    try:
+        pages = [page.extract_text() or "" for page in PdfReader(io.BytesIO(data)).pages]
+    except (PyPdfError, ValueError, KeyError, TypeError, OSError):
+        raise SkippedFile("unreadable PDF")
+    text = "\n\f\n".join(pages)
+    if not text.strip():
+        raise SkippedFile("empty")
+    return text
+
+
+def files_under(paths: Iterable[str], prefix: str) -> Iterator[str]:
+    """The indexed paths equal to ``prefix`` or inside the folder it names."""
+    prefix = prefix.strip("/")
+    for path in paths:
+        if not prefix or path == prefix or path.startswith(prefix + "/"):
+            yield path
