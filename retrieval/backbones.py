@@ -69,13 +69,18 @@ class TransformersBackbone:
 
     def forward_states(self, token_ids: Sequence[Sequence[int]],
                        key_lengths: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Differentiable (training): as ModernBertBackbone.forward_states, through a padded batch."""
-        states = self._padded(token_ids, key_lengths)
+        """Differentiable (training): as ModernBertBackbone.forward_states, through padded batches of similar
+        lengths (a short query padded to a long document's length would cost as much as the document)."""
+        out: list[torch.Tensor | None] = [None] * len(token_ids)
+        for batch in batches_by_token_budget([len(ids) for ids in token_ids], 8192, max_sequences=256):
+            states = self._padded([token_ids[i] for i in batch], None if key_lengths is None else
+                                  [key_lengths[i] for i in batch])
+            for row, i in enumerate(batch):
+                out[i] = states[row, : len(token_ids[i])]
         lengths = torch.tensor([len(ids) for ids in token_ids])
-        keep = torch.arange(states.shape[1])[None, :] < lengths[:, None]
         cu_seqlens = torch.zeros(len(token_ids) + 1, dtype=torch.int32)
         cu_seqlens[1:] = lengths.cumsum(0)
-        return states[keep.to(states.device)], cu_seqlens.to(states.device)
+        return torch.cat(out), cu_seqlens.to(self.device)  # type: ignore[arg-type]
 
     def _padded(self, token_ids: Sequence[Sequence[int]], key_lengths: Sequence[int] | None) -> torch.Tensor:
         """(batch, longest, hidden): the padded batch transformers' kernels need."""
