@@ -36,7 +36,6 @@ def main() -> None:
     from encoder.testing import random_encoder
     from eval.beir import load_beir
     from retrieval import BiEncoder
-    from retrieval.st_folder import write_json, write_modules
     from retrieval.training import Trainer, TrainSettings
     from retrieval.training.trainer import evaluate_head
 

@@ -29,14 +29,13 @@ from typing import Any
 import numpy as np
 
 from indexes import Document, FaissIndex, PlaidIndex
-from indexes.errors import IndexInputError
 
 from .chunking import Chunk, chunk_text
 from .colbert import ColBERT
 from .dense import BiEncoder
 from .models import DEFAULT_MODELS, Kind, document_length, load_head, set_document_length
 from .snippets import best_lines, query_terms
-from .sources import DEFAULT_MAX_FILE_BYTES, SkippedFile, SourceFile, Walk, files_under, is_code, language_of, listed, \
+from .sources import DEFAULT_MAX_FILE_BYTES, SkippedFile, SourceFile, files_under, is_code, language_of, listed, \
     read_source, walk
 
 CONFIG, INDEX, LAST_RUN = "config.json", "index", "last_run.json"

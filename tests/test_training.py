@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import string
 
 import numpy as np
 import pytest
@@ -21,7 +20,7 @@ from retrieval.pooling import pool_packed
 from retrieval.training import Trainer, TrainSettings, losses
 from retrieval.training.data import Example, load_examples, load_texts, mine_negatives
 
-from conftest import TOKENIZER_DIR, copy_tokenizer, hf_model
+from conftest import copy_tokenizer, hf_model
 from retriever_support import PYLATE_MODEL, dense_model_folder
 
 WORDS = "parse token index query vector file path open read write sort merge list dict json http socket".split()

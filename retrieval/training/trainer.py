@@ -22,7 +22,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -123,6 +123,7 @@ class Trainer:
                 raise ValueError("this data has teacher scores: train it with --loss distillation")
             if settings.mine_negatives:
                 self.items = self._mined(self.items)
+        self._orders: dict[int, np.ndarray] = {}
         per_step = settings.batch_size * settings.accumulation
         self.total_steps = settings.max_steps or max(1, math.ceil(settings.epochs * len(self.items) / per_step))
         self.eval_dataset = None
@@ -265,11 +266,9 @@ class Trainer:
         return [self.items[self._order(p // n)[p % n]] for p in positions]
 
     def _order(self, epoch: int) -> np.ndarray:
-        cache = getattr(self, "_orders", {})
-        if epoch not in cache:
-            cache[epoch] = np.random.default_rng([self.settings.seed, epoch]).permutation(len(self.items))
-            self._orders = cache
-        return cache[epoch]
+        if epoch not in self._orders:
+            self._orders[epoch] = np.random.default_rng([self.settings.seed, epoch]).permutation(len(self.items))
+        return self._orders[epoch]
 
     # ----- losses
     def loss(self, model: Any, batch: list[Any], step: int, micro: int) -> tuple[torch.Tensor, int]:
