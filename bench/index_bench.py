@@ -6,9 +6,14 @@ peak memory while searching, and quality against exhaustive search measured in t
 Vectors: sentence embeddings (FAISS) and L2-normalized token embeddings, MiniLM used as a multi-vector model
 (PLAID), encoded once and cached (eval/encode.py). Exact references: numpy inner product (dense) and exhaustive
 MaxSim in numpy (multi-vector). Quality: recall of the exact top-10, and nDCG@10 on SciFact's test qrels (pytrec_eval).
-Latency: one query at a time, in a fresh worker process per configuration with BLAS/OpenMP threads fixed, so peak
-RSS there measures what searching costs. The peer, fast-plaid (PyLate's PLAID backend), runs in its own virtual
-environment (bench/peers/setup_fastplaid.sh) on the same vectors.
+Latency: one query at a time, in a fresh worker process per configuration with BLAS/OpenMP threads fixed. Memory
+("RSS MB"): the worker's peak RSS (VmHWM) less its RSS once python, numpy, faiss and torch are imported and the
+queries loaded, i.e. what opening the index and searching it add, memory-mapped pages of the index included; "x size"
+divides it by the index's size on disk. The peer, fast-plaid (PyLate's PLAID backend), runs in its own virtual
+environment (bench/peers/setup_fastplaid.sh) on the same vectors. Its build and 300 searches take about 20 minutes
+here, so its figures are kept (bench/results/index_bench/peer-<digest of its input vectors>.json) and reused while the
+vectors are the same; --rerun-peer measures it again. Run the benchmark alone on the machine: the peer's figures
+from a shared machine are not comparable.
 """
 
 from __future__ import annotations
@@ -44,11 +49,13 @@ def worker(spec_file: Path) -> None:
     spec = json.loads(spec_file.read_text())
     import faiss
 
+    from indexes import FaissIndex, PlaidIndex  # imports torch: part of the baseline, not of what searching costs
+
     faiss.omp_set_num_threads(spec["threads"])
-    queries = np.load(spec["queries"])
+    queries = dict(np.load(spec["queries"]))  # an NpzFile would read the whole array again on every access
     baseline = peak_rss_mb()
     if spec["mode"] == "exhaustive":
-        docs = np.load(spec["docs"])
+        docs = dict(np.load(spec["docs"]))
         vectors, offsets = docs["embeddings"], docs["offsets"]
         baseline = peak_rss_mb()
 
@@ -58,8 +65,6 @@ def worker(spec_file: Path) -> None:
             return np.argsort(-scores)[:K].tolist()
         n = min(spec["limit"], len(queries["offsets"]) - 1)
     else:
-        from indexes import FaissIndex, PlaidIndex
-
         index = (FaissIndex if spec["mode"] == "faiss" else PlaidIndex).open(spec["index"])
         options = spec.get("options", {})
         if spec["mode"] == "faiss":
@@ -105,6 +110,17 @@ def ndcg(found: list[list[str]], query_ids: list[str], qrels: dict) -> float:
     return evaluate(run, qrels)["ndcg@10"]
 
 
+def array_digest(*arrays: np.ndarray) -> str:
+    """Of the arrays' bytes, not of an .npz holding them (a zip stamps each entry with the time it was written)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(str((array.dtype, array.shape)).encode())
+        digest.update(memoryview(np.ascontiguousarray(array)).cast("B"))
+    return digest.hexdigest()
+
+
 def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -115,6 +131,7 @@ def main() -> None:
     parser.add_argument("--dataset", type=Path, default=SCIFACT)
     parser.add_argument("--quick", action="store_true", help="1,000 documents and 50 queries: a smoke run")
     parser.add_argument("--no-peer", action="store_true", help="skip fast-plaid")
+    parser.add_argument("--rerun-peer", action="store_true", help="measure fast-plaid again even if kept figures exist")
     parser.add_argument("--nbits", default="1,2,4")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--exhaustive-queries", type=int, default=60, help="queries timed for exhaustive MaxSim")
@@ -203,10 +220,16 @@ def main() -> None:
         vectors = WORK / "peer_input.npz"
         np.savez(vectors, doc_embeddings=tokens.docs, doc_offsets=tokens.doc_offsets,
                  query_embeddings=tokens.queries, query_offsets=tokens.query_offsets)
-        output = WORK / "peer_output.json"
-        subprocess.run([str(PEER_PYTHON), str(ROOT / "bench" / "peers" / "fastplaid_peer.py"), "--input", str(vectors),
-                        "--output", str(output), "--nbits", "2", "--k", str(K), "--threads", args.threads,
-                        "--index-dir", str(WORK / "fastplaid")], check=True)
+        digest = array_digest(tokens.docs, tokens.doc_offsets, tokens.queries, tokens.query_offsets)
+        output = WORK / f"peer-{digest[:16]}-{args.threads.replace(',', '_')}.json"
+        if output.exists() and not args.rerun_peer:
+            print(f"(fast-plaid: figures kept from {time.ctime(output.stat().st_mtime)}, same input vectors; "
+                  "--rerun-peer measures again)")
+        else:
+            subprocess.run([str(PEER_PYTHON), str(ROOT / "bench" / "peers" / "fastplaid_peer.py"), "--input",
+                            str(vectors), "--output", str(output), "--nbits", "2", "--k", str(K), "--threads",
+                            args.threads, "--timed-queries", str(args.exhaustive_queries),
+                            "--index-dir", str(WORK / "fastplaid")], check=True)
         peer = json.loads(output.read_text())
         found = [[doc_ids[j] for j in r] for r in peer["results"]]
         # fast-plaid writes merged_codes/merged_residuals copies when it loads an index: not counted as its size
@@ -221,7 +244,7 @@ def main() -> None:
         print(f"(fast-plaid skipped: run bench/peers/setup_fastplaid.sh to create {PEER_PYTHON})")
 
     header = f"{'index':28s} {'thr':>3s} {'build s':>8s} {'MB':>8s} {'B/token':>8s} {'p50 ms':>8s} {'p99 ms':>8s} " \
-             f"{'RSS MB':>7s} {'R@10':>6s} {'nDCG@10':>8s}"
+             f"{'RSS MB':>7s} {'x size':>6s} {'R@10':>6s} {'nDCG@10':>8s}"
     print(header)
 
     def fmt(value, spec: str) -> str:
@@ -230,6 +253,7 @@ def main() -> None:
         print(f"{r['index']:28s} {r['threads']:3d} {fmt(r.get('build_s'), '8.1f')} "
               f"{fmt(r.get('bytes', 0) / 1e6 if r.get('bytes') else None, '8.1f')} {fmt(r.get('bytes_per_token'), '8.1f')} "
               f"{fmt(r.get('p50_ms'), '8.2f')} {fmt(r.get('p99_ms'), '8.2f')} {fmt(r.get('search_rss_mb'), '7.0f')} "
+              f"{fmt(r['search_rss_mb'] * 2**20 / r['bytes'] if r.get('search_rss_mb') and r.get('bytes') else None, '6.2f')} "
               f"{r['recall@10']:6.3f} {r['ndcg@10']:8.4f}")
     (WORK / "results.json").write_text(json.dumps(rows, indent=1))
 

@@ -5,12 +5,13 @@ It runs with the python of its own virtual environment (bench/peers/setup_fastpl
 pylate pins old torch/transformers, so fast-plaid is not a dependency of the project.
 
     bench/.venvs/fastplaid/bin/python bench/peers/fastplaid_peer.py --input vectors.npz --output result.json \
-        [--nbits 2] [--k 10] [--threads 1,2] [--index-dir DIR]
+        [--nbits 2] [--k 10] [--threads 1,2] [--timed-queries N] [--index-dir DIR]
 
 Input npz: doc_embeddings (tokens, dim) float32, doc_offsets (n_docs+1,) int64, query_embeddings, query_offsets;
 document i is doc_embeddings[doc_offsets[i]:doc_offsets[i+1]]. Builds the index on CPU with fast-plaid's own API and
 its default k-means settings, then, for each thread count, searches one query at a time (after one warm-up query)
-with fast-plaid's default search parameters, in a fresh process: peak_rss_mb is its peak RSS (VmHWM), and
+with fast-plaid's default search parameters, in a fresh process (the last thread count over every query, which gives
+the results; the others over the first ``--timed-queries`` queries, as the exhaustive baseline is timed): peak_rss_mb is its peak RSS (VmHWM), and
 search_rss_mb its growth from after imports and loading the queries (the definition bench/index_bench.py uses).
 Threads: fast-plaid's search runs libtorch ops (through tch, on this venv's libtorch_cpu), so torch.set_num_threads
 (plus OMP/MKL/RAYON_NUM_THREADS in the environment) sets them; its `n_processes` (joblib over query chunks) does not
@@ -51,7 +52,7 @@ def search_worker(args: argparse.Namespace) -> None:
     """Fresh process: load the index, search one query at a time, print latency, hits and peak RSS as JSON."""
     torch.set_num_threads(args.search_threads)
     data = np.load(args.input)
-    queries = split(data["query_embeddings"], data["query_offsets"])
+    queries = split(data["query_embeddings"], data["query_offsets"])[: args.n_queries]
     baseline = peak_rss_mb()  # as in bench/index_bench.py: after imports and queries, before opening the index
     index = search.FastPlaid(index=args.index_dir, device="cpu")
 
@@ -75,7 +76,10 @@ def main() -> None:
     parser.add_argument("--nbits", type=int, default=2)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--timed-queries", type=int, default=None,
+                        help="queries timed at the thread counts before the last (default: all)")
     parser.add_argument("--index-dir", help="default: a temporary directory")
+    parser.add_argument("--n-queries", type=int, help=argparse.SUPPRESS)  # internal: the search worker
     parser.add_argument("--search-threads", type=int, help=argparse.SUPPRESS)  # internal: the search worker
     args = parser.parse_args()
     if args.search_threads:
@@ -95,14 +99,16 @@ def main() -> None:
     del docs, data
 
     latency, hits = {}, []
-    for threads in args.threads.split(","):
+    thread_counts = args.threads.split(",")
+    for threads in thread_counts:
         env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, RAYON_NUM_THREADS=threads)
+        limit = [] if threads == thread_counts[-1] or args.timed_queries is None else ["--n-queries", str(args.timed_queries)]
         out = subprocess.run([sys.executable, __file__, "--input", args.input, "--index-dir", str(index_dir),
-                              "--k", str(args.k), "--search-threads", threads],
+                              "--k", str(args.k), "--search-threads", threads, *limit],
                              env=env, check=True, capture_output=True, text=True).stdout
         run = json.loads(out.strip().splitlines()[-1])
         hits = run.pop("hits")
-        latency[threads] = run
+        latency[threads] = {**run, "queries": len(hits)}
 
     files = {f.name: f.stat().st_size for f in sorted(index_dir.iterdir()) if f.is_file()}
     result = {
