@@ -64,9 +64,10 @@ def test_plaid_against_exhaustive_maxsim(subset, tmp_path, nbits):
     """Two losses, measured apart: the search stages (against the same index with nothing pruned, i.e. exhaustive
     MaxSim over the decompressed vectors) and the residual codec (against exhaustive MaxSim over the originals).
     MiniLM's 384-d token vectors (never trained for late interaction) lose a share of the exact top-10 to the
-    codec alone, near-ties swapping: on this 800-document subset the ceiling is 0.937 at 2 bits and 0.981 at 4 (it
-    was 0.91 at 2 bits with quantile buckets and half the centroids); nDCG@10 moves far less. The stages themselves
-    keep >= 0.95 of what the codec allows (0.999 measured)."""
+    codec alone, near-ties swapping: on this 800-document subset the ceiling is 0.960 at 2 bits and 0.986 at 4 with
+    rotated codebooks (0.937 with per-dimension Lloyd-Max buckets, 0.91 with quantile buckets and half the
+    centroids); nDCG@10 moves far less. The stages themselves keep >= 0.95 of what the codec allows (0.999
+    measured)."""
     qrels, _, tokens = subset
     exact = exhaustive_top(tokens)
     index = PlaidIndex.create(tmp_path / "plaid", dim=tokens.docs.shape[1], nbits=nbits)
@@ -80,7 +81,7 @@ def test_plaid_against_exhaustive_maxsim(subset, tmp_path, nbits):
           f"exhaustive {exact_ndcg:.4f}, {index.stats()['bytes_per_token']:.1f} bytes/token on disk")
     assert recall(found, ceiling) >= 0.95  # the stages lose almost nothing
     assert abs(plaid_ndcg - exact_ndcg) <= 0.005
-    assert recall(found, exact) >= (0.96 if nbits == 4 else 0.92)  # the codec's share: see the docstring
+    assert recall(found, exact) >= (0.975 if nbits == 4 else 0.95)  # the codec's share: see the docstring
 
 
 def test_faiss_flat_is_exact_and_hnsw_recall(subset, tmp_path):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from indexes import IndexInputError, PlaidIndex
-from indexes.plaid.codec import ResidualCodec, lloyd_max
+from indexes.plaid.codec import ResidualCodec, fit_residual_quantizer, scalar_codebooks
 from indexes.plaid.search import inverted_file
 
 DIM = 32
@@ -59,40 +59,54 @@ def test_codec_round_trip(nbits):
     assert cosine.mean() >= {1: 0.9, 2: 0.95, 4: 0.99}[nbits]
 
 
-def test_lloyd_max_finds_the_least_squares_scalar_quantizer():
-    """Against the published optimum for a unit Gaussian (Max, 1960: 4 levels at +-0.4528, +-1.510, cut-offs at 0 and
-    +-0.9816; 2 levels at +-0.7979), and against equally populated buckets on a peaked, long-tailed distribution
-    (what residuals look like), where the optimum must do clearly better. A constant column must not break it."""
+# the least squared error of any scalar quantizer with 2, 4 or 16 levels on a unit Gaussian (Max, 1960)
+MAX_SCALAR_OPTIMUM = {1: 0.3634, 2: 0.1175, 4: 0.009497}
+
+
+@pytest.mark.parametrize("nbits", [1, 2, 4])
+def test_codebooks_beat_the_best_scalar_quantizer(nbits):
+    """Gaussian residuals with correlated dimensions of unequal spread (as an encoder's are): coding each dimension
+    on its own, however well (ColBERTv2's buckets, or Lloyd-Max's optimum), cannot get below Max's bound times the
+    total variance; the rotation and codebooks must, clearly, at the same bits."""
     rng = np.random.default_rng(0)
-    gaussian = rng.standard_normal((400_000, 2))
-    cutoffs, levels = lloyd_max(gaussian, 4)
-    assert np.allclose(levels, [[-1.510, -0.4528, 0.4528, 1.510]] * 2, atol=0.02)
-    assert np.allclose(cutoffs, [[-0.9816, 0, 0.9816]] * 2, atol=0.02)
-    assert np.allclose(lloyd_max(gaussian, 2)[1], [[-0.7979, 0.7979]] * 2, atol=0.01)
+    mixing = rng.standard_normal((DIM, DIM)) * np.linspace(0.05, 1.0, DIM)[:, None]
+    residuals = (rng.standard_normal((20_000, DIM)) @ mixing).astype(np.float32)
+    rotation, codebooks = fit_residual_quantizer(residuals[:10_000], nbits)
+    assert np.allclose(rotation @ rotation.T, np.eye(DIM), atol=1e-5)
+    codec = ResidualCodec(np.zeros((1, DIM), np.float32), rotation, codebooks, nbits)
+    held_out = residuals[10_000:]
+    _, packed = codec.compress(held_out)
+    error = float(((codec.residuals(packed) - held_out) ** 2).sum(axis=1).mean())
+    scalar_bound = MAX_SCALAR_OPTIMUM[nbits] * float(held_out.var(axis=0).sum())
+    assert error < 0.5 * scalar_bound  # measured 0.36, 0.36, 0.29; 0.70, 0.73, 0.93 without the rotation
 
-    laplace = rng.laplace(size=(100_000, 1))
 
-    def mse(cut: np.ndarray, lev: np.ndarray) -> float:
-        return float(np.mean((lev[0][np.searchsorted(cut[0], laplace[:, 0], side="right")] - laplace[:, 0]) ** 2))
-    quantile_cut = np.quantile(laplace, [0.25, 0.5, 0.75])[None]
-    quantile_lev = np.array([[laplace[(laplace[:, 0] >= lo) & (laplace[:, 0] < hi), 0].mean() for lo, hi in
-                              zip([-np.inf, *quantile_cut[0]], [*quantile_cut[0], np.inf])]])
-    assert mse(*lloyd_max(laplace, 4)) < 0.9 * mse(quantile_cut, quantile_lev)
-
-    constant = np.zeros((1000, 1))
-    cutoffs, levels = lloyd_max(constant, 4)
-    assert np.all(np.isfinite(levels)) and np.all(np.diff(cutoffs) >= 0) and np.all(levels == 0)
+def test_indexes_written_with_scalar_buckets_decode_as_before():
+    """Indexes written before codebooks stored one bucket level per dimension and bucket (``weights``), the
+    ``nbits``-bit bucket numbers packed most significant first; they open as codebooks that decode the same."""
+    rng = np.random.default_rng(0)
+    for nbits in (1, 2, 4):
+        weights = rng.standard_normal((DIM, 2**nbits)).astype(np.float32)
+        buckets = rng.integers(0, 2**nbits, (50, DIM))
+        bits = (buckets[:, :, None] >> np.arange(nbits - 1, -1, -1)) & 1
+        packed = np.packbits(bits.reshape(50, -1).astype(np.uint8), axis=1)
+        codec = ResidualCodec(np.zeros((1, DIM), np.float32), np.eye(DIM, dtype=np.float32),
+                              scalar_codebooks(weights, nbits, DIM), nbits)
+        assert np.array_equal(codec.residuals(packed), weights[np.arange(DIM), buckets])
+        shared = scalar_codebooks(weights[0], nbits, DIM)  # the oldest layout: one set of levels for all dimensions
+        assert np.array_equal(shared.reshape(-1, 256, 8 // nbits)[:, 255], np.full((DIM * nbits // 8, 8 // nbits), weights[0, -1]))
 
 
 def test_per_centroid_scales_fit_tight_and_loose_clusters():
-    """Tokens around 32 directions, half the clusters 8x tighter than the others (frequent tokens vs rare ones): the
-    scales must follow the spread, and decode with less error than one shared quantizer (scales all 1, buckets fitted
-    to the unscaled residuals) at the same bits; merged clusters blur it, so the margins are modest."""
+    """Tokens around 32 directions whose spreads range over 40x (frequent tokens vs rare ones): the scales must
+    follow the spread, and decode with less error than one shared quantizer (scales all 1, codebooks fitted to the
+    unscaled residuals) at the same bits. Codebooks absorb much of it by themselves (two spreads 8x apart: 0.995), so
+    the margin is modest; on SciFact with MiniLM the scales cut the error by 3%."""
     rng = np.random.default_rng(0)
     centers = rng.standard_normal((32, DIM))
     centers /= np.linalg.norm(centers, axis=1, keepdims=True)
     which = rng.integers(0, 32, 20_000)
-    spread = np.where(which < 16, 0.02, 0.16)[:, None]
+    spread = np.geomspace(0.005, 0.2, 32)[which][:, None]
     tokens = centers[which] + spread * rng.standard_normal((20_000, DIM))
     tokens = (tokens / np.linalg.norm(tokens, axis=1, keepdims=True)).astype(np.float32)
     codec = ResidualCodec.train(tokens, 32, 2)
@@ -100,12 +114,11 @@ def test_per_centroid_scales_fit_tight_and_loose_clusters():
     scale = codec.scales[codes]  # k-means may merge or split a cluster: compare the tokens' median scales
     assert np.median(scale[which < 16]) < 0.5 * np.median(scale[which >= 16])
 
-    shared = ResidualCodec(codec.centroids, codec.cutoffs, codec.weights, 2)  # scales all 1
-    shared.cutoffs, shared.weights = lloyd_max(tokens - codec.centroids[codes], 4)
+    shared = ResidualCodec(codec.centroids, *fit_residual_quantizer(tokens - codec.centroids[codes], 2), 2)  # scales 1
 
     def error(c: ResidualCodec) -> float:
         return float(((c.decompress(*c.compress(tokens)) - tokens) ** 2).sum(axis=1).mean())
-    assert error(codec) < 0.95 * error(shared)  # 0.92 measured; 0.94 on SciFact
+    assert error(codec) < 0.97 * error(shared)  # 0.947 measured
 
 
 def test_inverted_file_lists_each_document_once_per_centroid():

@@ -1,7 +1,7 @@
 """PlaidIndex: multi-vector (ColBERT) search with residual compression, our own PLAID.
 
 Build: the first add (or the first ``sample_tokens`` of a stream) trains the codec: spherical k-means centroids,
-their count growing like the square root of the token count, and residual buckets (codec.py). Every document is
+their count growing like the square root of the token count, and residual codebooks (codec.py). Every document is
 stored as centroid codes + packed residuals, with an inverted file from centroid to documents (one per segment).
 Later adds reuse the codec; when the index has grown far past what the codec was trained on it is re-clustered
 (``rebuild``). Search runs the four PLAID stages of search.py over each segment and merges the results.
@@ -22,10 +22,10 @@ from ..base import Segment, VectorIndex, check_finite
 from ..errors import IndexCorruptError, IndexInputError
 from ..files import FileEntry
 from ..store import Document
-from .codec import ResidualCodec
+from .codec import ResidualCodec, scalar_codebooks
 from .search import SearchSettings, SegmentArrays, inverted_file, search_segment
 
-CODEC_ARRAYS = ("centroids", "cutoffs", "weights", "scales")
+CODEC_ARRAYS = ("centroids", "rotation", "codebooks", "scales")
 SEGMENT_ARRAYS = ("codes", "residuals", "inverse_norms", "doc_offsets", "ivf_offsets", "ivf_docs")
 REBUILD_GROWTH = 8  # re-cluster when the index holds this many times the tokens it held when the codec was trained
 
@@ -118,8 +118,12 @@ class PlaidIndex(VectorIndex):
         if not shared:
             self.codec: ResidualCodec | None = None
             return
-        arrays = {k: np.asarray(files.open_array(self.files_dir, shared[k], mmap=False)) for k in CODEC_ARRAYS if k in shared}
-        self.codec = ResidualCodec(arrays["centroids"], arrays["cutoffs"], arrays["weights"], self.settings["nbits"],
+        arrays = {k: np.asarray(files.open_array(self.files_dir, entry, mmap=False)) for k, entry in shared.items()}
+        dim, nbits = self.settings["dim"], self.settings["nbits"]
+        if "codebooks" not in arrays:  # written before codebooks: per-dimension buckets, no rotation
+            arrays["codebooks"] = scalar_codebooks(arrays["weights"], nbits, dim)
+            arrays["rotation"] = np.eye(dim, dtype=np.float32)
+        self.codec = ResidualCodec(arrays["centroids"], arrays["rotation"], arrays["codebooks"], nbits,
                                    arrays.get("scales"))  # no scales: an index written before they existed
 
     def _train(self, vectors: np.ndarray, total_tokens: int | None = None) -> ResidualCodec:
