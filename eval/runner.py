@@ -148,6 +148,8 @@ def _reuse(folder: Path, n_docs: int, settings: EvalSettings):
         index = (PlaidIndex if settings.index == "plaid" else FaissIndex).open(folder)
     except (IndexCorruptError, OSError, ValueError):
         return None
+    if isinstance(index, PlaidIndex) and index.legacy_codec:
+        return None  # built by an earlier version: measure today's codec
     return index if len(index) == n_docs else None
 
 

@@ -81,20 +81,54 @@ def test_codebooks_beat_the_best_scalar_quantizer(nbits):
     assert error < 0.5 * scalar_bound  # measured 0.36, 0.36, 0.29; 0.70, 0.73, 0.93 without the rotation
 
 
-def test_indexes_written_with_scalar_buckets_decode_as_before():
-    """Indexes written before codebooks stored one bucket level per dimension and bucket (``weights``), the
-    ``nbits``-bit bucket numbers packed most significant first; they open as codebooks that decode the same."""
-    rng = np.random.default_rng(0)
-    for nbits in (1, 2, 4):
-        weights = rng.standard_normal((DIM, 2**nbits)).astype(np.float32)
-        buckets = rng.integers(0, 2**nbits, (50, DIM))
-        bits = (buckets[:, :, None] >> np.arange(nbits - 1, -1, -1)) & 1
-        packed = np.packbits(bits.reshape(50, -1).astype(np.uint8), axis=1)
-        codec = ResidualCodec(np.zeros((1, DIM), np.float32), np.eye(DIM, dtype=np.float32),
-                              scalar_codebooks(weights, nbits, DIM), nbits)
-        assert np.array_equal(codec.residuals(packed), weights[np.arange(DIM), buckets])
-        shared = scalar_codebooks(weights[0], nbits, DIM)  # the oldest layout: one set of levels for all dimensions
-        assert np.array_equal(shared.reshape(-1, 256, 8 // nbits)[:, 255], np.full((DIM * nbits // 8, 8 // nbits), weights[0, -1]))
+@pytest.mark.parametrize("nbits", [1, 2, 4])
+def test_indexes_written_with_scalar_buckets_still_open(tmp_path, monkeypatch, nbits):
+    """Indexes written before codebooks stored per-dimension bucket levels (``weights`` (dim, 2**nbits)), with the
+    bucket numbers packed most significant first, and no rotation. Such an index is written here as that version
+    wrote it (its buckets are the codebooks of ``scalar_codebooks`` on a grid: the nearest entry is each dimension's
+    nearest level); it must open with codebooks that decode it the same, say so in its stats, and lose the old codec
+    on ``rebuild``."""
+    import indexes.plaid.index as plaid_index
+
+    train = ResidualCodec.train
+
+    def scalar_train(sample, n_centroids, nbits, *args, **kwargs):
+        codec = train(sample, n_centroids, nbits, *args, **kwargs)
+        codes = codec.assign(sample)
+        residuals = (sample - codec.centroids[codes]) / codec.scales[codes, None]
+        codec.weights = np.quantile(residuals, (np.arange(2**nbits) + 0.5) / 2**nbits, axis=0).T.astype(np.float32)
+        codec.rotation = np.eye(DIM, dtype=np.float32)
+        codec.codebooks = scalar_codebooks(codec.weights, nbits, DIM)
+        return codec
+
+    def old_buckets(codec, vectors):
+        codes = codec.assign(vectors)
+        residuals = (vectors - codec.centroids[codes]) / codec.scales[codes, None]
+        return codes, np.abs(residuals[:, :, None] - codec.weights[None]).argmin(axis=2).astype(np.uint8)
+
+    def old_compress(codec, vectors):  # how that version packed bucket numbers
+        codes, buckets = old_buckets(codec, vectors)
+        bits = (buckets[:, :, None] >> np.arange(codec.nbits - 1, -1, -1)) & 1
+        return codes, np.packbits(bits.reshape(len(vectors), -1), axis=1)
+    monkeypatch.setattr(ResidualCodec, "train", scalar_train)
+    monkeypatch.setattr(ResidualCodec, "compress", old_compress)
+    monkeypatch.setattr(plaid_index, "CODEC_ARRAYS", ("centroids", "weights", "scales"))
+    docs, queries = corpus(3, 200), queries_from(corpus(3, 200), 4)
+    old = PlaidIndex.create(tmp_path / "ix", dim=DIM, nbits=nbits)
+    old.add(ids(200), docs)
+    written = old.search(queries, k=10, **EVERYTHING)
+    weights = np.load(next((tmp_path / "ix").rglob("*codec-weights.npy")))
+    old.close()
+    monkeypatch.undo()
+
+    index = PlaidIndex.open(tmp_path / "ix")
+    assert index.legacy_codec and index.stats()["codec"].startswith("scalar buckets")
+    index.codec.weights = weights
+    codes, packed = old_compress(index.codec, docs[0])
+    assert np.allclose(index.codec.residuals(packed), weights[np.arange(DIM), old_buckets(index.codec, docs[0])[1]])
+    assert index.search(queries, k=10, **EVERYTHING) == written
+    index.rebuild()
+    assert not PlaidIndex.open(tmp_path / "ix").legacy_codec
 
 
 def test_per_centroid_scales_fit_tight_and_loose_clusters():

@@ -115,12 +115,14 @@ class PlaidIndex(VectorIndex):
     def _open_shared(self, shared: dict[str, FileEntry]) -> None:
         self._pending_codec: ResidualCodec | None = None
         self._expected_tokens: int | None = None
+        self.legacy_codec = False  # True: written by an earlier version, with scalar buckets (rebuild() renews it)
         if not shared:
             self.codec: ResidualCodec | None = None
             return
         arrays = {k: np.asarray(files.open_array(self.files_dir, entry, mmap=False)) for k, entry in shared.items()}
         dim, nbits = self.settings["dim"], self.settings["nbits"]
-        if "codebooks" not in arrays:  # written before codebooks: per-dimension buckets, no rotation
+        self.legacy_codec = "codebooks" not in arrays
+        if self.legacy_codec:  # written before codebooks: per-dimension buckets, no rotation
             arrays["codebooks"] = scalar_codebooks(arrays["weights"], nbits, dim)
             arrays["rotation"] = np.eye(dim, dtype=np.float32)
         self.codec = ResidualCodec(arrays["centroids"], arrays["rotation"], arrays["codebooks"], nbits,
@@ -288,4 +290,5 @@ class PlaidIndex(VectorIndex):
     def stats(self) -> dict[str, Any]:
         tokens = self.n_tokens
         vector_bytes = sum(e.size for s in self._segments.values() for e in s.files.values())
-        return {**super().stats(), "tokens": tokens, "bytes_per_token": vector_bytes / max(tokens, 1)}
+        return {**super().stats(), "tokens": tokens, "bytes_per_token": vector_bytes / max(tokens, 1),
+                "codec": "scalar buckets (earlier version)" if self.legacy_codec else "rotated codebooks"}
