@@ -237,8 +237,9 @@ def main() -> None:
         for t in threads:
             latency = peer["latency"][str(t)]
             rows.append({"index": f"fast-plaid {peer['fast_plaid_version']} nbits=2", "threads": t,
-                         "build_s": peer["build_seconds"], "bytes": stored, "bytes_per_token": stored / n_tokens, "p50_ms": latency["p50_ms"],
-                         "p99_ms": latency["p99_ms"], "search_rss_mb": latency["search_rss_mb"],
+                         "build_s": peer["build_seconds"], "bytes": stored, "bytes_per_token": stored / n_tokens,
+                         "p50_ms": latency["p50_ms"], "p99_ms": latency["p99_ms"],
+                         "search_rss_mb": latency["search_rss_mb"],
                          "recall@10": recall_at_k(found, exact_multi), "ndcg@10": ndcg(found, query_ids, data.qrels)})
     elif not args.no_peer:
         print(f"(fast-plaid skipped: run bench/peers/setup_fastplaid.sh to create {PEER_PYTHON})")
@@ -250,10 +251,11 @@ def main() -> None:
     def fmt(value, spec: str) -> str:
         return format(value, spec) if isinstance(value, (int, float)) else "-"
     for r in rows:
+        times_size = r["search_rss_mb"] * 2**20 / r["bytes"] if r.get("search_rss_mb") and r.get("bytes") else None
         print(f"{r['index']:28s} {r['threads']:3d} {fmt(r.get('build_s'), '8.1f')} "
               f"{fmt(r.get('bytes', 0) / 1e6 if r.get('bytes') else None, '8.1f')} {fmt(r.get('bytes_per_token'), '8.1f')} "
               f"{fmt(r.get('p50_ms'), '8.2f')} {fmt(r.get('p99_ms'), '8.2f')} {fmt(r.get('search_rss_mb'), '7.0f')} "
-              f"{fmt(r['search_rss_mb'] * 2**20 / r['bytes'] if r.get('search_rss_mb') and r.get('bytes') else None, '6.2f')} "
+              f"{fmt(times_size, '6.2f')} "
               f"{r['recall@10']:6.3f} {r['ndcg@10']:8.4f}")
     (WORK / "results.json").write_text(json.dumps(rows, indent=1))
 

@@ -11,8 +11,8 @@ Input npz: doc_embeddings (tokens, dim) float32, doc_offsets (n_docs+1,) int64, 
 document i is doc_embeddings[doc_offsets[i]:doc_offsets[i+1]]. Builds the index on CPU with fast-plaid's own API and
 its default k-means settings, then, for each thread count, searches one query at a time (after one warm-up query)
 with fast-plaid's default search parameters, in a fresh process (the last thread count over every query, which gives
-the results; the others over the first ``--timed-queries`` queries, as the exhaustive baseline is timed): peak_rss_mb is its peak RSS (VmHWM), and
-search_rss_mb its growth from after imports and loading the queries (the definition bench/index_bench.py uses).
+the results; the others over the first ``--timed-queries`` queries, as the exhaustive baseline is timed):
+peak_rss_mb is its peak RSS (VmHWM), and search_rss_mb its growth from after imports and loading the queries (the definition bench/index_bench.py uses).
 Threads: fast-plaid's search runs libtorch ops (through tch, on this venv's libtorch_cpu), so torch.set_num_threads
 (plus OMP/MKL/RAYON_NUM_THREADS in the environment) sets them; its `n_processes` (joblib over query chunks) does not
 apply to a single query. index_bytes counts every file fast-plaid leaves in the index directory; index_files lists
@@ -102,7 +102,8 @@ def main() -> None:
     thread_counts = args.threads.split(",")
     for threads in thread_counts:
         env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, RAYON_NUM_THREADS=threads)
-        limit = [] if threads == thread_counts[-1] or args.timed_queries is None else ["--n-queries", str(args.timed_queries)]
+        timed_only = threads != thread_counts[-1] and args.timed_queries is not None
+        limit = ["--n-queries", str(args.timed_queries)] if timed_only else []
         out = subprocess.run([sys.executable, __file__, "--input", args.input, "--index-dir", str(index_dir),
                               "--k", str(args.k), "--search-threads", threads, *limit],
                              env=env, check=True, capture_output=True, text=True).stdout

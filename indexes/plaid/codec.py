@@ -53,10 +53,6 @@ class ResidualCodec:
     def dim(self) -> int:
         return self.centroids.shape[1]
 
-    @property
-    def code_dtype(self) -> type:
-        return np.uint16 if len(self.centroids) <= 1 << 16 else np.int32
-
     @classmethod
     def train(cls, sample: np.ndarray, n_centroids: int, nbits: int, niters: int = 4, seed: int = 0,
               max_points_per_centroid: int = 256) -> "ResidualCodec":
@@ -67,8 +63,8 @@ class ResidualCodec:
         kmeans = faiss.Kmeans(sample.shape[1], n_centroids, niter=niters, seed=seed, spherical=True,
                               max_points_per_centroid=max_points_per_centroid, verbose=False)
         kmeans.train(np.ascontiguousarray(sample, dtype=np.float32))
-        centroids = (kmeans.centroids / np.maximum(np.linalg.norm(kmeans.centroids, axis=1, keepdims=True), 1e-12))
-        centroids = centroids.astype(np.float32)
+        norms = np.maximum(np.linalg.norm(kmeans.centroids, axis=1, keepdims=True), 1e-12)
+        centroids = (kmeans.centroids / norms).astype(np.float32)
         codes = assign(centroids, sample)
         scales = cluster_scales(sample, centroids, codes, cls.SCALE_PRIOR)
         fit = slice(0, QUANTIZER_SAMPLE)
