@@ -10,6 +10,7 @@ import pytest
 from indexes import IndexInputError, PlaidIndex
 from indexes.plaid.codec import ResidualCodec, fit_residual_quantizer, scalar_codebooks
 from indexes.plaid.search import inverted_file
+from support import assert_same_ranking
 
 DIM = 32
 
@@ -126,7 +127,7 @@ def test_indexes_written_with_scalar_buckets_still_open(tmp_path, monkeypatch, n
     index.codec.weights = weights
     codes, packed = old_compress(index.codec, docs[0])
     assert np.allclose(index.codec.residuals(packed), weights[np.arange(DIM), old_buckets(index.codec, docs[0])[1]])
-    assert index.search(queries, k=10, **EVERYTHING) == written
+    assert_same_ranking(index.search(queries, k=10, **EVERYTHING), written)  # grid codebooks: same levels, new sums
     index.rebuild()
     assert not PlaidIndex.open(tmp_path / "ix").legacy_codec
 
@@ -218,7 +219,9 @@ def test_remove_update_filter_reopen_compact(tmp_path):
     before = index.search(own[:10], k=5)
     index.compact()
     after = PlaidIndex.open(tmp_path / "ix").search(own[:10], k=5)
-    assert index.stats()["segments"] == 1 and after == before  # merging moves codes, it never re-encodes
+    assert index.stats()["segments"] == 1
+    # merging moves codes, it never re-encodes: the same ranking, scores summed over one segment instead of several
+    assert_same_ranking(after, before)
 
 
 def test_streaming_build_trains_on_a_sample_not_the_first_batch(tmp_path):

@@ -490,7 +490,7 @@ def test_a_moved_tree_keeps_its_index(tmp_path, model_dir):
         assert retriever._model is None and summary.encoded_files == 0 and summary.unchanged_files == 5
         assert retriever.status()["root"] == str(Path(moved).resolve())
     assert Retriever.find(Path(moved) / "json") == Path(moved).resolve() / ".mret"
-    with Retriever.open(Path(moved) / ".mret") as retriever:
+    with Retriever.open(Path(moved) / ".mret") as retriever:  # exact: the same files, model and query, one path
         assert [(h.path, h.start_line, h.score) for h in retriever.search(QUERIES[0], k=5)] == before
 
 
