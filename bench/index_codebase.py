@@ -30,7 +30,7 @@ CHILD = """
 import json, resource, sys, time
 import torch
 torch.set_num_threads({threads})
-from retrieval.retriever import Retriever
+from retrieval.codebase.retriever import Retriever
 from dataclasses import asdict
 files = json.load(open({files!r})) if {files!r} else None
 started = time.perf_counter()
@@ -93,8 +93,8 @@ def main() -> None:
     import torch
 
     from heads_throughput import make_folders
-    from retrieval.retriever import Retriever
-    from retrieval.sources import walk
+    from retrieval.codebase.retriever import Retriever
+    from retrieval.codebase.sources import walk
 
     torch.set_num_threads(args.threads)
     stdlib = Path(sysconfig.get_paths()["stdlib"])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from eval.beir import load_beir
+from eval.datasets.beir import load_beir
 from eval.metrics import evaluate, exact_search
 from retrieval import BiEncoder
 

@@ -34,7 +34,7 @@ def main() -> None:
     import torch
 
     from encoder.testing import random_encoder
-    from eval.beir import load_beir
+    from eval.datasets.beir import load_beir
     from retrieval import BiEncoder
     from retrieval.training import Trainer, TrainSettings
     from retrieval.training.trainer import evaluate_head

@@ -1,3 +1,3 @@
-"""Evaluation harnesses: datasets in their original layouts read as BEIR datasets (beir, mldr, codesearchnet, and
-the offline sets), encoding cached on disk (encode), trec_eval metrics (metrics), and the runner behind
-``mret eval`` (runner, cli)."""
+"""The evaluation harness: datasets (``eval.datasets``, the bottom layer: readers, downloads, offline builders),
+encoding cached on disk (encode), trec_eval metrics (metrics), published numbers (published), and the runner behind
+``mret eval`` (runner). The command line lives in ``retrieval.cli``."""

@@ -29,10 +29,10 @@ from typing import BinaryIO, Literal
 import numpy as np
 
 from retrieval import BiEncoder, ColBERT
-from retrieval.colbert import pack_arrays
-from retrieval.models import loader_for
+from retrieval.heads.colbert import pack_arrays
+from retrieval.heads.loading import loader_for
 
-from .beir import BeirDataset
+from .datasets.beir import BeirDataset
 
 FORMAT_VERSION = 1
 CHUNK_TEXTS = 128  # texts per model call: the progress bar's step, and what an interruption loses at most

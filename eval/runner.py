@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .beir import BeirDataset
+from .datasets.beir import BeirDataset
 from .encode import EncodedBeir, encode_beir, model_cache_name, model_lengths
 from .metrics import evaluate, trec_order
 from .published import published_scores
@@ -96,7 +96,7 @@ def run_eval(dataset: BeirDataset, settings: EvalSettings, output: Path, cache_d
 
 def load_model(settings: EvalSettings):
     """The model and its name in the embeddings cache key."""
-    from retrieval.models import load_head, loader_for
+    from retrieval.heads.loading import load_head, loader_for
 
     model = load_head(settings.model, settings.kind, settings.max_length, settings.token_embeddings)
     return model, model_cache_name(settings.model, loader_for(settings.kind, settings.token_embeddings))

@@ -8,16 +8,15 @@
     repo = Retriever("path/to/repo"); repo.index(); hits = repo.search("where are retries configured", k=5)
 """
 
-from .colbert import ColBERT
-from .dense import BiEncoder
-from .maxsim import maxsim
+from .heads import BiEncoder, ColBERT
+from .scoring import maxsim
 
 __all__ = ["BiEncoder", "ColBERT", "Retriever", "maxsim"]
 
 
 def __getattr__(name: str):
     if name == "Retriever":  # imported on use: it pulls in the indexes (faiss), which the heads alone do not need
-        from .retriever import Retriever
+        from .codebase import Retriever
 
         return Retriever
     raise AttributeError(f"module 'retrieval' has no attribute {name!r}")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eval.beir import DatasetError, find_file, load_beir, read_jsonl
+from eval.datasets.beir import DatasetError, find_file, load_beir, read_jsonl
 
 
 @dataclass

@@ -30,8 +30,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ..colbert import ColBERT
-from ..dense import BiEncoder
+from ..heads.colbert import ColBERT
+from ..heads.dense import BiEncoder
 from . import losses
 from .data import Example, load_examples, load_texts, mine_negatives
 
@@ -128,7 +128,7 @@ class Trainer:
         self.total_steps = settings.max_steps or max(1, math.ceil(settings.epochs * len(self.items) / per_step))
         self.eval_dataset = None
         if settings.eval_data and settings.task != "mlm":
-            from eval.beir import load_beir
+            from eval.datasets.beir import load_beir
 
             self.eval_dataset = load_beir(settings.eval_data, settings.eval_split)
 
@@ -141,7 +141,7 @@ class Trainer:
         miner = BiEncoder.from_base(s.mine_with or s.model, device=self.device)
         corpus = None
         if Path(s.data).is_dir():
-            from eval.beir import load_beir
+            from eval.datasets.beir import load_beir
 
             dataset = load_beir(s.data, s.split)
             corpus = dataset.document_texts(list(dataset.corpus))

@@ -1,0 +1,187 @@
+"""``mret eval`` and ``mret datasets``: the evaluation harness and the offline benchmark builders on the command
+line. Imports stay inside the commands so that ``mret --help`` starts fast."""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+from retrieval.cli.console import Kind, err, fail
+
+
+class Target(str, Enum):
+    beir = "beir"
+    mldr = "mldr"
+    codesearchnet = "codesearchnet"
+    folder = "folder"
+
+
+class IndexKind(str, Enum):
+    flat = "flat"
+    hnsw = "hnsw"
+    ivfpq = "ivfpq"
+    plaid = "plaid"
+
+
+METRICS = (("ndcg@10", "nDCG@10"), ("recall@100", "Recall@100"), ("mrr@10", "MRR@10"), ("map", "MAP"))
+
+
+def eval_command(
+    target: Target = typer.Argument(..., help="beir | mldr | codesearchnet | folder (any BEIR-layout folder)."),
+    dataset: str = typer.Option(..., "--dataset", "-d", help=(
+        "A local folder, or a name to download: a BEIR dataset (scifact, nfcorpus, ...), an MLDR language (en), "
+        "a CoIR task (codesearchnet: cosqa, apps, ...).")),
+    model: str = typer.Option(..., "--model", "-m", help="Model folder or hub id."),
+    kind: Kind = typer.Option(Kind.dense, "--kind", help="dense: one vector per text; colbert: one per token."),
+    index: IndexKind = typer.Option(IndexKind.flat, "--index", help=(
+        "flat = exact (FAISS flat, or exhaustive MaxSim for colbert); hnsw, ivfpq (dense); plaid (colbert).")),
+    split: str = typer.Option("test", "--split", help="Which qrels split to score."),
+    max_length: int = typer.Option(None, "--max-length", help=(
+        "Document tokens kept (0: the model's maximum, 8192 for ModernBERT). Default: the model's own setting; "
+        "for mldr, the maximum.")),
+    output: Path = typer.Option(None, "--output", "-o", help="Folder for run.trec and metrics.json "
+                                "(default: runs/<dataset>-<model>-<kind>-<index>)."),
+    token_embeddings: bool = typer.Option(False, "--token-embeddings", help=(
+        "With --kind colbert: use any encoder's own token vectors as a multi-vector model (an untrained baseline).")),
+    language: str = typer.Option(None, "--language", help="codesearchnet: the language folder (default python); "
+                                 "mldr: the language (default en)."),
+    nbits: int = typer.Option(2, "--nbits", help="PLAID residual bits: 1, 2 or 4."),
+    depth: int = typer.Option(100, "--depth", help="Documents retrieved per query."),
+    cache_dir: Path = typer.Option(None, "--cache-dir", help="Downloads, embeddings and indexes "
+                                   "(default: $MRET_CACHE_DIR or ~/.cache/modernretrieval)."),
+) -> None:
+    """Evaluate a model + index on a retrieval benchmark: nDCG@10, Recall@100, MRR@10, MAP (pytrec_eval)."""
+    from encoder.errors import ModelLoadError
+    from indexes import IndexInputError
+
+    from eval.datasets.beir import DatasetError
+    from eval.datasets.download import cache_root
+    from eval.runner import EvalSettings, run_eval
+
+    cache = cache_dir or cache_root()
+    if nbits not in (1, 2, 4):
+        fail(f"--nbits must be 1, 2 or 4, got {nbits}")
+    try:
+        data = load_target(target, dataset, split, language, cache)
+    except DatasetError as error:
+        fail(str(error))
+    if max_length is None and target is Target.mldr:
+        max_length = 0  # long documents: never cut at the model's short default
+    settings = EvalSettings(model=model, kind=kind.value, index=index.value, max_length=max_length,
+                            token_embeddings=token_embeddings, depth=depth, nbits=nbits)
+    output = output or Path("runs") / _slug(f"{data.name}-{Path(model.rstrip('/')).name}-{kind.value}-{index.value}")
+    err.print(f"{data.name} ({split}): {len(data.queries):,} queries, {len(data.corpus):,} documents; "
+              f"model {model}, {kind.value}, index {index.value}", highlight=False)
+    try:
+        record = run_eval(data, settings, output, cache, show_progress=True)
+    except (ModelLoadError, IndexInputError, ValueError) as error:
+        fail(str(error))
+    print_report(record, output)
+
+
+def load_target(target: Target, dataset: str, split: str, language: str | None, cache: Path):
+    """The dataset as a BeirDataset: a local folder in the target's layout, or a name downloaded into ``cache``."""
+    from eval.datasets.beir import DatasetError, find_file, load_beir
+
+    local = Path(dataset).expanduser()
+    if target is Target.folder:
+        if not local.is_dir():
+            raise DatasetError(f"{dataset} is not a folder (mret eval folder reads a BEIR-layout folder)")
+        return load_beir(local, split)
+    if target is Target.beir:
+        if local.is_dir():
+            return load_beir(local, split)
+        from eval.datasets.download import fetch_beir
+
+        return load_beir(fetch_beir(dataset, cache, show_progress=True), split, name=dataset)
+    if target is Target.mldr:
+        from eval.datasets.mldr import download_mldr, load_mldr
+
+        if local.is_dir():
+            return load_mldr(local, language or "en", split)
+        return load_mldr(download_mldr(cache / "datasets", language or dataset), language or dataset, split)
+    from eval.datasets.codesearchnet import download_coir, load_codesearchnet, load_coir
+
+    if not local.is_dir():  # a CoIR task name
+        return load_coir(download_coir(dataset, cache / "datasets"), split)
+    if find_file(local, "corpus.jsonl") or any(local.rglob("*.parquet")):
+        return load_coir(local, split)
+    return load_codesearchnet(local, language or "python", split)
+
+
+def print_report(record: dict, output: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    settings, dataset = record["settings"], record["dataset"]
+    table = Table(title=f"{dataset['name']}: {record['num_queries']} queries, {dataset['documents']:,} documents"
+                        f" | {settings['model']} | {settings['kind']} | {settings['index']}", title_justify="left")
+    table.add_column("metric")
+    table.add_column("ours", justify="right")
+    table.add_column("published", justify="right")
+    table.add_column("source of the published number")
+    published = {p["metric"]: p for p in record["published"]}
+    for key, label in METRICS:
+        reference = published.get(key)
+        table.add_row(label, f"{record[key]:.4f}", f"{reference['value']:.4f}" if reference else "-",
+                      f"{reference['source']} ({reference['setting']})" if reference else "")
+    console = Console()
+    console.print(table)
+    timings = record["timings"]
+    speed = f" ({record['tokens_per_s']:,.0f} tokens/s)" if record.get("tokens_per_s") else ""
+    console.print(f"encoding {timings['encoding_total_s']} s{speed}, index {timings['index_s']} s, search "
+                  f"{timings['search_ms_per_query']} ms/query; wrote {output / 'run.trec'} and "
+                  f"{output / 'metrics.json'}", highlight=False)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+
+
+# ----- mret datasets: the offline benchmarks, built from text already on this machine
+datasets_app = typer.Typer(help="Build offline benchmarks (BEIR layout) from text already on this machine.",
+                           no_args_is_help=True)
+
+
+@datasets_app.command("pycode")
+def pycode_command(
+    output: Path = typer.Argument(..., help="Folder to write (BEIR layout)."),
+    source: list[Path] = typer.Option(None, "--source", help="Python source folders or files (default: the "
+                                      "standard library of this Python)."),
+    test_fraction: float = typer.Option(0.2, "--test-fraction", help="Share of packages in the test split."),
+) -> None:
+    """A CodeSearchNet-style set: docstring's first paragraph -> its function (docstring removed)."""
+    from eval.datasets.offline_code import build_code_dataset
+
+    for path in source or []:
+        if not path.exists():
+            fail(f"--source {path} does not exist")
+    info = build_code_dataset(output, list(source) if source else None, test_fraction=test_fraction,
+                              show_progress=True)
+    err.print(f"wrote {output}: {_counts(info)}", highlight=False)
+
+
+@datasets_app.command("manpages")
+def manpages_command(
+    output: Path = typer.Argument(..., help="Folder to write (BEIR layout)."),
+    max_documents: int = typer.Option(None, "--max-documents", help="Render at most this many pages."),
+    max_queries: int = typer.Option(500, "--max-queries", help="Queries kept (all long pages stay as corpus)."),
+) -> None:
+    """A long-document set (MLDR-like) from the man pages installed here: a sentence from deep inside a page is the
+    query, removed from its page."""
+    from eval.datasets.offline_docs import build_manpage_dataset
+
+    try:
+        info = build_manpage_dataset(output, max_documents=max_documents, max_queries=max_queries,
+                                     show_progress=True)
+    except RuntimeError as error:
+        fail(str(error))
+    err.print(f"wrote {output}: {_counts(info)}", highlight=False)
+
+
+def _counts(info: dict) -> str:
+    counts = info.get("counts", info)
+    return ", ".join(f"{k} {v}" for k, v in counts.items() if isinstance(v, (int, float)))

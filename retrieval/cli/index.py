@@ -1,0 +1,166 @@
+"""``mret index``, ``mret search``, ``mret status``, ``mret remove``: the command-line face of ``Retriever``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from .console import Kind, err, fail
+from ..codebase.snippets import highlight_markup, query_terms
+
+out = Console(highlight=False, soft_wrap=True)
+
+INDEX_DIR_HELP = "Index folder (default: ROOT/.mret; for search/status/remove, the nearest .mret at or above here)."
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Mistakes a user can fix (a wrong folder, an unreachable hub, a busy index) as one line and exit code 2."""
+    from encoder.errors import ModelLoadError
+    from indexes import IndexBusyError, IndexCorruptError, IndexInputError
+
+    from ..codebase.retriever import RetrieverError
+
+    try:
+        yield
+    except ModelLoadError as error:
+        fail(f"{error} For `mret index`, pass a local model folder with --model (a sentence-transformers folder for "
+             "--kind dense, a PyLate one for --kind colbert).")
+    except (RetrieverError, IndexInputError, IndexBusyError, IndexCorruptError) as error:
+        fail(str(error))
+
+
+def _open(index_dir: Optional[Path]):
+    from ..codebase.retriever import Retriever
+
+    folder = index_dir or Retriever.find()
+    if folder is None:
+        fail("no .mret index here or in any parent folder; run `mret index PATH` first, or pass --index-dir")
+    return Retriever.open(folder)
+
+
+def index_command(
+    path: Path = typer.Argument(Path("."), help="The folder to index (the root: paths are stored relative to it)."),
+    index_dir: Optional[Path] = typer.Option(None, "--index-dir", help=INDEX_DIR_HELP),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=(
+        "Model folder or hub id (default: Alibaba-NLP/gte-modernbert-base for dense, "
+        "lightonai/GTE-ModernColBERT-v1 for colbert). Fixed when the index is created.")),
+    kind: Optional[Kind] = typer.Option(None, "--kind", help="dense (one vector per chunk) or colbert (per token)."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", help=(
+        "Tokens per chunk, special tokens included (default: the model's maximum, 8192 for ModernBERT).")),
+    files_from: Optional[Path] = typer.Option(None, "--files-from", help=(
+        "Index exactly the files listed in this file (one path per line, relative to PATH; '-' reads stdin) "
+        "instead of walking PATH; indexed files not in the list are removed.")),
+    max_file_kb: int = typer.Option(1024, "--max-file-kb", help="Skip files larger than this."),
+) -> None:
+    """Index a folder (incremental: only new and changed files are encoded; safe to interrupt and run again)."""
+    from ..codebase.retriever import Retriever
+
+    if not path.is_dir():
+        fail(f"{path} is not a folder")
+    files = None
+    if files_from is not None:
+        if str(files_from) != "-" and not files_from.is_file():
+            fail(f"--files-from {files_from}: no such file")
+        files = (sys.stdin if str(files_from) == "-" else files_from.open(encoding="utf-8")).read().splitlines()
+    if max_file_kb < 1:
+        fail("--max-file-kb must be at least 1")
+    with user_errors():
+        retriever = Retriever(path, index_dir, model, kind.value if kind else None, max_length,
+                              max_file_bytes=max_file_kb * 1024)
+        with retriever:
+            summary = retriever.index(files)
+    err.print(f"[bold]{summary.files:,} files, {summary.chunks:,} chunks[/bold] indexed in "
+              f"{escape(str(retriever.index_dir))}; "
+              f"this run: {summary.encoded_files:,} files encoded ({summary.encoded_chunks:,} chunks, "
+              f"{summary.encoded_tokens:,} tokens, {summary.encoded_tokens / max(summary.encode_seconds, 1e-9):,.0f} tokens/s encoding), "
+              f"{summary.unchanged_files:,} unchanged, {summary.removed_files:,} removed, {summary.seconds:.1f} s",
+              highlight=False, soft_wrap=True)
+    if summary.skipped:
+        err.print("skipped: " + ", ".join(f"{reason} {count:,}" for reason, count in summary.skipped.items()),
+                  highlight=False, soft_wrap=True)
+
+
+def search_command(
+    query: str = typer.Argument(..., help="What to look for, in words."),
+    index_dir: Optional[Path] = typer.Option(None, "--index-dir", help=INDEX_DIR_HELP),
+    k: int = typer.Option(10, "-k", "--top-k", help="How many results."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list of {path, start_line, end_line, score, "
+                                 "snippet} (paths relative to the indexed root)."),
+    path_glob: Optional[list[str]] = typer.Option(None, "--path-glob", "-g", help=(
+        "Only paths matching this gitignore-style pattern ('*.py', 'src/**'); repeat for several.")),
+    file_type: Optional[list[str]] = typer.Option(None, "--type", "-t", help=(
+        "Only this language or extension (python, md, ...); repeat for several.")),
+) -> None:
+    """Search an index: the best chunks as path:start-end, score and a snippet."""
+    if k < 1:
+        fail("-k must be at least 1")
+    with user_errors():
+        with _open(index_dir) as retriever:
+            hits = retriever.search(query, k=k, path_glob=path_glob, file_type=file_type)
+    if as_json:
+        out.print_json(json.dumps([hit.to_json() for hit in hits]))
+        return
+    if not hits:
+        err.print("no results")
+        return
+    terms = query_terms(query)
+    for hit in hits:
+        out.print(f"[bold cyan]{escape(hit.path)}[/bold cyan]:{hit.start_line}-{hit.end_line}  "
+                  f"[green]{hit.score:.4f}[/green]")
+        for number, line in enumerate(hit.snippet.split("\n"), start=hit.snippet_line):
+            out.print(f"  [dim]{number:>5}[/dim]  {highlight_markup(line, terms)}")
+
+
+def status_command(
+    index_dir: Optional[Path] = typer.Option(None, "--index-dir", help=INDEX_DIR_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
+) -> None:
+    """What an index holds: its root, model, files, chunks, tokens, languages, size on disk, last run."""
+    with user_errors():
+        with _open(index_dir) as retriever:
+            status = retriever.status()
+    if as_json:
+        out.print_json(json.dumps(status))
+        return
+    table = Table(show_header=False, box=None)
+    last = status["last_run"] or {}
+    rows = {
+        "root": status["root"], "index": status["index_dir"], "model": f"{status['model']} ({status['kind']}, "
+        f"chunks up to {status['max_length']:,} tokens)",
+        "indexed": f"{status['files']:,} files, {status['chunks']:,} chunks, {status['tokens']:,} tokens",
+        "languages": ", ".join(f"{lang} {n:,}" for lang, n in list(status["languages"].items())[:8]) or "-",
+        "on disk": f"{status['bytes_on_disk'] / 2**20:,.1f} MiB",
+        "last run": (f"{last.get('encoded_files', 0):,} files encoded, {last.get('unchanged_files', 0):,} unchanged, "
+                     f"{last.get('removed_files', 0):,} removed in {last.get('seconds', 0):.1f} s") if last else "-",
+    }
+    for name, value in rows.items():
+        table.add_row(f"[bold]{name}[/bold]", escape(value))  # paths may hold [..]
+    out.print(table)
+
+
+def remove_command(
+    path: Path = typer.Argument(..., help="A file or folder (relative to here or to the indexed root)."),
+    index_dir: Optional[Path] = typer.Option(None, "--index-dir", help=INDEX_DIR_HELP),
+) -> None:
+    """Remove a file, or everything under a folder, from the index (add it to .mretignore to keep it out)."""
+    with user_errors():
+        with _open(index_dir) as retriever:
+            files, chunks = retriever.remove(path)
+    err.print(f"removed {files:,} files ({chunks:,} chunks); `mret index` takes them back unless .gitignore or "
+              ".mretignore excludes them", highlight=False, soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("index")(index_command)
+    app.command("search")(search_command)
+    app.command("status")(status_command)
+    app.command("remove")(remove_command)

@@ -1,0 +1,9 @@
+"""The retrieval heads: a backbone (our ModernBERT, or transformers for other architectures) turned into a
+single-vector bi-encoder (sentence-transformers format) or a ColBERT multi-vector model (PyLate and Stanford
+formats), behind one ``Head`` interface."""
+
+from .colbert import ColBERT
+from .dense import BiEncoder
+from .loading import DEFAULT_MODELS, Kind, load_head, loader_for
+
+__all__ = ["BiEncoder", "ColBERT", "DEFAULT_MODELS", "Kind", "load_head", "loader_for"]

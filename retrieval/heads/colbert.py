@@ -1,0 +1,238 @@
+"""The ColBERT multi-vector head (PyLate format): backbone -> Dense projection (to 128) -> L2 norm per token.
+
+Queries: "[Q]" token after [CLS], truncated to query_length, then expanded with [MASK] up to query_length; the
+[MASK]s read the query but are not read (attend_to_expansion_tokens=False), and their vectors are kept.
+Documents: "[D]" after [CLS], truncated to document_length, and the tokens of the skiplist (punctuation) dropped.
+Output: one (n_tokens, dim) float32 array per text, never padded.
+
+``ColBERT.from_token_embeddings`` runs any encoder's own token states as a multi-vector model (no projection, no
+marker token, no expansion, no skiplist) through the same class: only its spec and settings differ.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from encoder import checkpoint
+from encoder.errors import ModelLoadError
+from encoder.pretrained import check_dtype
+from encoder.tokenizer import check_texts
+
+from .backbones import load_backbone
+from .dense import DenseLayer
+from ..scoring import maxsim
+from .formats import DenseSpec, STFolder, write_json, write_modules
+from .stanford import METADATA, is_stanford_folder, read_stanford_folder
+
+
+class ColBERT:
+    def __init__(self, spec: STFolder, device: torch.device, dtype: torch.dtype, query_length: int | None = None,
+                 document_length: int | None = None):
+        self.spec = spec
+        self.backbone = load_backbone(spec.transformer, device, dtype)
+        self.dense = [DenseLayer(d).to(device) for d in spec.dense]
+        settings = spec.settings
+        tokenizer = self.backbone.tokenizer
+        self.query_length = query_length or settings.get("query_length") or 32
+        self.document_length = document_length or settings.get("document_length") or 180
+        self.attend_to_expansion = bool(settings.get("attend_to_expansion_tokens", False))
+        self.query_expansion = bool(settings.get("do_query_expansion", True))
+        # None: no marker token is inserted (from_token_embeddings)
+        self.query_prefix_id = self._prefix_id(settings.get("query_prefix", "[Q] "))
+        self.document_prefix_id = self._prefix_id(settings.get("document_prefix", "[D] "))
+        # as PyLate: each skiplist word is looked up as one token (a word not in the vocabulary maps to [UNK])
+        unknown = tokenizer.backend.token_to_id("[UNK]")
+        words = settings.get("skiplist_words", list(string.punctuation))
+        self.skiplist = {tokenizer.backend.token_to_id(w) for w in words} - {None} | (
+            {unknown} if unknown is not None and any(tokenizer.backend.token_to_id(w) is None for w in words) else set())
+
+    def _prefix_id(self, prefix: str | None) -> int | None:
+        if prefix is None:
+            return None
+        token_id = self.backbone.tokenizer.backend.token_to_id(prefix.strip()) or self.backbone.tokenizer.backend.token_to_id(prefix)
+        if token_id is None:
+            raise ModelLoadError(f"the prefix token {prefix!r} is not in the tokenizer")
+        return token_id
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32, query_length: int | None = None,
+                        document_length: int | None = None, revision: str | None = None) -> "ColBERT":
+        """A PyLate folder or hub id, or a Stanford ColBERT checkpoint (artifact.metadata, e.g.
+        colbert-ir/colbertv2.0). ``document_length`` may be raised (up to 8192) for long documents."""
+        device = torch.device(device)
+        check_dtype(device, dtype)
+        folder = checkpoint.resolve(name_or_path, revision,
+                                    extra_files=["*.json", "*/*.json", "*/*.safetensors", METADATA, "vocab.txt"])
+        spec = read_stanford_folder(folder) if is_stanford_folder(folder) else STFolder.read(folder)
+        if spec.pooling:
+            raise ModelLoadError(f"{folder} pools to one vector: load it with BiEncoder")
+        return cls(spec, device, dtype, query_length, document_length)
+
+    @classmethod
+    def from_token_embeddings(cls, name_or_path: str | Path, device: str | torch.device = "cpu",
+                              dtype: torch.dtype = torch.float32, query_length: int | None = None,
+                              document_length: int | None = None, revision: str | None = None) -> "ColBERT":
+        """Any sentence-transformers folder's backbone (or a plain Hugging Face checkpoint) used as a multi-vector
+        model: every token's state ([CLS]/[SEP] included), L2-normalized, nothing projected, inserted, expanded or
+        dropped. Queries and documents are truncated at the folder's max_seq_length (else the backbone's maximum).
+
+        A baseline for late interaction: what MaxSim gives on an encoder never trained for it. Such a model cannot
+        be saved (see ``save``); load it again from its source folder."""
+        device = torch.device(device)
+        check_dtype(device, dtype)
+        folder = checkpoint.resolve(name_or_path, revision, extra_files=["*.json", "*/*.json", "*/*.safetensors"])
+        spec = STFolder.read(folder) if (folder / "modules.json").exists() else STFolder(transformer=folder)
+        limit = spec.max_seq_length or checkpoint.read_config(spec.transformer).get("max_position_embeddings", 512)
+        settings = {"query_prefix": None, "document_prefix": None, "query_length": limit, "document_length": limit,
+                    "do_query_expansion": False, "skiplist_words": []}
+        spec = replace(spec, pooling=[], dense=[], normalize=False, settings=settings)
+        return cls(spec, device, dtype, query_length, document_length)
+
+    @classmethod
+    def from_base(cls, name_or_path: str | Path, dim: int = 128, device: str | torch.device = "cpu",
+                  dtype: torch.dtype = torch.float32, query_length: int = 32, document_length: int = 180,
+                  revision: str | None = None) -> "ColBERT":
+        """A new ColBERT to train, on any encoder (a Hugging Face or sentence-transformers folder): a Dense
+        projection to ``dim`` (the identity when ``dim`` equals the hidden size, else random orthogonal), marker
+        tokens [Q]/[D] when the tokenizer has them, else [unused0]/[unused1] (as Stanford ColBERT; no new
+        embeddings), query expansion with [MASK], punctuation skiplist: PyLate's defaults. Saves in PyLate's layout."""
+        device = torch.device(device)
+        check_dtype(device, dtype)
+        folder = checkpoint.resolve(name_or_path, revision, extra_files=["*.json", "*/*.json", "*/*.safetensors"])
+        base = STFolder.read(folder) if (folder / "modules.json").exists() else STFolder(transformer=folder)
+        hidden = checkpoint.read_config(base.transformer)["hidden_size"]
+        vocab = json.loads((base.transformer / "tokenizer.json").read_text()) if (
+            base.transformer / "tokenizer.json").exists() else {}
+        known = {t["content"] for t in vocab.get("added_tokens", [])} | set(vocab.get("model", {}).get("vocab", {}))
+        markers = ("[Q] ", "[D] ") if {"[Q]", "[D]"} <= known else ("[unused0]", "[unused1]")
+        settings = {"query_prefix": markers[0], "document_prefix": markers[1], "query_length": query_length,
+                    "document_length": document_length, "do_query_expansion": True,
+                    "attend_to_expansion_tokens": False, "skiplist_words": list(string.punctuation)}
+        projection = DenseSpec(None, hidden, dim, False, "torch.nn.modules.linear.Identity")
+        spec = replace(base, pooling=[], dense=[projection], normalize=False, settings=settings)
+        return cls(spec, device, dtype)
+
+    @property
+    def dim(self) -> int:
+        return self.spec.dense[-1].out_features if self.spec.dense else self.backbone.hidden_size
+
+    def tokenize(self, texts: Sequence[str], is_query: bool) -> list[list[int]]:
+        """Token ids as PyLate makes them: [CLS] prefix text [SEP] (no prefix when the model has none), then [MASK]
+        expansion for queries."""
+        check_texts(texts)
+        if self.spec.do_lower_case:  # as sentence-transformers' Transformer module (which PyLate uses) does
+            texts = [t.lower() for t in texts]
+        tokenizer = self.backbone.tokenizer
+        limit = self.query_length if is_query else self.document_length
+        prefix = self.query_prefix_id if is_query else self.document_prefix_id
+        if prefix is None:
+            rows = tokenizer.encode(texts, limit)
+        else:
+            rows = [row[:1] + [prefix] + row[1:] for row in tokenizer.encode(texts, limit - 1)]
+        if is_query and self.query_expansion:
+            rows = [row + [tokenizer.mask_token_id] * (limit - len(row)) for row in rows]
+        return rows
+
+    def _key_lengths(self, token_ids: list[list[int]], is_query: bool) -> list[int] | None:
+        """Queries' [MASK] expansion reads the query but is not read (unless attend_to_expansion_tokens)."""
+        if not (is_query and self.query_expansion and not self.attend_to_expansion):
+            return None
+        mask_id = self.backbone.tokenizer.mask_token_id
+        return [len(row) - _trailing(row, mask_id) for row in token_ids]
+
+    def _project(self, states: torch.Tensor) -> torch.Tensor:
+        v = states.float()
+        for layer in self.dense:
+            v = layer(v)
+        return F.normalize(v, dim=-1)
+
+    def _kept(self, vectors: torch.Tensor, row: list[int], is_query: bool) -> torch.Tensor:
+        """Documents drop their skiplist (punctuation) tokens; queries keep every token."""
+        return vectors if is_query else vectors[torch.tensor([t not in self.skiplist for t in row])]
+
+    def forward(self, token_ids: list[list[int]], is_query: bool) -> list[torch.Tensor]:
+        """Differentiable (training): token ids from ``tokenize`` -> one (n_kept, dim) tensor per text, all texts
+        in one packed pass."""
+        hidden, cu_seqlens = self.backbone.forward_states(token_ids, self._key_lengths(token_ids, is_query))
+        vectors = self._project(hidden)
+        bounds = cu_seqlens.tolist()
+        return [self._kept(vectors[a:b], row, is_query) for row, a, b in zip(token_ids, bounds, bounds[1:])]
+
+    def _encode(self, texts: Sequence[str], is_query: bool, show_progress: bool | None) -> list[np.ndarray]:
+        token_ids = self.tokenize(texts, is_query)
+        states = self.backbone.token_states(token_ids, show_progress, key_lengths=self._key_lengths(token_ids, is_query))
+        with torch.inference_mode():
+            return [self._kept(self._project(s), row, is_query).numpy() for s, row in zip(states, token_ids)]
+
+    def encode_queries(self, texts: Sequence[str], show_progress: bool | None = None) -> list[np.ndarray]:
+        """One (query_length, dim) array per query with expansion (its [MASK]s included); one row per query
+        token (truncated at query_length) without."""
+        return self._encode(texts, True, show_progress)
+
+    def encode_documents(self, texts: Sequence[str], show_progress: bool | None = None) -> list[np.ndarray]:
+        """One (n_kept_tokens, dim) array per document, skiplist tokens removed."""
+        return self._encode(texts, False, show_progress)
+
+    def save(self, folder: str | Path) -> None:
+        """The PyLate folder layout (Transformer + 1_Dense), loadable by PyLate and sentence-transformers.
+
+        A model without marker tokens or projection (``from_token_embeddings``) is refused: PyLate would load that
+        folder with [Q]/[D] inserted and a new random projection, i.e. silently as a different model."""
+        if self.query_prefix_id is None or self.document_prefix_id is None or not self.dense:
+            raise ValueError(
+                "this model has no [Q]/[D] marker tokens or no projection (made by from_token_embeddings?), which "
+                "the PyLate layout cannot express: PyLate would load it as a different model. Load it again from its "
+                "source folder with ColBERT.from_token_embeddings instead")
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.backbone.save(folder)
+        write_json(folder / "sentence_bert_config.json", {"max_seq_length": self.backbone.max_length,
+                                                          "do_lower_case": self.spec.do_lower_case})
+        modules = [("", "sentence_transformers.models.Transformer")]
+        for i, layer in enumerate(self.dense, start=1):
+            path = f"{i}_Dense"
+            write_json(folder / path / "config.json", {
+                "in_features": layer.spec.in_features, "out_features": layer.spec.out_features,
+                "bias": layer.spec.bias, "activation_function": layer.spec.activation, "use_residual": False})
+            save_file({k: v.contiguous().cpu() for k, v in layer.state_dict().items()},
+                      str(folder / path / "model.safetensors"))
+            modules.append((path, "pylate.models.Dense.Dense"))
+        write_modules(folder, modules)
+        settings = {k: v for k, v in self.spec.settings.items() if k != "__version__"}
+        write_json(folder / "config_sentence_transformers.json", {
+            **settings, "model_type": "ColBERT", "similarity_fn_name": "MaxSim", "query_length": self.query_length,
+            "document_length": self.document_length, "do_query_expansion": self.query_expansion,
+            "attend_to_expansion_tokens": self.attend_to_expansion})
+
+    def rerank(self, query: str, documents: Sequence[str]) -> list[tuple[int, float]]:
+        """(document index, MaxSim score) pairs, best first."""
+        scores = maxsim(self.encode_queries([query]), self.encode_documents(documents))[0]
+        order = np.argsort(-scores, kind="stable")
+        return [(int(i), float(scores[i])) for i in order]
+
+
+def _trailing(row: list[int], token: int) -> int:
+    n = 0
+    while n < len(row) and row[-1 - n] == token:
+        n += 1
+    return n
+
+
+def pack_arrays(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-text arrays -> (embeddings (total_tokens, dim) float32, offsets (n + 1,) int64): text i is rows
+    offsets[i]:offsets[i+1]. The form ``mret embed --kind colbert`` writes, and indexes take."""
+    offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
+    np.cumsum([len(a) for a in arrays], out=offsets[1:])
+    dim = arrays[0].shape[1] if len(arrays) else 0
+    embeddings = np.concatenate(arrays).astype(np.float32, copy=False) if len(arrays) else np.zeros((0, dim), np.float32)
+    return embeddings, offsets

@@ -1,0 +1,201 @@
+"""The single-vector bi-encoder: backbone -> pooling -> optional Dense layers -> optional Normalize.
+
+Reads and writes the sentence-transformers folder format, so gte-modernbert-base, modernbert-embed-base,
+all-MiniLM-L6-v2 and models saved here load in either library with the same vectors.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from encoder import checkpoint
+from encoder.errors import ModelLoadError
+from encoder.pretrained import check_dtype
+from encoder.tokenizer import check_texts
+
+from .backbones import load_backbone
+from .layers import pool_all, pool_packed
+from .formats import CLASSIC_POOLING_KEYS, DenseSpec, STFolder, write_json, write_modules
+
+Output = Literal["numpy", "torch"]
+
+
+class DenseLayer(torch.nn.Module):
+    """sentence-transformers' Dense: Linear then an activation (Identity, Tanh, ...)."""
+
+    def __init__(self, spec: DenseSpec):
+        super().__init__()
+        self.spec = spec
+        self.linear = torch.nn.Linear(spec.in_features, spec.out_features, bias=spec.bias)
+        module_path, _, name = spec.activation.rpartition(".")
+        self.activation = getattr(importlib.import_module(module_path), name)() if module_path.startswith(
+            "torch.nn") else torch.nn.Identity()
+        if spec.folder is None:  # a new layer, to be trained
+            with torch.no_grad():
+                if spec.in_features == spec.out_features:
+                    self.linear.weight.copy_(torch.eye(spec.in_features))
+                else:
+                    torch.nn.init.orthogonal_(self.linear.weight, generator=torch.Generator().manual_seed(0))
+                if self.linear.bias is not None:
+                    self.linear.bias.zero_()
+            return
+        weights = spec.folder / "model.safetensors"
+        if not weights.exists():
+            raise ModelLoadError(f"{spec.folder} has no model.safetensors (only safetensors are loaded)")
+        # only the linear.* keys: a Stanford ColBERT checkpoint keeps its projection beside the whole BERT
+        with safe_open(str(weights), framework="pt") as f:
+            self.load_state_dict({k: f.get_tensor(k) for k in f.keys() if k.startswith("linear.")})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.linear(x))
+
+
+class BiEncoder:
+    def __init__(self, folder: Path, spec: STFolder, device: torch.device, dtype: torch.dtype,
+                 truncate_dim: int | None = None):
+        self.folder, self.spec = folder, spec
+        self.backbone = load_backbone(spec.transformer, device, dtype)
+        self.dense = [DenseLayer(d).to(device) for d in spec.dense]
+        self.max_length = spec.max_seq_length or self.backbone.tokenizer.model_max_length
+        self.truncate_dim = truncate_dim
+        self.device = device
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32, truncate_dim: int | None = None,
+                        revision: str | None = None) -> "BiEncoder":
+        """A sentence-transformers folder or hub id (ModernBERT on our encoder; other backbones via transformers)."""
+        device = torch.device(device)
+        check_dtype(device, dtype)
+        folder = checkpoint.resolve(name_or_path, revision, extra_files=["*.json", "*/*.json", "*/*.safetensors"])
+        spec = STFolder.read(folder)
+        if not spec.pooling:
+            raise ModelLoadError(f"{folder} has no Pooling module: a multi-vector model? load it with ColBERT")
+        if not spec.include_prompt:
+            raise ModelLoadError("pooling with include_prompt=false is not supported yet")
+        return cls(folder, spec, device, dtype, truncate_dim)
+
+    @classmethod
+    def from_base(cls, name_or_path: str | Path, pooling: str = "mean", device: str | torch.device = "cpu",
+                  dtype: torch.dtype = torch.float32, max_length: int | None = None,
+                  revision: str | None = None) -> "BiEncoder":
+        """A new bi-encoder to train on a plain Hugging Face checkpoint (e.g. answerdotai/ModernBERT-base):
+        ``pooling`` then Normalize, as sentence-transformers builds one from a bare transformer."""
+        device = torch.device(device)
+        check_dtype(device, dtype)
+        folder = checkpoint.resolve(name_or_path, revision)
+        if (folder / "modules.json").exists():
+            return cls.from_pretrained(folder, device, dtype)
+        spec = STFolder(transformer=folder, pooling=[pooling], normalize=True, max_seq_length=max_length)
+        return cls(folder, spec, device, dtype)
+
+    @property
+    def dim(self) -> int:
+        full = self.spec.dense[-1].out_features if self.spec.dense else self.backbone.hidden_size * len(self.spec.pooling)
+        return min(full, self.truncate_dim or full)
+
+    def encode(self, texts: Sequence[str], prompt_name: str | None = None, prompt: str | None = None,
+               normalize: bool | None = None, output: Output = "numpy",
+               show_progress: bool | None = None) -> np.ndarray | torch.Tensor:
+        """(n, dim) float32 vectors in input order. ``prompt_name`` picks one of the model's prompts (its default
+        prompt when None); ``prompt`` gives the text to prepend directly. ``normalize`` defaults to the model's
+        Normalize module (and renormalizes after ``truncate_dim``)."""
+        if prompt is None:
+            prompt_name = prompt_name or self.spec.settings.get("default_prompt_name")
+            if prompt_name is not None and prompt_name not in self.spec.prompts:
+                raise ValueError(f"unknown prompt {prompt_name!r}; this model has {sorted(self.spec.prompts)}")
+            prompt = self.spec.prompts.get(prompt_name, "") if prompt_name else ""
+        token_ids = self.tokenize(texts, prompt)
+        with torch.inference_mode():
+            vectors = self._head(pool_all(self.backbone.token_states(token_ids, show_progress), self.spec.pooling),
+                                 normalize)
+        vectors = vectors.float().cpu().contiguous()
+        return vectors.numpy() if output == "numpy" else vectors
+
+    def tokenize(self, texts: Sequence[str], prompt: str = "") -> list[list[int]]:
+        """Token ids as sentence-transformers makes them: the prompt before each text, lower-cased if the model
+        says so, truncated at ``max_length``."""
+        check_texts(texts)
+        texts = [prompt + t for t in texts]
+        if self.spec.do_lower_case:
+            texts = [t.lower() for t in texts]
+        return self.backbone.tokenizer.encode(texts, self.max_length)
+
+    def forward(self, token_ids: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Differentiable (training): token ids -> (n, dim) vectors, all texts in one packed pass."""
+        hidden, cu_seqlens = self.backbone.forward_states(token_ids)
+        return self._head(pool_packed(hidden, cu_seqlens, self.spec.pooling))
+
+    def _head(self, vectors: torch.Tensor, normalize: bool | None = None) -> torch.Tensor:
+        """Pooled vectors -> Dense layers -> Normalize -> Matryoshka truncation (renormalized)."""
+        for layer in self.dense:
+            vectors = layer(vectors)
+        if self.spec.normalize:
+            vectors = F.normalize(vectors, dim=-1)
+        if self.truncate_dim:
+            vectors = vectors[:, : self.truncate_dim]
+        if normalize or (normalize is None and self.spec.normalize and self.truncate_dim):
+            vectors = F.normalize(vectors, dim=-1)
+        return vectors
+
+    def encode_queries(self, texts: Sequence[str], **kwargs) -> np.ndarray | torch.Tensor:
+        """Queries, with the model's "query" prompt when it has one (e.g. nomic's "search_query: ")."""
+        return self.encode(texts, prompt_name=self._prompt("query"), **kwargs)
+
+    def encode_documents(self, texts: Sequence[str], **kwargs) -> np.ndarray | torch.Tensor:
+        """Documents, with the model's "document" (or "passage") prompt when it has one."""
+        return self.encode(texts, prompt_name=self._prompt("document", "passage", "corpus"), **kwargs)
+
+    @property
+    def document_prompt(self) -> str:
+        """The text put before every document (the model's "document"/"passage"/"corpus" prompt, or nothing)."""
+        name = self._prompt("document", "passage", "corpus")
+        return self.spec.prompts.get(name, "") if name else ""
+
+    @property
+    def query_prompt(self) -> str:
+        name = self._prompt("query")
+        return self.spec.prompts.get(name, "") if name else ""
+
+    def _prompt(self, *names: str) -> str | None:
+        for name in names:
+            if name in self.spec.prompts:
+                return name
+        return None
+
+    def save(self, folder: str | Path) -> None:
+        """A sentence-transformers folder that this class and sentence-transformers both load."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.backbone.save(folder)
+        write_json(folder / "sentence_bert_config.json", {"max_seq_length": self.max_length,
+                                                          "do_lower_case": self.spec.do_lower_case})
+        modules = [("", "sentence_transformers.models.Transformer"), ("1_Pooling", "sentence_transformers.models.Pooling")]
+        write_json(folder / "1_Pooling" / "config.json", {
+            "word_embedding_dimension": self.backbone.hidden_size, "include_prompt": self.spec.include_prompt,
+            **{key: mode in self.spec.pooling for key, mode in CLASSIC_POOLING_KEYS.items()}})
+        for i, layer in enumerate(self.dense, start=2):
+            path = f"{i}_Dense"
+            write_json(folder / path / "config.json", {
+                "in_features": layer.spec.in_features, "out_features": layer.spec.out_features,
+                "bias": layer.spec.bias, "activation_function": layer.spec.activation})
+            save_file({k: v.contiguous().cpu() for k, v in layer.state_dict().items()},
+                      str(folder / path / "model.safetensors"))
+            modules.append((path, "sentence_transformers.models.Dense"))
+        if self.spec.normalize:
+            modules.append((f"{len(modules)}_Normalize", "sentence_transformers.models.Normalize"))
+            (folder / modules[-1][0]).mkdir(exist_ok=True)
+        write_modules(folder, modules)
+        settings = {k: v for k, v in self.spec.settings.items() if k != "__version__"}
+        write_json(folder / "config_sentence_transformers.json",
+                   {"prompts": self.spec.prompts, "default_prompt_name": None, "similarity_fn_name": "cosine",
+                    **settings})

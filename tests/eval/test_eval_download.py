@@ -1,0 +1,148 @@
+"""BEIR downloads for real, from an HTTP server on 127.0.0.1 serving zips in the official layout (a top folder
+named after the dataset holding corpus.jsonl, queries.jsonl and qrels/test.tsv): download, md5 check, unzip,
+cache, and a second run that asks the server nothing. Then ``mret eval beir`` on a downloaded dataset."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import json
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from eval.datasets.beir import DatasetError, load_beir
+from eval.datasets.download import fetch_beir
+from retrieval.cli import app
+
+CORPUS = [
+    {"_id": "d1", "title": "Photosynthesis", "text": "Plants turn light, water and carbon dioxide into sugar."},
+    {"_id": "d2", "title": "Volcanoes", "text": "Magma rises through the crust and erupts as lava."},
+    {"_id": "d3", "title": "Tides", "text": "The moon's gravity pulls the oceans, raising tides twice a day."},
+    {"_id": "d4", "title": "", "text": "Vaccines train the immune system to recognise a pathogen."},
+]
+QUERIES = [{"_id": "q1", "text": "how do plants make sugar from light"},
+           {"_id": "q2", "text": "why are there two tides each day"},
+           {"_id": "q3", "text": "unjudged query"}]
+QRELS = "query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td3\t2\n"
+
+
+def beir_zip(name: str, extra: dict[str, str] | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr(f"{name}/corpus.jsonl", "".join(json.dumps(d) + "\n" for d in CORPUS))
+        zf.writestr(f"{name}/queries.jsonl", "".join(json.dumps(q) + "\n" for q in QUERIES))
+        zf.writestr(f"{name}/qrels/test.tsv", QRELS)
+        for path, content in (extra or {}).items():
+            zf.writestr(path, content)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def server(tmp_path):
+    """Serves tmp_path/www on 127.0.0.1; yields (base address, list of requested paths)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    requests: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def do_GET(self):
+            requests.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{httpd.server_address[1]}", requests
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def publish(root: Path, name: str, data: bytes) -> str:
+    (root / f"{name}.zip").write_bytes(data)
+    return hashlib.md5(data).hexdigest()
+
+
+def test_download_checks_unzips_and_caches(server, tmp_path):
+    root, base, requests = server
+    md5 = publish(root, "tiny", beir_zip("tiny"))
+    folder = fetch_beir("tiny", tmp_path / "cache", url=base + "/{name}.zip", md5=md5)
+    assert folder == tmp_path / "cache" / "datasets" / "beir" / "tiny"
+    data = load_beir(folder)
+    assert list(data.corpus) == ["d1", "d2", "d3", "d4"] and list(data.queries) == ["q1", "q2"]
+    assert data.qrels == {"q1": {"d1": 1}, "q2": {"d3": 2}} and data.name == "tiny"
+    record = json.loads((folder / "download.json").read_text())
+    assert record["md5"] == md5 and record["md5_checked"] and record["bytes"] == (root / "tiny.zip").stat().st_size
+    assert requests == ["/tiny.zip"]
+    (root / "tiny.zip").unlink()  # the second run must not need the server
+    assert fetch_beir("tiny", tmp_path / "cache", url=base + "/{name}.zip", md5=md5) == folder
+    assert requests == ["/tiny.zip"]
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["tiny"]  # no temporary files left
+
+
+def test_a_damaged_download_is_refused_and_not_cached(server, tmp_path):
+    root, base, _ = server
+    publish(root, "tiny", beir_zip("tiny"))
+    with pytest.raises(DatasetError, match="does not match the published"):
+        fetch_beir("tiny", tmp_path / "cache", url=base + "/{name}.zip", md5="0" * 32)
+    assert list((tmp_path / "cache" / "datasets" / "beir").iterdir()) == []
+
+
+def test_published_md5_is_checked_by_name(server, tmp_path):
+    """scifact has a published md5: a zip that is not the official one is refused without being told the sum."""
+    root, base, _ = server
+    publish(root, "scifact", beir_zip("scifact"))
+    with pytest.raises(DatasetError, match="5f7d1de60b170fc8027bb7898e2efca1"):
+        fetch_beir("scifact", tmp_path / "cache", url=base + "/{name}.zip")
+
+
+def test_missing_dataset_and_unreachable_server(server, tmp_path):
+    _, base, _ = server
+    with pytest.raises(DatasetError, match="HTTP 404"):
+        fetch_beir("nope", tmp_path / "cache", url=base + "/{name}.zip")
+    with pytest.raises(DatasetError, match="offline"):
+        fetch_beir("tiny", tmp_path / "cache", url="http://127.0.0.1:9/{name}.zip", timeout=5)
+
+
+def test_archive_members_cannot_leave_the_cache(server, tmp_path):
+    root, base, _ = server
+    md5 = publish(root, "evil", beir_zip("evil", {"../../escaped.txt": "x"}))
+    with pytest.raises(DatasetError, match="outside its folder"):
+        fetch_beir("evil", tmp_path / "cache", url=base + "/{name}.zip", md5=md5)
+    assert not list(tmp_path.rglob("escaped.txt"))
+
+
+def test_mret_eval_downloads_then_reuses_everything(server, tmp_path, minilm_folder, monkeypatch):
+    root, base, requests = server
+    publish(root, "tiny", beir_zip("tiny"))
+    monkeypatch.setenv("MRET_BEIR_URL", base + "/{name}.zip")
+    runner = CliRunner()
+    args = ["eval", "beir", "--dataset", "tiny", "--model", str(minilm_folder), "--cache-dir", str(tmp_path / "c"),
+            "--output", str(tmp_path / "out")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["num_queries"] == 2 and metrics["dataset"]["name"] == "tiny"
+    assert all(0 <= metrics[k] <= 1 for k in ("ndcg@10", "recall@100", "mrr@10", "map"))
+    assert metrics["ndcg@10"] == 1.0  # each query's one relevant passage is unmistakable for MiniLM
+    run = [line.split() for line in (tmp_path / "out" / "run.trec").read_text().splitlines()]
+    assert {r[0] for r in run} == {"q1", "q2"} and all(r[1] == "Q0" and len(r) == 6 for r in run)
+    assert [r[2] for r in run if r[0] == "q1"][0] == "d1" and [r[3] for r in run if r[0] == "q1"] == ["1", "2", "3", "4"]
+
+    embeddings = list((tmp_path / "c" / "embeddings").glob("*.npz"))
+    assert len(embeddings) == 1 and len(requests) == 1
+    mtime = embeddings[0].stat().st_mtime_ns
+    result = runner.invoke(app, args)  # again: nothing downloaded, nothing encoded
+    assert result.exit_code == 0, result.output
+    assert len(requests) == 1 and embeddings[0].stat().st_mtime_ns == mtime
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["ndcg@10"] == metrics["ndcg@10"]
