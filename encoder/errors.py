@@ -1,5 +1,8 @@
 """Errors the encoder raises for user mistakes: caught by the CLI and shown as one clear line."""
 
 
-class ModelLoadError(ValueError):
+from modernretrieval.errors import ModernRetrievalError
+
+
+class ModelLoadError(ModernRetrievalError, ValueError):
     """A checkpoint cannot be loaded: missing file, wrong architecture, bad shapes, unreachable hub."""

@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from modernretrieval.errors import SettingsError
+
 from .datasets.beir import BeirDataset
 from .encode import EncodedBeir, encode_beir, model_cache_name, model_lengths
 from .metrics import evaluate, trec_order
@@ -43,14 +45,14 @@ class EvalSettings:
 
     def check(self) -> None:
         if self.kind not in INDEXES:
-            raise ValueError(f"--kind must be dense or colbert, got {self.kind!r}")
+            raise SettingsError(f"--kind must be dense or colbert, got {self.kind!r}")
         if self.index not in INDEXES[self.kind]:
-            raise ValueError(f"--index {self.index} does not apply to --kind {self.kind}; "
+            raise SettingsError(f"--index {self.index} does not apply to --kind {self.kind}; "
                              f"use one of: {', '.join(INDEXES[self.kind])}")
         if self.token_embeddings and self.kind != "colbert":
-            raise ValueError("--token-embeddings needs --kind colbert")
+            raise SettingsError("--token-embeddings needs --kind colbert")
         if self.depth < 10:
-            raise ValueError("--depth must be at least 10 (nDCG@10, MRR@10)")
+            raise SettingsError("--depth must be at least 10 (nDCG@10, MRR@10)")
 
 
 def run_eval(dataset: BeirDataset, settings: EvalSettings, output: Path, cache_dir: Path,

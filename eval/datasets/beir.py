@@ -14,8 +14,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from modernretrieval.errors import ModernRetrievalError
 
-class DatasetError(ValueError):
+
+class DatasetError(ModernRetrievalError, ValueError):
     """A dataset that is missing or malformed: the message names the file (and line) and what is wrong."""
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .beir import write_beir
+from .beir import DatasetError, write_beir
 
 MIN_QUERY_OFFSET = 2000
 QUERY_WORDS = (8, 40)
@@ -61,7 +61,7 @@ def build_manpage_dataset(output: Path, man_dirs: list[Path] | None = None, *, s
     the first pages in sorted order (for small test builds). Returns the info written to dataset.json."""
     missing = [tool for tool in ("man", "groff") if shutil.which(tool) is None]
     if missing:
-        raise RuntimeError(f"the man-page set needs man and groff, and {' and '.join(missing)} is missing "
+        raise DatasetError(f"the man-page set needs man and groff, and {' and '.join(missing)} is missing "
                            "(Debian: apt install man-db groff-base)")
     man_dirs = [Path(d) for d in (man_dirs if man_dirs is not None else [Path("/usr/share/man")])]
     files = [page for folder in man_dirs for section in sections

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from retrieval.cli.console import Kind, err, fail
+from .console import KindChoice, err, fail
 
 
 class Target(str, Enum):
@@ -35,7 +35,7 @@ def eval_command(
         "A local folder, or a name to download: a BEIR dataset (scifact, nfcorpus, ...), an MLDR language (en), "
         "a CoIR task (codesearchnet: cosqa, apps, ...).")),
     model: str = typer.Option(..., "--model", "-m", help="Model folder or hub id."),
-    kind: Kind = typer.Option(Kind.dense, "--kind", help="dense: one vector per text; colbert: one per token."),
+    kind: KindChoice = typer.Option("dense", "--kind", help="dense: one vector per text; colbert: one per token."),
     index: IndexKind = typer.Option(IndexKind.flat, "--index", help=(
         "flat = exact (FAISS flat, or exhaustive MaxSim for colbert); hnsw, ivfpq (dense); plaid (colbert).")),
     split: str = typer.Option("test", "--split", help="Which qrels split to score."),
@@ -54,20 +54,13 @@ def eval_command(
                                    "(default: $MRET_CACHE_DIR or ~/.cache/modernretrieval)."),
 ) -> None:
     """Evaluate a model + index on a retrieval benchmark: nDCG@10, Recall@100, MRR@10, MAP (pytrec_eval)."""
-    from encoder.errors import ModelLoadError
-    from indexes import IndexInputError
-
-    from eval.datasets.beir import DatasetError
     from eval.datasets.download import cache_root
     from eval.runner import EvalSettings, run_eval
 
     cache = cache_dir or cache_root()
     if nbits not in (1, 2, 4):
         fail(f"--nbits must be 1, 2 or 4, got {nbits}")
-    try:
-        data = load_target(target, dataset, split, language, cache)
-    except DatasetError as error:
-        fail(str(error))
+    data = load_target(target, dataset, split, language, cache)
     if max_length is None and target is Target.mldr:
         max_length = 0  # long documents: never cut at the model's short default
     settings = EvalSettings(model=model, kind=kind.value, index=index.value, max_length=max_length,
@@ -75,10 +68,7 @@ def eval_command(
     output = output or Path("runs") / _slug(f"{data.name}-{Path(model.rstrip('/')).name}-{kind.value}-{index.value}")
     err.print(f"{data.name} ({split}): {len(data.queries):,} queries, {len(data.corpus):,} documents; "
               f"model {model}, {kind.value}, index {index.value}", highlight=False)
-    try:
-        record = run_eval(data, settings, output, cache, show_progress=True)
-    except (ModelLoadError, IndexInputError, ValueError) as error:
-        fail(str(error))
+    record = run_eval(data, settings, output, cache, show_progress=True)
     print_report(record, output)
 
 
@@ -142,11 +132,9 @@ def _slug(text: str) -> str:
 
 
 # ----- mret datasets: the offline benchmarks, built from text already on this machine
-datasets_app = typer.Typer(help="Build offline benchmarks (BEIR layout) from text already on this machine.",
-                           no_args_is_help=True)
+DATASETS_HELP = "Build offline benchmarks (BEIR layout) from text already on this machine."
 
 
-@datasets_app.command("pycode")
 def pycode_command(
     output: Path = typer.Argument(..., help="Folder to write (BEIR layout)."),
     source: list[Path] = typer.Option(None, "--source", help="Python source folders or files (default: the "
@@ -164,7 +152,6 @@ def pycode_command(
     err.print(f"wrote {output}: {_counts(info)}", highlight=False)
 
 
-@datasets_app.command("manpages")
 def manpages_command(
     output: Path = typer.Argument(..., help="Folder to write (BEIR layout)."),
     max_documents: int = typer.Option(None, "--max-documents", help="Render at most this many pages."),
@@ -174,11 +161,7 @@ def manpages_command(
     query, removed from its page."""
     from eval.datasets.offline_docs import build_manpage_dataset
 
-    try:
-        info = build_manpage_dataset(output, max_documents=max_documents, max_queries=max_queries,
-                                     show_progress=True)
-    except RuntimeError as error:
-        fail(str(error))
+    info = build_manpage_dataset(output, max_documents=max_documents, max_queries=max_queries, show_progress=True)
     err.print(f"wrote {output}: {_counts(info)}", highlight=False)
 
 

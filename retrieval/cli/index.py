@@ -4,38 +4,20 @@ from __future__ import annotations
 
 import json
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .console import Kind, err, fail
+from .console import KindChoice, err, fail
 from ..codebase.snippets import highlight_markup, query_terms
 
 out = Console(highlight=False, soft_wrap=True)
 
 INDEX_DIR_HELP = "Index folder (default: ROOT/.mret; for search/status/remove, the nearest .mret at or above here)."
-
-
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """Mistakes a user can fix (a wrong folder, an unreachable hub, a busy index) as one line and exit code 2."""
-    from encoder.errors import ModelLoadError
-    from indexes import IndexBusyError, IndexCorruptError, IndexInputError
-
-    from ..codebase.retriever import RetrieverError
-
-    try:
-        yield
-    except ModelLoadError as error:
-        fail(f"{error} For `mret index`, pass a local model folder with --model (a sentence-transformers folder for "
-             "--kind dense, a PyLate one for --kind colbert).")
-    except (RetrieverError, IndexInputError, IndexBusyError, IndexCorruptError) as error:
-        fail(str(error))
 
 
 def _open(index_dir: Optional[Path]):
@@ -53,7 +35,7 @@ def index_command(
     model: Optional[str] = typer.Option(None, "--model", "-m", help=(
         "Model folder or hub id (default: Alibaba-NLP/gte-modernbert-base for dense, "
         "lightonai/GTE-ModernColBERT-v1 for colbert). Fixed when the index is created.")),
-    kind: Optional[Kind] = typer.Option(None, "--kind", help="dense (one vector per chunk) or colbert (per token)."),
+    kind: Optional[KindChoice] = typer.Option(None, "--kind", help="dense (one vector per chunk) or colbert (per token)."),
     max_length: Optional[int] = typer.Option(None, "--max-length", help=(
         "Tokens per chunk, special tokens included (default: the model's maximum, 8192 for ModernBERT).")),
     files_from: Optional[Path] = typer.Option(None, "--files-from", help=(
@@ -73,11 +55,10 @@ def index_command(
         files = (sys.stdin if str(files_from) == "-" else files_from.open(encoding="utf-8")).read().splitlines()
     if max_file_kb < 1:
         fail("--max-file-kb must be at least 1")
-    with user_errors():
-        retriever = Retriever(path, index_dir, model, kind.value if kind else None, max_length,
-                              max_file_bytes=max_file_kb * 1024)
-        with retriever:
-            summary = retriever.index(files)
+    retriever = Retriever(path, index_dir, model, kind.value if kind else None, max_length,
+                          max_file_bytes=max_file_kb * 1024)
+    with retriever:
+        summary = retriever.index(files)
     err.print(f"[bold]{summary.files:,} files, {summary.chunks:,} chunks[/bold] indexed in "
               f"{escape(str(retriever.index_dir))}; "
               f"this run: {summary.encoded_files:,} files encoded ({summary.encoded_chunks:,} chunks, "
@@ -103,9 +84,8 @@ def search_command(
     """Search an index: the best chunks as path:start-end, score and a snippet."""
     if k < 1:
         fail("-k must be at least 1")
-    with user_errors():
-        with _open(index_dir) as retriever:
-            hits = retriever.search(query, k=k, path_glob=path_glob, file_type=file_type)
+    with _open(index_dir) as retriever:
+        hits = retriever.search(query, k=k, path_glob=path_glob, file_type=file_type)
     if as_json:
         out.print_json(json.dumps([hit.to_json() for hit in hits]))
         return
@@ -125,9 +105,8 @@ def status_command(
     as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
 ) -> None:
     """What an index holds: its root, model, files, chunks, tokens, languages, size on disk, last run."""
-    with user_errors():
-        with _open(index_dir) as retriever:
-            status = retriever.status()
+    with _open(index_dir) as retriever:
+        status = retriever.status()
     if as_json:
         out.print_json(json.dumps(status))
         return
@@ -152,15 +131,9 @@ def remove_command(
     index_dir: Optional[Path] = typer.Option(None, "--index-dir", help=INDEX_DIR_HELP),
 ) -> None:
     """Remove a file, or everything under a folder, from the index (add it to .mretignore to keep it out)."""
-    with user_errors():
-        with _open(index_dir) as retriever:
-            files, chunks = retriever.remove(path)
+    with _open(index_dir) as retriever:
+        files, chunks = retriever.remove(path)
     err.print(f"removed {files:,} files ({chunks:,} chunks); `mret index` takes them back unless .gitignore or "
               ".mretignore excludes them", highlight=False, soft_wrap=True)
 
 
-def register(app: typer.Typer) -> None:
-    app.command("index")(index_command)
-    app.command("search")(search_command)
-    app.command("status")(status_command)
-    app.command("remove")(remove_command)

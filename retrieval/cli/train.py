@@ -50,9 +50,6 @@ def train_command(
     bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast (default: on CUDA)."),
 ) -> None:
     """Fine-tune a retriever, or adapt a ModernBERT to a domain with masked-language modelling."""
-    from encoder.errors import ModelLoadError
-    from eval.datasets.beir import DatasetError
-
     from ..training.trainer import Trainer, TrainSettings
 
     settings = TrainSettings(
@@ -62,10 +59,7 @@ def train_command(
         max_length=max_length, colbert_dim=dim, seed=seed, save_every=save_every,
         eval_data=str(eval_data) if eval_data else None, eval_split=eval_split, eval_every=eval_every,
         bf16=bf16, device=device)
-    try:
-        result = Trainer(settings).train()
-    except (ModelLoadError, DatasetError, ValueError) as error:
-        fail(str(error))
+    result = Trainer(settings).train()
     err.print(f"saved {result.output} after {result.steps:,} steps ({result.seconds:,.0f} s, "
               f"{result.tokens / max(result.seconds, 1e-9):,.0f} tokens/s), final loss {result.final_loss:.4f}",
               highlight=False)

@@ -29,11 +29,10 @@ from typing import Any
 import numpy as np
 
 from indexes import Document, FaissIndex, PlaidIndex
+from modernretrieval.errors import ModernRetrievalError
 
 from .chunking import Chunk, chunk_text
-from ..heads.colbert import ColBERT
-from ..heads.dense import BiEncoder
-from ..heads.loading import DEFAULT_MODELS, Kind, document_length, load_head, set_document_length
+from ..heads import DEFAULT_MODELS, Head, Kind, load_head, set_document_length
 from .snippets import best_lines, query_terms
 from .sources import DEFAULT_MAX_FILE_BYTES, SkippedFile, SourceFile, files_under, is_code, language_of, listed, \
     read_source, walk
@@ -45,7 +44,7 @@ MARGIN_TOKENS = 8  # a chunk re-tokenized alone may take a token or two more tha
 MIN_CHUNK_TOKENS = 16  # chunk_text refuses smaller budgets
 
 
-class RetrieverError(ValueError):
+class RetrieverError(ModernRetrievalError, ValueError):
     """A user mistake (wrong folder, another model than the index's, an empty query): one clear message."""
 
 
@@ -128,7 +127,7 @@ class Retriever:
             raise RetrieverError(f"kind must be dense or colbert, got {kind!r}")
         self._wanted = {"model": model, "kind": kind, "max_length": max_length}
         self.batch_tokens, self.max_file_bytes, self.show_progress = batch_tokens, max_file_bytes, show_progress
-        self._model: BiEncoder | ColBERT | None = None
+        self._model: Head | None = None
         self._index: FaissIndex | PlaidIndex | None = None
         self._budget: int | None = None
 
@@ -175,7 +174,7 @@ class Retriever:
                                  "other settings, or choose another --index-dir")
 
     @property
-    def model(self) -> BiEncoder | ColBERT:
+    def model(self) -> Head:
         """The head, loaded on first use (the index's own model, or the one asked for at creation)."""
         if self._model is None:
             if self.config is not None:
@@ -194,15 +193,15 @@ class Retriever:
 
     def _create(self) -> None:
         model = self.model
-        kind = "dense" if isinstance(model, BiEncoder) else "colbert"
+        kind = model.kind
         config = {"format": FORMAT, "root": str(self.root), "model": _model_name(self._wanted["model"] or
                                                                                  DEFAULT_MODELS[kind]),
-                  "kind": kind, "max_length": document_length(model),
+                  "kind": kind, "max_length": model.document_length,
                   "max_length_setting": 0 if self._wanted["max_length"] is None else self._wanted["max_length"],
                   "dim": model.dim}
         self._budget = self._chunk_budget()
         if self._budget < MIN_CHUNK_TOKENS:  # refused before anything is written: no index that every run fails on
-            length = document_length(model)
+            length = model.document_length
             raise RetrieverError(f"--max-length {length} is too small for this model: it leaves {self._budget} "
                                  f"tokens of text per chunk; use at least {length - self._budget + MIN_CHUNK_TOKENS}")
         if (self.index_dir / INDEX).exists():  # a killed first run, before config.json: start again
@@ -329,16 +328,12 @@ class Retriever:
     def _chunk(self, text: str, path: str) -> list[Chunk]:
         if self._budget is None:  # the model is loaded only when a file needs encoding (not on a no-change run)
             self._budget = self._chunk_budget()
-        return chunk_text(text, self.model.backbone.tokenizer.backend, self._budget, is_code(path))
+        return chunk_text(text, self.model.tokenizer.backend, self._budget, is_code(path))
 
     def _chunk_budget(self) -> int:
         """Tokens of file text per chunk: the model's length less its special tokens, prompt and a margin."""
         model = self.model
-        if isinstance(model, BiEncoder):
-            overhead = len(model.backbone.tokenizer.encode([model.document_prompt], model.max_length)[0])
-        else:
-            overhead = len(model.tokenize([""], is_query=False)[0])
-        return document_length(model) - overhead - MARGIN_TOKENS
+        return model.document_length - model.document_overhead - MARGIN_TOKENS
 
     def _known_files(self) -> dict[str, _Known]:
         known: dict[str, _Known] = {}

@@ -25,9 +25,10 @@ from safetensors.torch import save_file
 from encoder import checkpoint
 from encoder.errors import ModelLoadError
 from encoder.pretrained import check_dtype
-from encoder.tokenizer import check_texts
+from encoder.tokenizer import Tokenizer, check_texts
 
 from .backbones import load_backbone
+from .base import Kind
 from .dense import DenseLayer
 from ..scoring import maxsim
 from .formats import DenseSpec, STFolder, write_json, write_modules
@@ -35,6 +36,8 @@ from .stanford import METADATA, is_stanford_folder, read_stanford_folder
 
 
 class ColBERT:
+    kind: Kind = "colbert"
+
     def __init__(self, spec: STFolder, device: torch.device, dtype: torch.dtype, query_length: int | None = None,
                  document_length: int | None = None):
         self.spec = spec
@@ -125,6 +128,25 @@ class ColBERT:
     @property
     def dim(self) -> int:
         return self.spec.dense[-1].out_features if self.spec.dense else self.backbone.hidden_size
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.backbone.tokenizer
+
+    @property
+    def max_document_length(self) -> int:
+        return self.backbone.max_length
+
+    @property
+    def document_overhead(self) -> int:
+        return len(self.tokenize([""], is_query=False)[0])
+
+    def similarity(self, queries: Sequence[np.ndarray], documents: Sequence[np.ndarray]) -> np.ndarray:
+        """MaxSim: for each query token its best document token, summed over the query's tokens."""
+        return maxsim(queries, documents)
+
+    def settings(self) -> dict[str, int | None]:
+        return {"query_length": self.query_length, "document_length": self.document_length}
 
     def tokenize(self, texts: Sequence[str], is_query: bool) -> list[list[int]]:
         """Token ids as PyLate makes them: [CLS] prefix text [SEP] (no prefix when the model has none), then [MASK]

@@ -20,9 +20,11 @@ from safetensors.torch import save_file
 from encoder import checkpoint
 from encoder.errors import ModelLoadError
 from encoder.pretrained import check_dtype
-from encoder.tokenizer import check_texts
+from encoder.tokenizer import Tokenizer, check_texts
+from modernretrieval.errors import SettingsError
 
 from .backbones import load_backbone
+from .base import Kind
 from .layers import pool_all, pool_packed
 from .formats import CLASSIC_POOLING_KEYS, DenseSpec, STFolder, write_json, write_modules
 
@@ -60,6 +62,8 @@ class DenseLayer(torch.nn.Module):
 
 
 class BiEncoder:
+    kind: Kind = "dense"
+
     def __init__(self, folder: Path, spec: STFolder, device: torch.device, dtype: torch.dtype,
                  truncate_dim: int | None = None):
         self.folder, self.spec = folder, spec
@@ -112,26 +116,32 @@ class BiEncoder:
         if prompt is None:
             prompt_name = prompt_name or self.spec.settings.get("default_prompt_name")
             if prompt_name is not None and prompt_name not in self.spec.prompts:
-                raise ValueError(f"unknown prompt {prompt_name!r}; this model has {sorted(self.spec.prompts)}")
+                raise SettingsError(f"unknown prompt {prompt_name!r}; this model has {sorted(self.spec.prompts)}")
             prompt = self.spec.prompts.get(prompt_name, "") if prompt_name else ""
-        token_ids = self.tokenize(texts, prompt)
+        token_ids = self._token_ids(texts, prompt)
         with torch.inference_mode():
             vectors = self._head(pool_all(self.backbone.token_states(token_ids, show_progress), self.spec.pooling),
                                  normalize)
         vectors = vectors.float().cpu().contiguous()
         return vectors.numpy() if output == "numpy" else vectors
 
-    def tokenize(self, texts: Sequence[str], prompt: str = "") -> list[list[int]]:
-        """Token ids as sentence-transformers makes them: the prompt before each text, lower-cased if the model
-        says so, truncated at ``max_length``."""
+    def tokenize(self, texts: Sequence[str], is_query: bool = False, prompt: str | None = None) -> list[list[int]]:
+        """Token ids as sentence-transformers makes them: the prompt (the model's query or document prompt, unless
+        ``prompt`` is given) before each text, lower-cased if the model says so, truncated at ``max_length``."""
+        if prompt is None:
+            prompt = self.query_prompt if is_query else self.document_prompt
+        return self._token_ids(texts, prompt)
+
+    def _token_ids(self, texts: Sequence[str], prompt: str) -> list[list[int]]:
         check_texts(texts)
         texts = [prompt + t for t in texts]
         if self.spec.do_lower_case:
             texts = [t.lower() for t in texts]
         return self.backbone.tokenizer.encode(texts, self.max_length)
 
-    def forward(self, token_ids: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Differentiable (training): token ids -> (n, dim) vectors, all texts in one packed pass."""
+    def forward(self, token_ids: Sequence[Sequence[int]], is_query: bool = False) -> torch.Tensor:
+        """Differentiable (training): token ids -> (n, dim) vectors, all texts in one packed pass (queries and
+        documents alike: the prompt is already in the ids)."""
         hidden, cu_seqlens = self.backbone.forward_states(token_ids)
         return self._head(pool_packed(hidden, cu_seqlens, self.spec.pooling))
 
@@ -154,6 +164,37 @@ class BiEncoder:
     def encode_documents(self, texts: Sequence[str], **kwargs) -> np.ndarray | torch.Tensor:
         """Documents, with the model's "document" (or "passage") prompt when it has one."""
         return self.encode(texts, prompt_name=self._prompt("document", "passage", "corpus"), **kwargs)
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.backbone.tokenizer
+
+    @property
+    def document_length(self) -> int:
+        return self.max_length
+
+    @document_length.setter
+    def document_length(self, length: int) -> None:
+        self.max_length = length
+
+    @property
+    def max_document_length(self) -> int:
+        return self.backbone.max_length
+
+    @property
+    def document_overhead(self) -> int:
+        return len(self.tokenizer.encode([self.document_prompt], self.max_length)[0])
+
+    def similarity(self, queries: np.ndarray, documents: np.ndarray) -> np.ndarray:
+        """Cosine similarity, as sentence-transformers' default ``similarity_fn_name``."""
+        q = np.asarray(queries, dtype=np.float32)
+        d = np.asarray(documents, dtype=np.float32)
+        q = q / np.maximum(np.linalg.norm(q, axis=-1, keepdims=True), 1e-12)
+        d = d / np.maximum(np.linalg.norm(d, axis=-1, keepdims=True), 1e-12)
+        return q @ d.T
+
+    def settings(self) -> dict[str, int | None]:
+        return {"max_length": self.max_length, "truncate_dim": self.truncate_dim}
 
     @property
     def document_prompt(self) -> str:

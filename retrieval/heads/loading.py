@@ -4,28 +4,29 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
 
+from modernretrieval.errors import SettingsError
+
+from .base import Head, Kind
 from .colbert import ColBERT
 from .dense import BiEncoder
 
-Kind = Literal["dense", "colbert"]
 # the best public ModernBERT retrievers, the defaults of `mret index`
 DEFAULT_MODELS = {"dense": "Alibaba-NLP/gte-modernbert-base", "colbert": "lightonai/GTE-ModernColBERT-v1"}
 
 
-def loader_for(kind: Kind, token_embeddings: bool = False) -> Callable[..., BiEncoder | ColBERT]:
+def loader_for(kind: Kind, token_embeddings: bool = False) -> Callable[..., Head]:
     if kind == "dense":
         if token_embeddings:
-            raise ValueError("token embeddings are a multi-vector model: they need kind colbert")
+            raise SettingsError("token embeddings are a multi-vector model: they need kind colbert")
         return BiEncoder.from_pretrained
     if kind == "colbert":
         return ColBERT.from_token_embeddings if token_embeddings else ColBERT.from_pretrained
-    raise ValueError(f"kind must be dense or colbert, got {kind!r}")
+    raise SettingsError(f"kind must be dense or colbert, got {kind!r}")
 
 
 def load_head(name_or_path: str | Path, kind: Kind, max_length: int | None = None,
-              token_embeddings: bool = False) -> BiEncoder | ColBERT:
+              token_embeddings: bool = False) -> Head:
     """A BiEncoder or ColBERT. ``max_length``: None keeps the model's own document length; 0 takes the backbone's
     maximum (8192 for ModernBERT, 512 for BERT); any other value must lie between 8 and that maximum."""
     model = loader_for(kind, token_embeddings)(name_or_path)
@@ -34,17 +35,11 @@ def load_head(name_or_path: str | Path, kind: Kind, max_length: int | None = Non
     return model
 
 
-def set_document_length(model: BiEncoder | ColBERT, max_length: int) -> int:
-    limit = model.backbone.max_length
+def set_document_length(model: Head, max_length: int) -> int:
+    """``max_length`` 0 is the backbone's maximum; the length set is returned."""
+    limit = model.max_document_length
     length = limit if max_length == 0 else max_length
     if not 8 <= length <= limit:
-        raise ValueError(f"--max-length must be between 8 and {limit} for this model, got {length}")
-    if isinstance(model, BiEncoder):
-        model.max_length = length
-    else:
-        model.document_length = length
+        raise SettingsError(f"--max-length must be between 8 and {limit} for this model, got {length}")
+    model.document_length = length
     return length
-
-
-def document_length(model: BiEncoder | ColBERT) -> int:
-    return model.max_length if isinstance(model, BiEncoder) else model.document_length

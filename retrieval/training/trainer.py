@@ -30,6 +30,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from modernretrieval.errors import SettingsError
+
 from ..heads.colbert import ColBERT
 from ..heads.dense import BiEncoder
 from . import losses
@@ -77,18 +79,18 @@ class TrainSettings:
 
     def check(self) -> None:
         if self.task not in LOSSES:
-            raise ValueError(f"the task must be dense, colbert or mlm, got {self.task!r}")
+            raise SettingsError(f"the task must be dense, colbert or mlm, got {self.task!r}")
         if self.task == "mlm":
             self.loss = "mlm"
         if self.loss not in LOSSES[self.task]:
-            raise ValueError(f"--loss {self.loss} does not apply to {self.task}; use one of {', '.join(LOSSES[self.task])}")
+            raise SettingsError(f"--loss {self.loss} does not apply to {self.task}; use one of {', '.join(LOSSES[self.task])}")
         for name in ("batch_size", "mini_batch_size", "accumulation"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+                raise SettingsError(f"--{name.replace('_', '-')} must be at least 1")
         if not 0 < self.mlm_probability < 1:
-            raise ValueError("--mlm-probability must be between 0 and 1")
+            raise SettingsError("--mlm-probability must be between 0 and 1")
         if self.learning_rate <= 0 or (self.max_steps is not None and self.max_steps < 1) or self.epochs <= 0:
-            raise ValueError("--learning-rate, --epochs and --max-steps must be positive")
+            raise SettingsError("--learning-rate, --epochs and --max-steps must be positive")
 
 
 @dataclass
@@ -118,9 +120,9 @@ class Trainer:
         else:
             self.items = load_examples(settings.data, settings.split)
             if settings.loss == "distillation" and not self.items[0].documents:
-                raise ValueError("--loss distillation needs teacher scores: jsonl with \"documents\" and \"scores\"")
+                raise SettingsError("--loss distillation needs teacher scores: jsonl with \"documents\" and \"scores\"")
             if settings.loss != "distillation" and self.items[0].documents:
-                raise ValueError("this data has teacher scores: train it with --loss distillation")
+                raise SettingsError("this data has teacher scores: train it with --loss distillation")
             if settings.mine_negatives:
                 self.items = self._mined(self.items)
         self._orders: dict[int, np.ndarray] = {}
@@ -135,9 +137,9 @@ class Trainer:
     def _mined(self, examples: list[Example]) -> list[Example]:
         s = self.settings
         if s.loss == "distillation":
-            raise ValueError("--mine-negatives is for contrastive losses")
+            raise SettingsError("--mine-negatives is for contrastive losses")
         if s.task != "dense" and not s.mine_with:
-            raise ValueError("a colbert run mines with a dense model: pass --mine-with MODEL")
+            raise SettingsError("a colbert run mines with a dense model: pass --mine-with MODEL")
         miner = BiEncoder.from_base(s.mine_with or s.model, device=self.device)
         corpus = None
         if Path(s.data).is_dir():
@@ -156,7 +158,7 @@ class Trainer:
 
             model = encoder.from_pretrained(source, device=self.device)
             if model.head is None:
-                raise ValueError(f"{source} has no MLM head weights: MLM training needs a ModernBertForMaskedLM")
+                raise SettingsError(f"{source} has no MLM head weights: MLM training needs a ModernBertForMaskedLM")
             return model
         folder = Path(source)
         if s.task == "dense":
@@ -207,7 +209,7 @@ class Trainer:
             start, evaluations = state["step"], state["evaluations"]
             torch.set_rng_state(state["rng"])  # dropout (BERT backbones) draws on it
         elif self.output.exists() and {p.name for p in self.output.iterdir()} - {"training_log.jsonl", "checkpoints"}:
-            raise ValueError(f"{self.output} is not empty and holds no checkpoint to resume; choose another --output")
+            raise SettingsError(f"{self.output} is not empty and holds no checkpoint to resume; choose another --output")
         self.output.mkdir(parents=True, exist_ok=True)
         self._trim_log(start)
         if start == 0:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.datasets.beir import load_beir
+from eval.datasets.beir import DatasetError, load_beir
 from eval.datasets.offline_code import build_code_dataset
 from eval.datasets.offline_docs import _choose_queries, _render, build_manpage_dataset
 
@@ -304,7 +304,7 @@ def test_query_choice_skips_shared_early_and_code_like_sentences():
 
 def test_manpage_build_needs_man(monkeypatch, tmp_path):
     monkeypatch.setattr("eval.datasets.offline_docs.shutil.which", lambda tool: None)
-    with pytest.raises(RuntimeError, match="apt install man-db groff-base"):
+    with pytest.raises(DatasetError, match="apt install man-db groff-base"):
         build_manpage_dataset(tmp_path / "out")
 
 

@@ -1,0 +1,5 @@
+"""``python -m retrieval.cli``: the same as ``mret``."""
+
+from . import main
+
+main()

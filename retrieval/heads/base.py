@@ -1,0 +1,58 @@
+"""The one interface every head offers, so that no code outside ``retrieval.heads`` asks which head it holds."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal, Protocol, get_args, runtime_checkable
+
+import numpy as np
+import torch
+
+from encoder.tokenizer import Tokenizer
+
+Kind = Literal["dense", "colbert"]
+KINDS: tuple[Kind, ...] = get_args(Kind)  # dense: one vector per text; colbert: one vector per token
+
+
+@runtime_checkable
+class Head(Protocol):
+    """A retrieval model: texts in, vectors out, and the rules to compare them.
+
+    ``encode_*`` return one (dim,) row per text stacked as an (n, dim) array for a dense head, and one
+    (n_tokens, dim) array per text for a multi-vector head; ``similarity`` takes what they return."""
+
+    kind: Kind
+    tokenizer: Tokenizer
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def document_length(self) -> int:
+        """Tokens a document may take, special tokens, prompt and marker included (settable)."""
+
+    @property
+    def max_document_length(self) -> int:
+        """The most ``document_length`` may be: the backbone's position limit."""
+
+    @property
+    def document_overhead(self) -> int:
+        """Tokens every document costs besides its text ([CLS], [SEP], prompt or marker)."""
+
+    def tokenize(self, texts: Sequence[str], is_query: bool) -> list[list[int]]: ...
+
+    def forward(self, token_ids: Sequence[Sequence[int]], is_query: bool) -> torch.Tensor | list[torch.Tensor]:
+        """Differentiable (training): token ids from ``tokenize`` to vectors, all texts in one packed pass."""
+
+    def encode_queries(self, texts: Sequence[str], show_progress: bool | None = None) -> Any: ...
+
+    def encode_documents(self, texts: Sequence[str], show_progress: bool | None = None) -> Any: ...
+
+    def similarity(self, queries: Any, documents: Any) -> np.ndarray:
+        """(n_queries, n_documents) scores: cosine for dense heads, MaxSim for multi-vector heads."""
+
+    def settings(self) -> dict[str, Any]:
+        """What decides the vectors besides the weights (lengths, dimensions): part of cache keys and reports."""
+
+    def save(self, folder: str | Path) -> None: ...
