@@ -3,8 +3,9 @@ SQLite document store beside them. See base.py for the folder layout and the com
 
 from .errors import IndexBusyError, IndexCorruptError, IndexInputError
 from .faiss_index import FaissIndex
+from .files import atomic_write, atomic_write_json
 from .plaid import PlaidIndex
 from .store import Document, DocumentStore
 
 __all__ = ["Document", "DocumentStore", "FaissIndex", "IndexBusyError", "IndexCorruptError", "IndexInputError",
-           "PlaidIndex"]
+           "PlaidIndex", "atomic_write", "atomic_write_json"]
