@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from eval.datasets.beir import load_beir
@@ -18,6 +20,22 @@ from eval.metrics import evaluate, exact_search
 from retrieval import BiEncoder
 
 SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "data" / "beir" / "scifact"
+Encode = Callable[[list[str], list[str]], tuple[np.ndarray, np.ndarray]]
+
+
+def ours(folder: Path) -> Encode:
+    """(documents, queries) -> their vectors, with our bi-encoder (normalized by the model's Normalize module)."""
+    model = BiEncoder.from_pretrained(folder)
+    return lambda docs, queries: (model.encode_documents(docs, show_progress=True), model.encode_queries(queries))
+
+
+def reference(folder: Path) -> Encode:
+    """The same with sentence-transformers, normalized as ours are."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(folder), device="cpu")
+    return lambda docs, queries: (model.encode(docs, normalize_embeddings=True, show_progress_bar=True),
+                                  model.encode(queries, normalize_embeddings=True))
 
 
 def main() -> None:
@@ -35,20 +53,14 @@ def main() -> None:
     doc_ids, query_ids = list(data.corpus), list(data.queries)
     docs, queries = data.document_texts(doc_ids), [data.queries[q] for q in query_ids]
 
-    encoders = {"ours (BiEncoder)": lambda: BiEncoder.from_pretrained(folder)}
+    encoders = {"ours (BiEncoder)": lambda: ours(folder)}
     if args.reference:
-        from sentence_transformers import SentenceTransformer
-
-        encoders["sentence-transformers"] = lambda: SentenceTransformer(str(folder), device="cpu")
+        encoders["sentence-transformers"] = lambda: reference(folder)
     print(f"SciFact test: {len(queries)} queries, {len(docs)} documents; all-MiniLM-L6-v2, exact cosine search")
-    for name, make in encoders.items():
-        model = make()
+    for name, load in encoders.items():
+        encode = load()
         start = time.perf_counter()
-        if isinstance(model, BiEncoder):
-            d, q = model.encode_documents(docs, show_progress=True), model.encode_queries(queries)
-        else:
-            d = model.encode(docs, normalize_embeddings=True, show_progress_bar=True)
-            q = model.encode(queries, normalize_embeddings=True)
+        d, q = encode(docs, queries)
         seconds = time.perf_counter() - start
         metrics = evaluate(exact_search(q, d, doc_ids, query_ids, k=100), data.qrels)
         print(f"{name:24s} nDCG@10 {metrics['ndcg@10']:.5f}  Recall@100 {metrics['recall@100']:.4f}  "

@@ -35,9 +35,9 @@ def main() -> None:
 
     from encoder.testing import random_encoder
     from eval.datasets.beir import load_beir
+    from eval.runner import evaluate_head
     from retrieval import BiEncoder
     from retrieval.training import Trainer, TrainSettings
-    from retrieval.training.trainer import evaluate_head
 
     if not (args.data / "corpus.jsonl").exists():
         sys.exit(f"no dataset at {args.data}: run `mret datasets pycode {args.data}` first")

@@ -55,9 +55,9 @@ def main() -> None:
         ours = BiEncoder.from_pretrained(dense, device=device)
         peer = SentenceTransformer(str(dense), device=args.device, model_kwargs={"attn_implementation": "sdpa"})
         peer_loss = MultipleNegativesRankingLoss(peer, scale=20.0)
-        ours.backbone.model.train()
+        ours.train()
         peer.train()
-        ours_opt = torch.optim.AdamW(ours.backbone.model.parameters(), lr=1e-5)
+        ours_opt = torch.optim.AdamW(ours.parameters(), lr=1e-5)
         peer_opt = torch.optim.AdamW(peer.parameters(), lr=1e-5)
 
         def ours_step(queries: list[str], documents: list[str]) -> int:

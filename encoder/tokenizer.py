@@ -7,13 +7,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from tokenizers import Encoding
 from tokenizers import Tokenizer as HFTokenizer
 
 from .packing import pack
 
 
 class Tokenizer:
-    """Wraps ``tokenizer.json``: [CLS] text [SEP] per text, truncation at ``max_length`` keeping [SEP]."""
+    """Wraps ``tokenizer.json``: [CLS] text [SEP] per text, truncation at ``max_length`` keeping [SEP].
+
+    ``backend`` is set up once here (no padding, no truncation) and only read afterwards, by this class and by
+    callers that tokenize with it directly (the chunker): reconfiguring it would change what other threads get."""
 
     def __init__(self, tokenizer: HFTokenizer, model_max_length: int = 8192, source_folder: Path | None = None):
         self.backend = tokenizer
@@ -47,21 +51,20 @@ class Tokenizer:
 
     def encode(self, texts: Sequence[str], max_length: int | None = None,
                add_special_tokens: bool = True) -> list[list[int]]:
-        """Token ids per text. ``max_length`` (default: the model's) counts [CLS] and [SEP]."""
+        """Token ids per text. ``max_length`` (default: the model's) counts [CLS] and [SEP].
+
+        Several threads may call this at once: the backend is only read, never reconfigured (truncation enabled
+        on it around each call would let one thread encode with another thread's length). A text is tokenized
+        whole and cut here as the backend's own truncation cuts it: the text's tokens are kept up to the room the
+        special tokens leave, and the special tokens the post-processor put around them stay."""
         check_texts(texts)
         limit = min(max_length or self.model_max_length, self.model_max_length)
         if limit < 3:
             raise ValueError(f"max_length must be at least 3 ([CLS] + a token + [SEP]), got {limit}")
-        if add_special_tokens:
-            self.backend.enable_truncation(limit)
-        else:
-            self.backend.no_truncation()
-        try:
-            encodings = self.backend.encode_batch(list(texts), add_special_tokens=add_special_tokens)
-        finally:
-            self.backend.no_truncation()
-        ids = [e.ids for e in encodings]
-        return ids if add_special_tokens else [row[:limit] for row in ids]
+        encodings = self.backend.encode_batch(list(texts), add_special_tokens=add_special_tokens)
+        if not add_special_tokens:
+            return [e.ids[:limit] for e in encodings]
+        return [e.ids if len(e.ids) <= limit else _truncated(e, limit) for e in encodings]
 
     def pack(self, texts: Sequence[str], max_length: int | None = None,
              device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,6 +76,16 @@ class Tokenizer:
 
     def save(self, folder: str | Path) -> None:
         self.backend.save(str(Path(folder) / "tokenizer.json"))
+
+
+def _truncated(encoding: Encoding, limit: int) -> list[int]:
+    """``limit`` ids of a post-processed text: its special tokens, and as many of the text's own tokens (those of
+    sequence 0, between the special tokens) as fit beside them, the last ones dropped."""
+    ids, sequence = encoding.ids, encoding.sequence_ids
+    start = sequence.index(0)
+    end = len(sequence) - sequence[::-1].index(0)
+    room = limit - (len(ids) - (end - start))
+    return ids[:start] + ids[start:start + room] + ids[end:]
 
 
 def check_texts(texts: Sequence[str]) -> None:

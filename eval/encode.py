@@ -3,40 +3,38 @@ or some of its documents and queries, so that tests, benchmarks and the eval run
 
 The cache key hashes everything that decides the result: the model (the caller's ``model_key``, or the resolved
 folder / hub id and its loader), its dtype and length settings, the kind, the dataset folder and a digest of the
-texts, the ordered id lists and FORMAT_VERSION. Each entry is a .npz (written to a temporary file, fsynced and
-renamed into place) beside a .json that describes it (with the encoding seconds and input tokens); an entry that
-cannot be read or does not match its ids is ignored with a warning and encoded again. Documents, then queries, are
-encoded in length-sorted chunks under one progress bar; each finished chunk is saved beside the entry (a .parts
-folder, removed once the entry is written), so an interrupted run resumes from its last finished chunk. Not done:
-old entries are never evicted, and two processes encoding the same key both do the work (the last rename wins).
+texts, the ordered id lists and FORMAT_VERSION. Each entry is a .npz (written whole or not at all by
+``modernretrieval.files.atomic_write``) beside a .json that describes it (with the encoding seconds and input tokens); an entry
+that cannot be read or does not match its ids is ignored with a warning and encoded again. Documents, then queries,
+go through the one encoding pipeline (``retrieval.encoding``: length-sorted chunks) under one progress bar; each
+finished chunk is saved beside the entry (a .parts folder, removed once the entry is written), so an interrupted run
+resumes from its last finished chunk. Not done: old entries are never evicted, and two processes encoding the same
+key both do the work (the last rename wins).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import secrets
 import shutil
-import time
 import warnings
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
 
 import numpy as np
 
-from retrieval import BiEncoder, ColBERT
+from modernretrieval.files import atomic_write
+from retrieval.encoding import encode_texts
+from retrieval.heads.base import Head, Kind
 from retrieval.heads.colbert import pack_arrays
 from retrieval.heads.loading import loader_for
 
 from .datasets.beir import BeirDataset
 
 FORMAT_VERSION = 1
-CHUNK_TEXTS = 128  # texts per model call: the progress bar's step, and what an interruption loses at most
-Kind = Literal["dense", "colbert"]
+CHUNK_TEXTS = 128  # texts per model call (retrieval.encoding): the bar's step, what an interruption loses at most
 
 
 @dataclass
@@ -65,14 +63,14 @@ def _row(values: np.ndarray, offsets: np.ndarray | None, i: int) -> np.ndarray:
     return values[i] if offsets is None else values[offsets[i]: offsets[i + 1]]
 
 
-def encode_beir(dataset: BeirDataset, model: BiEncoder | ColBERT | str | Path, kind: Kind,
+def encode_beir(dataset: BeirDataset, model: Head | str | Path, kind: Kind,
                 cache_dir: Path | None = Path(".cache/embeddings"), doc_ids: Sequence[str] | None = None,
                 query_ids: Sequence[str] | None = None, model_key: str | None = None,
                 show_progress: bool | None = None, token_embeddings: bool = False) -> EncodedBeir:
     """The dataset's documents (joined as ``document_texts`` does) and queries, all or the given ids in that order.
 
-    ``model``: a loaded BiEncoder (kind "dense") or ColBERT (kind "colbert"), named in the cache key by
-    ``model_key``; or a folder / hub id, loaded here (``token_embeddings=True``: ColBERT.from_token_embeddings).
+    ``model``: a loaded head of this ``kind`` (a BiEncoder for "dense", a ColBERT for "colbert"), named in the cache
+    key by ``model_key``; or a folder / hub id, loaded here (``token_embeddings=True``: ColBERT.from_token_embeddings).
     ``cache_dir=None`` encodes without caching. ``show_progress``: None shows the bar on a terminal only."""
     if kind not in ("dense", "colbert"):
         raise ValueError(f'kind must be "dense" or "colbert", got {kind!r}')
@@ -85,7 +83,7 @@ def encode_beir(dataset: BeirDataset, model: BiEncoder | ColBERT | str | Path, k
 
     path, description = None, {}
     if cache_dir is not None:
-        key = {"format": FORMAT_VERSION, "model": model_key, "dtype": _dtype(model), "lengths": model_lengths(model),
+        key = {"format": FORMAT_VERSION, "model": model_key, "dtype": _dtype(model), "lengths": model.settings(),
                "kind": kind, "dataset": str(dataset.folder.resolve()) if dataset.folder else None,
                "texts": _digest(doc_texts, query_texts), "doc_ids": doc_ids, "query_ids": query_ids}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
@@ -121,8 +119,8 @@ def _check_ids(ids: list[str], known: dict, what: str) -> None:
         raise KeyError(f"{len(missing)} {what} id(s) not in the dataset, e.g. {missing[:3]}")
 
 
-def _model(model: BiEncoder | ColBERT | str | Path, kind: Kind, model_key: str | None, token_embeddings: bool,
-           caching: bool) -> tuple[BiEncoder | ColBERT, str | None]:
+def _model(model: Head | str | Path, kind: Kind, model_key: str | None, token_embeddings: bool,
+           caching: bool) -> tuple[Head, str | None]:
     """The model object and its name in the cache key."""
     if token_embeddings and (kind != "colbert" or not isinstance(model, (str, Path))):
         raise ValueError("token_embeddings=True loads a folder with ColBERT.from_token_embeddings: "
@@ -130,22 +128,16 @@ def _model(model: BiEncoder | ColBERT | str | Path, kind: Kind, model_key: str |
     if isinstance(model, (str, Path)):
         load = loader_for(kind, token_embeddings)
         return load(model), model_key or model_cache_name(model, load)
-    expected = BiEncoder if kind == "dense" else ColBERT
-    if not isinstance(model, expected):
-        raise TypeError(f"kind {kind!r} encodes with a {expected.__name__}, got {type(model).__name__}")
+    if getattr(model, "kind", None) != kind:
+        wanted = "a dense head (BiEncoder)" if kind == "dense" else "a multi-vector head (ColBERT)"
+        raise TypeError(f"kind {kind!r} encodes with {wanted}, got {type(model).__name__} "
+                        f"(kind {getattr(model, 'kind', None)!r})")
     if caching and not model_key:
         raise ValueError("a loaded model needs model_key=... to name it in the cache key (or pass cache_dir=None)")
     return model, model_key
 
 
-def model_lengths(model: BiEncoder | ColBERT) -> dict[str, int | None]:
-    """The length settings that decide what a model encodes (part of the cache key, and of eval's metrics.json)."""
-    if isinstance(model, BiEncoder):
-        return {"max_length": model.max_length, "truncate_dim": model.truncate_dim}
-    return {"query_length": model.query_length, "document_length": model.document_length}
-
-
-def _dtype(model: BiEncoder | ColBERT) -> str:
+def _dtype(model: Head) -> str:
     return str(next(model.backbone.model.parameters()).dtype)
 
 
@@ -160,71 +152,19 @@ def _digest(*parts: list[str]) -> str:
     return h.hexdigest()
 
 
-def _encode(model: BiEncoder | ColBERT, doc_texts: list[str], query_texts: list[str], show_progress: bool | None,
+def _encode(model: Head, doc_texts: list[str], query_texts: list[str], show_progress: bool | None,
             parts: Path | None) -> tuple[list[np.ndarray], list[np.ndarray], float, int]:
-    """(document rows, query rows, encoding seconds, input tokens), resuming from the chunks in ``parts``."""
+    """(document rows, query rows, encoding seconds, input tokens) through the one pipeline, under one progress bar,
+    resuming from the chunks saved in ``parts``."""
     from tqdm.auto import tqdm
 
     disable = None if show_progress is None else not show_progress
     with tqdm(total=len(doc_texts) + len(query_texts), desc="encoding", unit="text", disable=disable) as bar:
-        docs, doc_seconds, doc_tokens = _in_chunks(model, doc_texts, False, bar.update, parts)
-        queries, query_seconds, query_tokens = _in_chunks(model, query_texts, True, bar.update, parts)
-    return docs, queries, doc_seconds + query_seconds, doc_tokens + query_tokens
-
-
-def _in_chunks(model: BiEncoder | ColBERT, texts: list[str], is_query: bool, advance: Callable[[int], object],
-               parts: Path | None) -> tuple[list[np.ndarray], float, int]:
-    """Longest texts first, CHUNK_TEXTS at a time (similar lengths batch with little padding); input order out.
-
-    Each finished chunk is saved in ``parts`` (when given) before the next starts, and a chunk found there is read
-    instead of encoded: an interrupted run resumes where it stopped. The seconds and token counts add up over runs."""
-    encode = model.encode_queries if is_query else model.encode_documents
-    order = sorted(range(len(texts)), key=lambda i: (-len(texts[i]), i))
-    out: list[np.ndarray] = [np.empty(0)] * len(texts)
-    seconds, tokens = 0.0, 0
-    for start in range(0, len(order), CHUNK_TEXTS):
-        chunk = order[start: start + CHUNK_TEXTS]
-        part = parts / f"{'queries' if is_query else 'docs'}-{start // CHUNK_TEXTS:06d}.npz" if parts else None
-        rows, chunk_seconds, chunk_tokens = _read_part(part, len(chunk)) if part and part.exists() else (None, 0, 0)
-        if rows is None:
-            begin = time.perf_counter()
-            batch = [texts[i] for i in chunk]
-            rows = list(encode(batch, show_progress=False))
-            chunk_seconds, chunk_tokens = time.perf_counter() - begin, _count_tokens(model, batch, is_query)
-            if part is not None:
-                part.parent.mkdir(parents=True, exist_ok=True)
-                lengths = np.array([len(r) if r.ndim == 2 else 0 for r in rows])
-                _atomic(part, lambda f: np.savez(f, rows=np.concatenate(rows) if rows[0].ndim == 2 else np.stack(rows),
-                                                 lengths=lengths, seconds=chunk_seconds, tokens=chunk_tokens))
-        for i, row in zip(chunk, rows):
-            out[i] = row
-        seconds, tokens = seconds + chunk_seconds, tokens + chunk_tokens
-        advance(len(chunk))
-    return out, seconds, tokens
-
-
-def _read_part(part: Path, n: int) -> tuple[list[np.ndarray] | None, float, int]:
-    """A saved chunk as rows (None when unreadable or of the wrong size: it is encoded again)."""
-    try:
-        with np.load(part, allow_pickle=False) as f:
-            rows, lengths = f["rows"], f["lengths"]
-            seconds, tokens = float(f["seconds"]), int(f["tokens"])
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
-        return None, 0, 0
-    if len(lengths) != n:
-        return None, 0, 0
-    if lengths.any():  # per-token rows, packed
-        if lengths.sum() != len(rows):
-            return None, 0, 0
-        return np.split(rows, np.cumsum(lengths)[:-1]), seconds, tokens
-    return list(rows) if len(rows) == n else None, seconds, tokens
-
-
-def _count_tokens(model: BiEncoder | ColBERT, texts: list[str], is_query: bool) -> int:
-    """Input tokens of these texts as the model truncates them (for tokens/s; prompts not counted)."""
-    if isinstance(model, ColBERT):
-        return sum(len(ids) for ids in model.tokenize(texts, is_query))
-    return sum(len(ids) for ids in model.backbone.tokenizer.encode(texts, model.max_length))
+        docs = encode_texts(model, doc_texts, False, chunk_texts=CHUNK_TEXTS, parts=parts,
+                            progress=bar.update)
+        queries = encode_texts(model, query_texts, True, chunk_texts=CHUNK_TEXTS, parts=parts,
+                               progress=bar.update)
+    return docs.rows, queries.rows, docs.seconds + queries.seconds, docs.tokens + queries.tokens
 
 
 def _assemble(doc_ids: list[str], query_ids: list[str], docs: list[np.ndarray], queries: list[np.ndarray],
@@ -250,28 +190,9 @@ def _write(result: EncodedBeir, path: Path, description: dict) -> None:
     if result.doc_offsets is not None:
         arrays |= {"doc_offsets": result.doc_offsets, "query_offsets": result.query_offsets}
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic(path, lambda f: np.savez(f, **arrays))
+    atomic_write(path, lambda f: np.savez(f, **arrays))
     description |= {"npz": path.name, "bytes": path.stat().st_size}
-    _atomic(path.with_suffix(".json"), lambda f: f.write(json.dumps(description, indent=2).encode() + b"\n"))
-
-
-def _atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Whole or not at all: a crash leaves at most a stray *.tmp, never a partial file under the final name."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")  # open() keeps the umask's mode
-    try:
-        with open(tmp, "xb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the rename itself survives a power loss
-    finally:
-        os.close(directory)
+    atomic_write(path.with_suffix(".json"), lambda f: f.write(json.dumps(description, indent=2).encode() + b"\n"))
 
 
 def _read(path: Path, doc_ids: list[str], query_ids: list[str], kind: Kind) -> EncodedBeir | None:

@@ -37,8 +37,17 @@ def trec_order(docs: dict[str, float]) -> list[tuple[str, float]]:
 
 def exact_search(query_vectors: np.ndarray, doc_vectors: np.ndarray, doc_ids: list[str], query_ids: list[str],
                  k: int = 100) -> dict[str, dict[str, float]]:
-    """Exhaustive inner-product search (cosine on normalized vectors): query id -> {doc id: score} for the top k."""
-    scores = query_vectors @ doc_vectors.T
-    k = min(k, scores.shape[1])
-    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    return {q: {doc_ids[j]: float(scores[i, j]) for j in top[i]} for i, q in enumerate(query_ids)}
+    """Exhaustive inner-product search (cosine on normalized vectors): query id -> {doc id: score} for the top k.
+
+    Through ``retrieval.scoring.dense_top_k``: blocks of documents, never the whole queries x documents matrix.
+    (Imported here: it brings torch, which the metrics alone do not need.)"""
+    from retrieval.scoring import dense_top_k
+
+    scores, top = dense_top_k(query_vectors, doc_vectors, k)
+    return run_from_top_k(scores, top, doc_ids, query_ids)
+
+
+def run_from_top_k(scores: np.ndarray, top: np.ndarray, doc_ids: list[str],
+                   query_ids: list[str]) -> dict[str, dict[str, float]]:
+    """The run (query id -> {doc id: score}) from a top-k search's (scores, document indices), row i for query i."""
+    return {q: {doc_ids[j]: float(s) for s, j in zip(scores[i], top[i])} for i, q in enumerate(query_ids)}

@@ -12,7 +12,7 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -21,15 +21,18 @@ from typing import Any, Literal
 import numpy as np
 
 from modernretrieval.errors import SettingsError
+from retrieval.heads.base import Head, Kind
+from retrieval.scoring import dense_top_k, maxsim_top_k
 
 from .datasets.beir import BeirDataset
-from .encode import EncodedBeir, encode_beir, model_cache_name, model_lengths
-from .metrics import evaluate, trec_order
+from .encode import EncodedBeir, encode_beir, model_cache_name
+from .metrics import evaluate, run_from_top_k, trec_order
 from .published import published_scores
 
 INDEXES = {"dense": ("flat", "hnsw", "ivfpq"), "colbert": ("flat", "plaid")}
 QUERY_BATCH = 32
-DOC_BATCH = 256  # documents per PLAID build batch, and per exhaustive MaxSim block (tokens bound the memory)
+DOC_BATCH = 256  # documents per PLAID build batch
+TRAINING_DEPTH = 101  # evaluate_head: Recall@100, plus a query's own id, which is dropped from its results
 
 
 @dataclass
@@ -79,7 +82,7 @@ def run_eval(dataset: BeirDataset, settings: EvalSettings, output: Path, cache_d
         "dataset": {"name": dataset.name, "folder": str(dataset.folder) if dataset.folder else None,
                     "documents": len(dataset.corpus), "queries": len(dataset.queries)},
         "settings": asdict(settings),
-        "model": {"name": settings.model, "dim": model.dim, **model_lengths(model)},
+        "model": {"name": settings.model, "dim": model.dim, **model.settings()},
         "index": index_info,
         "timings": {"encode_s": round(encode_seconds, 2), "encoding_total_s": _round(encoded.seconds),
                     "index_s": round(index_seconds, 2), "search_s": round(search_seconds, 2),
@@ -94,6 +97,27 @@ def run_eval(dataset: BeirDataset, settings: EvalSettings, output: Path, cache_d
     }
     (output / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def evaluate_head(head: Head, dataset: BeirDataset, depth: int = TRAINING_DEPTH) -> dict[str, float]:
+    """nDCG@10 and Recall@100 (pytrec_eval, rounded to 4 places) of ``head`` on ``dataset`` by exact search: inner
+    product for a dense head, exhaustive MaxSim for a multi-vector one. What training reports at each evaluation
+    (the CLI hands it to the trainer, which sits beside the harness and does not import it); nothing is cached."""
+    encoded = encode_beir(dataset, head, head.kind, cache_dir=None, show_progress=False)
+    metrics = evaluate(exact_run(encoded, head.kind, depth), dataset.qrels)
+    return {name: round(metrics[name], 4) for name in ("ndcg@10", "recall@100")}
+
+
+def exact_run(encoded: EncodedBeir, kind: Kind, depth: int,
+              progress: Callable[[int], object] | None = None) -> dict[str, dict[str, float]]:
+    """The top ``depth`` documents of every query by exact search over the encoded vectors (``retrieval.scoring``:
+    memory bounded by blocks of documents). ``progress``: multi-vector only, documents scored so far."""
+    if kind == "dense":
+        scores, top = dense_top_k(encoded.queries, encoded.docs, depth)
+    else:
+        queries = [encoded.query(i) for i in range(len(encoded.query_ids))]
+        scores, top = maxsim_top_k(queries, encoded.docs, encoded.doc_offsets, depth, progress=progress)
+    return run_from_top_k(scores, top, encoded.doc_ids, encoded.query_ids)
 
 
 def load_model(settings: EvalSettings):
@@ -179,44 +203,14 @@ def _build(folder: Path, encoded: EncodedBeir, settings: EvalSettings, show_prog
     return PlaidIndex.build(folder, batches(), dim=dim, expected_tokens=len(encoded.docs), nbits=settings.nbits)
 
 
-def exhaustive_maxsim(encoded: EncodedBeir, depth: int, show_progress: bool | None,
-                      block_tokens: int = 1 << 21) -> dict[str, dict[str, float]]:
-    """Exact late interaction: every query token against every document token, in blocks of documents holding
-    about ``block_tokens`` tokens (memory stays bounded on large corpora); the best ``depth`` kept per query."""
-    import torch
+def exhaustive_maxsim(encoded: EncodedBeir, depth: int, show_progress: bool | None) -> dict[str, dict[str, float]]:
+    """Exact late interaction (``--index flat`` for ColBERT): every query token against every document token, in
+    blocks of documents (memory stays bounded on large corpora); the best ``depth`` kept per query."""
     from tqdm.auto import tqdm
 
-    offsets = encoded.doc_offsets
-    blocks, start = [], 0
-    while start < len(encoded.doc_ids):
-        stop = int(np.searchsorted(offsets, offsets[start] + block_tokens, side="right")) - 1
-        stop = max(stop, start + 1)
-        blocks.append((start, min(stop, len(encoded.doc_ids))))
-        start = blocks[-1][1]
-    n_queries = len(encoded.query_ids)
-    best = np.full((n_queries, 0), -np.inf, np.float32), np.zeros((n_queries, 0), np.int64)
     disable = None if show_progress is None else not show_progress
-    with tqdm(total=n_queries * len(blocks), desc="exhaustive MaxSim", unit="query", disable=disable) as bar:
-        for start, stop in blocks:
-            tokens = torch.from_numpy(encoded.docs[offsets[start]:offsets[stop]])
-            owner = torch.repeat_interleave(torch.arange(stop - start), torch.from_numpy(np.diff(offsets[start:stop + 1])))
-            scores = np.empty((n_queries, stop - start), np.float32)
-            for i in range(n_queries):
-                similarity = torch.from_numpy(encoded.query(i)) @ tokens.T  # (query tokens, block tokens)
-                per_doc = torch.full((similarity.shape[0], stop - start), -torch.inf)
-                per_doc.scatter_reduce_(1, owner.expand(similarity.shape[0], -1), similarity, "amax")
-                scores[i] = per_doc.sum(0).numpy()
-                bar.update()
-            best = _merge_top(best, scores, np.arange(start, stop), depth)
-    return {q: {encoded.doc_ids[j]: float(s) for s, j in zip(best[0][i], best[1][i])}
-            for i, q in enumerate(encoded.query_ids)}
-
-
-def _merge_top(best: tuple[np.ndarray, np.ndarray], scores: np.ndarray, columns: np.ndarray, depth: int):
-    values = np.concatenate([best[0], scores], axis=1)
-    ids = np.concatenate([best[1], np.broadcast_to(columns, scores.shape)], axis=1)
-    keep = np.argsort(-values, axis=1, kind="stable")[:, :depth]
-    return np.take_along_axis(values, keep, 1), np.take_along_axis(ids, keep, 1)
+    with tqdm(total=len(encoded.doc_ids), desc="exhaustive MaxSim", unit="doc", disable=disable) as bar:
+        return exact_run(encoded, "colbert", depth, progress=bar.update)
 
 
 # ----- outputs

@@ -1,4 +1,4 @@
-"""What every index shares: the folder, its generations and commits, ids, filters, and the write lock.
+"""What every index shares: the folder, its generations and commits, ids, filters, the write lock, and what readers see.
 
 An index folder holds ``store.sqlite`` (documents, metadata, and the index's own tables) and ``files/`` (immutable
 vector files). Vectors live in *segments*: each ``add`` writes one new segment; a removal only deletes rows from the
@@ -9,17 +9,26 @@ the state of its last commit; files written for a commit that never happened are
 
 Rows are global, stable integers (one per document); segments map their local positions to rows. One writer at a
 time holds ``write.lock``; readers see a new commit at their next search.
+
+Threads. One index object may be read from many threads while commits land (from this object, in another thread,
+or from another object or process): what a committed generation holds is built once into a ``Snapshot``, which
+never changes and is published by one assignment; every read takes the latest snapshot once, at its start, in the
+same SQLite read transaction as its filter, so it sees one whole generation. Each thread has its own SQLite
+connection (see store.py). A transaction belongs to the thread that opened it: its pending changes live in a
+``Pending`` object passed explicitly to every step of the write, invisible to readers until the commit publishes
+the next snapshot; writers in two threads exclude each other on ``write.lock`` as two processes do.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from filelock import FileLock, Timeout
@@ -27,7 +36,7 @@ from filelock import FileLock, Timeout
 from . import files
 from .errors import IndexBusyError, IndexCorruptError, IndexInputError
 from .files import FileEntry
-from .store import Document, DocumentStore, Filter
+from .store import Document, DocumentStore, Filter, Write, is_sql_filter
 
 STORE, FILES, LOCK = "store.sqlite", "files", "write.lock"
 INDEX_SCHEMA = """
@@ -36,7 +45,9 @@ CREATE TABLE IF NOT EXISTS rows (row INTEGER PRIMARY KEY, doc_id TEXT NOT NULL U
 CREATE TABLE IF NOT EXISTS retired (name TEXT PRIMARY KEY, generation INTEGER NOT NULL);
 """
 MAX_SEGMENTS = 16  # more than this after a commit: the small ones are merged
+LOAD_ATTEMPTS = 5  # a reader racing a fast writer may find its generation's files collected: it reads again
 Hits = list[tuple[str, float]]
+ExpectedTokens = int | Callable[[], int] | None  # an int, or an estimate made when it is needed
 
 
 @dataclass
@@ -50,20 +61,71 @@ class Segment:
     data: Any = None
 
 
+@dataclass(frozen=True, eq=False)
+class Batch:
+    """One change of a stream (``add_stream``): the documents ``remove`` out, then ``ids`` in with their
+    ``embeddings`` (FAISS: an (n, dim) array; PLAID: one (n_tokens, dim) array per document) and ``documents``
+    (default: bare ones). An id both removed and added is replaced. A plain ``(ids, embeddings)`` pair in a stream
+    is read as ``Batch(ids, embeddings)``."""
+
+    ids: Sequence[str] = ()
+    embeddings: Any = ()
+    documents: Sequence[Document] | None = None
+    remove: Sequence[str] = ()
+
+
+@dataclass(frozen=True, eq=False)
+class Snapshot:
+    """One committed generation as readers see it. Built once and never changed (its arrays are read-only): a
+    commit builds the next one and publishes it in one assignment, so a read that took a snapshot at its start sees
+    one whole generation however many commits land meanwhile."""
+
+    generation: int
+    settings: dict[str, Any]
+    shared_files: dict[str, FileEntry]
+    shared: Any  # the subclass's shared files, opened (FAISS: the trained IVF-PQ; PLAID: the codec)
+    segments: dict[int, Segment]
+    row_of: dict[str, int]  # live document id -> row
+    id_of: np.ndarray  # row -> document id (objects)
+    alive: np.ndarray  # row -> True while its document is in the index
+    next_row: int
+    next_segment: int
+    dead_rows: int  # rows of removed documents still stored in segments (until compact)
+
+
 @dataclass
-class _Pending:
+class Pending:
+    """One open transaction: the snapshot it started from and every change staged on top of it until the commit.
+    Everything a write step needs is here or in its parameters, never on the index object, so that a transaction in
+    one thread and reads in others never see each other's half-done state."""
+
+    base: Snapshot
     segments: list[tuple[Segment, list[str]]] = field(default_factory=list)  # new segments and their doc ids
     removed: set[str] = field(default_factory=set)
     dropped: list[int] = field(default_factory=list)  # segments replaced by a merge
     moved: dict[int, int] = field(default_factory=dict)  # old segment -> merged segment
     documents: dict[str, Document] = field(default_factory=dict)
-    shared: dict[str, FileEntry] | None = None
+    shared: dict[str, FileEntry] | None = None  # shared files written in this transaction (a trained codec)
+    shared_data: Any = None  # ... and what they hold, as ``Snapshot.shared``
     settings: dict[str, Any] | None = None
-    next_row: int = 0
-    next_segment: int = 0
+    store_writes: list[Write] = field(default_factory=list)  # the store's writes made inside the transaction
+    next_row: int = field(init=False)  # the rows and segment ids the next new segment takes
+    next_segment: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.next_row, self.next_segment = self.base.next_row, self.base.next_segment
+
+    @property
+    def current_settings(self) -> dict[str, Any]:
+        return self.settings if self.settings is not None else self.base.settings
+
+    @property
+    def current_shared(self) -> Any:
+        return self.shared_data if self.shared is not None else self.base.shared
 
     def empty(self) -> bool:
-        return not (self.segments or self.removed or self.dropped or self.shared or self.settings)
+        return not (self.segments or self.removed or self.dropped or self.shared or self.settings
+                    or self.store_writes)
 
 
 class VectorIndex:
@@ -75,13 +137,15 @@ class VectorIndex:
         self.path = path
         self.files_dir = path / FILES
         self.store = DocumentStore(path / STORE)
-        self._lock = FileLock(str(path / LOCK))
+        # thread_local: each thread takes the lock through its own descriptor, so writers in two threads of this
+        # process exclude each other exactly as two processes do
+        self._lock = FileLock(str(path / LOCK), thread_local=True)
         self.lock_timeout = lock_timeout
-        self._pending: _Pending | None = None
-        self._segments: dict[int, Segment] = {}
-        self.generation = -1
+        self._local = threading.local()  # per thread: .pending (its open transaction), .seen (see _view)
+        self._load_lock = threading.Lock()  # one thread builds a snapshot at a time; the others then reuse it
+        self._state: Snapshot | None = None
         try:
-            self._load()
+            self._view(None)
         except BaseException:
             self.store.close()
             raise
@@ -125,136 +189,259 @@ class VectorIndex:
         self.close()
 
     # ----- the committed state
-    def _load(self) -> None:
-        """Read one consistent snapshot of the committed state, reusing segments already open (they never change).
-        A reader racing a fast writer may find the files of its snapshot already collected: it reads again."""
-        for attempt in range(5):
-            meta, segments, rows, version = self._read_snapshot()
+    @property
+    def generation(self) -> int:
+        """The generation of the latest snapshot this object has seen (every search, len, stats refreshes it)."""
+        return self._snapshot().generation
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return self._snapshot().settings
+
+    @property
+    def shared_files(self) -> dict[str, FileEntry]:
+        return self._snapshot().shared_files
+
+    @property
+    def dead_rows(self) -> int:
+        return self._snapshot().dead_rows
+
+    @property
+    def _segments(self) -> dict[int, Segment]:
+        return self._snapshot().segments
+
+    def _snapshot(self) -> Snapshot:
+        """The latest snapshot published (no database read)."""
+        state = self._state
+        assert state is not None
+        return state
+
+    def _current(self) -> Pending | None:
+        """This thread's open transaction, if any."""
+        return getattr(self._local, "pending", None)
+
+    def refresh(self) -> None:
+        """See the latest commit (every read does this by itself)."""
+        self._view(None)
+
+    def _view(self, filter: Filter) -> tuple[Snapshot, np.ndarray | None]:
+        """The latest committed snapshot and the rows ``filter`` allows in it (None: all), of the same generation: a
+        SQL filter is read in the same SQLite read transaction as the generation. Inside this thread's transaction:
+        the snapshot it started from (its own changes are not visible before the commit, as for every reader)."""
+        pending = self._current()
+        if pending is not None:
+            return pending.base, self._allowed_rows(pending.base, filter)
+        version = self.store.data_version()  # before the generation is read: a commit in between only costs a read
+        snapshot = self._state
+        if not is_sql_filter(filter) and snapshot is not None and getattr(self._local, "seen", None) == (
+                version, snapshot.generation):
+            # no other connection has committed since this thread saw that generation (nor has this thread's, or
+            # the snapshot published would be newer): no read transaction needed, nor a SQL query
+            return snapshot, self._allowed_rows(snapshot, filter)
+        for attempt in range(LOAD_ATTEMPTS):
+            generation = None
             try:
-                return self._apply(meta, segments, rows, version)
+                with self.store.read_transaction():
+                    generation = self.store.get_meta("generation")
+                    snapshot = self._state
+                    if snapshot is None or snapshot.generation != generation:
+                        snapshot = self._load()
+                    self._local.seen = (version, generation)
+                    return snapshot, self._allowed_rows(snapshot, filter)
             except IndexCorruptError:
-                if attempt == 4 or self.store.get_meta("generation") == meta["generation"]:
+                moved_on = generation is not None and self.store.get_meta("generation") != generation
+                if attempt == LOAD_ATTEMPTS - 1 or not moved_on:
                     raise  # nothing moved on: the folder itself is damaged
+        raise AssertionError("unreachable")
 
-    def _read_snapshot(self) -> tuple[dict, list, list, int]:
-        db = self.store.db
-        db.execute("BEGIN")
-        try:
-            meta = {k: json.loads(v) for k, v in db.execute("SELECT key, value FROM meta")}
-            segments = db.execute("SELECT segment, files, info FROM segments ORDER BY segment").fetchall()
-            rows = db.execute("SELECT row, doc_id FROM rows").fetchall()
-            version = self.store.data_version()  # inside the snapshot: a later commit is seen as a change
-        except Exception as error:
-            raise IndexCorruptError(f"{self.path / STORE} is not an index database ({error})") from None
-        finally:
-            db.execute("COMMIT")
-        if meta.get("kind") != self.kind:
-            raise IndexCorruptError(f"{self.path} is a {meta.get('kind')!r} index, not {self.kind!r}")
-        return meta, segments, rows, version
+    def _load(self, opened: dict[int, Segment] | None = None) -> Snapshot:
+        """Build the snapshot of the committed state (read in one read transaction: this thread's open one, or its
+        own), reusing what is open already: segments never change, nor do the shared files unless they were replaced;
+        ``opened``: segments a commit of this object has just written. Published unless a newer one is already."""
+        with self.store.read_transaction() as db:
+            try:
+                meta = {k: json.loads(v) for k, v in db.execute("SELECT key, value FROM meta")}
+                segments = db.execute("SELECT segment, files, info FROM segments ORDER BY segment").fetchall()
+                rows = db.execute("SELECT row, doc_id FROM rows").fetchall()
+            except Exception as error:
+                raise IndexCorruptError(f"{self.path / STORE} is not an index database ({error})") from None
+            if meta.get("kind") != self.kind:
+                raise IndexCorruptError(f"{self.path} is a {meta.get('kind')!r} index, not {self.kind!r}")
+            with self._load_lock:
+                current = self._state
+                if current is not None and current.generation == meta["generation"]:
+                    return current
+                snapshot = self._build(meta, segments, rows, current, opened or {})
+                if current is None or snapshot.generation > current.generation:
+                    self._state = snapshot
+                return snapshot
 
-    def _apply(self, meta: dict, segments: list, rows: list, version: int) -> None:
-        self.settings: dict[str, Any] = meta["settings"]
+    def _build(self, meta: dict, segments: list, rows: list, current: Snapshot | None,
+               opened: dict[int, Segment]) -> Snapshot:
+        settings: dict[str, Any] = meta["settings"]
         next_row = meta["next_row"]
-        shared = {k: FileEntry.from_json(v) for k, v in meta["shared_files"].items()}
-        if self.generation < 0 or shared != getattr(self, "shared_files", None):
-            self._open_shared(shared)
-            self.shared_files = shared
-        opened = {}
+        shared_files = {k: FileEntry.from_json(v) for k, v in meta["shared_files"].items()}
+        if current is not None and current.shared_files == shared_files:
+            shared = current.shared
+        else:
+            shared = self._open_shared(shared_files, settings)
+        known = {**(current.segments if current is not None else {}), **opened}
+        built: dict[int, Segment] = {}
         for segment_id, segment_files, info in segments:
-            if segment_id in self._segments:
-                opened[segment_id] = self._segments[segment_id]
+            if segment_id in known:
+                built[segment_id] = known[segment_id]
                 continue
             entries = {k: FileEntry.from_json(v) for k, v in json.loads(segment_files).items()}
             segment_rows = files.open_array(self.files_dir, entries["rows"])
             if segment_rows.ndim != 1 or (len(segment_rows) and not 0 <= segment_rows.min() <= segment_rows.max() < next_row):
                 raise IndexCorruptError(f"{self.files_dir / entries['rows'].name} holds rows outside the index")
             segment = Segment(segment_id, segment_rows, entries, json.loads(info))
-            segment.data = self._open_segment(segment)
-            opened[segment_id] = segment
-        self._segments = opened
-        self.generation, self.next_row, self.next_segment = meta["generation"], next_row, meta["next_segment"]
-        self._row_of = {doc_id: row for row, doc_id in rows}
-        self._id_of = np.empty(self.next_row, dtype=object)
-        self._alive = np.zeros(self.next_row, dtype=bool)
-        for row, doc_id in rows:
-            self._id_of[row], self._alive[row] = doc_id, True
-        self.dead_rows = sum(int((~self._alive[s.rows]).sum()) for s in self._segments.values())
-        self._version = version
-
-    def refresh(self) -> None:
-        """See the latest commit (search does this by itself when another process has committed)."""
-        if self._pending is not None:
-            return
-        version = self.store.data_version()
-        if version != self._version:
-            if self.store.get_meta("generation") != self.generation:
-                self._load()
-            else:
-                self._version = version
+            segment.data = self._open_segment(segment, shared, settings)
+            built[segment_id] = segment
+        numbers = np.fromiter((row for row, _ in rows), dtype=np.int64, count=len(rows))
+        if len(numbers) and not 0 <= numbers.min() <= numbers.max() < next_row:
+            raise IndexCorruptError(f"{self.path / STORE} records rows outside the index")
+        id_of = np.empty(next_row, dtype=object)
+        id_of[numbers] = [doc_id for _, doc_id in rows]
+        alive = np.zeros(next_row, dtype=bool)
+        alive[numbers] = True
+        id_of.flags.writeable = alive.flags.writeable = False
+        return Snapshot(generation=meta["generation"], settings=settings, shared_files=shared_files, shared=shared,
+                        segments=built, row_of={doc_id: row for row, doc_id in rows}, id_of=id_of, alive=alive,
+                        next_row=next_row, next_segment=meta["next_segment"],
+                        dead_rows=sum(int((~alive[s.rows]).sum()) for s in built.values()))
 
     # ----- writing
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """Group changes into one commit (one generation). Each add/remove outside it commits by itself."""
-        if self._pending is not None:
+        """Group changes into one commit (one generation). Each add/remove outside it commits by itself. Store
+        writes made in the block by this thread (``store.set_file_metadata``, ``store.put``...) join the commit."""
+        with self._transaction():
             yield
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Pending]:
+        """This thread's transaction (joined when one is open): take the write lock, start from the latest commit,
+        collect garbage, stage changes in the yielded ``Pending``, commit them at the end."""
+        pending = self._current()
+        if pending is not None:
+            yield pending
             return
         try:
             self._lock.acquire(timeout=self.lock_timeout)
         except Timeout:
-            raise IndexBusyError(f"another process is writing to {self.path} (lock {self.path / LOCK} held for "
-                                 f"{self.lock_timeout:.0f} s)") from None
+            raise IndexBusyError(f"another process (or thread) is writing to {self.path} (lock {self.path / LOCK} "
+                                 f"held for {self.lock_timeout:.0f} s)") from None
         try:
-            self.refresh()
+            base, _ = self._view(None)
             self._collect_garbage()
-            self._pending = _Pending(next_row=self.next_row, next_segment=self.next_segment)
+            pending = self._local.pending = Pending(base)
             try:
-                yield
-                if not self._pending.empty():
-                    self._commit(self._pending)
-            except BaseException:
-                self._pending = None
-                self._load()
-                raise
-            self._pending = None
-            if len(self._segments) > MAX_SEGMENTS:
-                self._pending = _Pending(next_row=self.next_row, next_segment=self.next_segment)
-                self._merge_small_segments()
-                self._commit(self._pending)
-                self._pending = None
+                with self.store.staged() as writes:
+                    yield pending
+            finally:
+                self._local.pending = None
+            pending.store_writes = writes
+            if pending.empty():
+                return
+            committed = self._commit(pending)
+            if len(committed.segments) > MAX_SEGMENTS:
+                merge = Pending(committed)
+                self._merge_small_segments(merge)
+                self._commit(merge)
         finally:
-            self._pending = None
             self._lock.release()
+
+    def _checked(self, doc_ids: Sequence[str], embeddings: Any,
+                 documents: Sequence[Document] | None) -> tuple[list[str], Any, list[Document]]:
+        ids = _check_ids(doc_ids)
+        return ids, self._check_embeddings(embeddings, ids), _check_documents(documents, ids)
 
     def add(self, doc_ids: Sequence[str], embeddings: Any, documents: Sequence[Document] | None = None) -> None:
         """Add new documents (an id already present is an error: use ``update``)."""
-        ids = _check_ids(doc_ids)
-        vectors = self._check_embeddings(embeddings, ids)
-        docs = _check_documents(documents, ids)
-        with self.transaction():
-            present = [i for i in ids if self._present(i)]
-            if present:
-                raise IndexInputError(f"{len(present)} id(s) already in the index, e.g. {present[:3]}; "
-                                      "use update() to replace them")
-            self._add(ids, vectors, docs)
+        ids, vectors, docs = self._checked(doc_ids, embeddings, documents)
+        with self._transaction() as pending:
+            self._add_new(pending, ids, vectors, docs)
 
     def update(self, doc_ids: Sequence[str], embeddings: Any, documents: Sequence[Document] | None = None) -> None:
         """Add or replace documents, in one commit."""
-        ids = _check_ids(doc_ids)
-        vectors = self._check_embeddings(embeddings, ids)
-        docs = _check_documents(documents, ids)
-        with self.transaction():
-            self._remove([i for i in ids if self._present(i)])
-            self._add(ids, vectors, docs)
+        ids, vectors, docs = self._checked(doc_ids, embeddings, documents)
+        with self._transaction() as pending:
+            self._remove(pending, [i for i in ids if self._present(pending, i)])
+            self._add(pending, ids, vectors, docs)
 
     def remove(self, doc_ids: Sequence[str]) -> None:
         """Remove documents: never returned again. An unknown id is an error (nothing is removed then)."""
         ids = _check_ids(doc_ids)
-        with self.transaction():
-            unknown = [i for i in ids if not self._present(i)]
-            if unknown:
-                raise IndexInputError(f"{len(unknown)} id(s) not in the index, e.g. {unknown[:3]}")
-            self._remove(ids)
+        with self._transaction() as pending:
+            self._remove_known(pending, ids)
+
+    def add_stream(self, batches: Iterable[Batch | tuple[Sequence[str], Any]], expected_tokens: ExpectedTokens = None,
+                   commit: Literal["once", "each"] = "once") -> None:
+        """Apply a stream of changes (``Batch``: ids out, then ids in; or plain ``(ids, embeddings)`` pairs),
+        holding one batch in memory at a time (a corpus larger than memory can be indexed).
+
+        ``commit="once"``: the whole stream is one commit. ``commit="each"``: every batch is its own commit, so that
+        a run killed midway keeps every batch committed before. Either way an index that needs a training sample
+        before its first commit (PLAID without a codec) holds batches back until they make one (``sample_tokens``),
+        trains on them, and commits them together (their removals included, in order). ``expected_tokens``: the
+        tokens the index will hold, to size what is trained (PLAID's centroids); an int, or a function called with
+        no argument when the training happens (an estimate made from the batches seen so far). Inside an open
+        transaction everything joins it. A bad batch raises IndexInputError naming it; batches committed before
+        it stay."""
+        if commit not in ("once", "each"):
+            raise IndexInputError(f"commit must be 'once' or 'each', got {commit!r}")
+        outermost = self._current() is None
+        with self._transaction() if commit == "once" else nullcontext():
+            held: list[tuple[int, Batch]] = []  # (number in the stream, checked batch)
+            held_tokens = 0
+            for number, item in enumerate(batches):
+                batch = self._check_batch(item, number)
+                held.append((number, batch))
+                held_tokens += self._tokens(batch.embeddings) if batch.ids else 0
+                if held_tokens < self._sample_tokens_needed(self._current()):
+                    continue
+                self._commit_batches(held, expected_tokens)
+                held, held_tokens = [], 0
+            if held:
+                self._commit_batches(held, expected_tokens)
+        if outermost:
+            self._after_stream()
+
+    def _check_batch(self, item: Batch | tuple[Sequence[str], Any], number: int) -> Batch:
+        """The batch with checked ids, embeddings (as the index stores them) and documents."""
+        if isinstance(item, Batch):
+            batch = item
+        elif isinstance(item, (tuple, list)) and len(item) == 2:
+            batch = Batch(item[0], item[1])
+        else:
+            raise IndexInputError(f"batch {number}: expected a Batch or an (ids, embeddings) pair, "
+                                  f"got {type(item).__name__}")
+        try:
+            ids, remove = _check_ids(batch.ids), _check_ids(batch.remove)
+            if ids:
+                vectors = self._check_embeddings(batch.embeddings, ids)
+            elif len(batch.embeddings):
+                raise IndexInputError(f"0 ids but {len(batch.embeddings)} embeddings")
+            else:
+                vectors = None
+            return Batch(ids, vectors, _check_documents(batch.documents, ids), remove)
+        except IndexInputError as error:
+            raise IndexInputError(f"batch {number}: {error}") from None
+
+    def _commit_batches(self, batches: list[tuple[int, Batch]], expected_tokens: ExpectedTokens) -> None:
+        """``batches`` (numbered, checked) in one transaction, in order: each one's removals, then its additions."""
+        with self._transaction() as pending:
+            self._prepare_stream(pending, [batch for _, batch in batches], expected_tokens)
+            for number, batch in batches:
+                try:
+                    if batch.remove:
+                        self._remove_known(pending, list(batch.remove))
+                    if batch.ids:
+                        assert batch.documents is not None
+                        self._add_new(pending, list(batch.ids), batch.embeddings, list(batch.documents))
+                except IndexInputError as error:
+                    raise IndexInputError(f"batch {number}: {error}") from None
 
     def save(self) -> None:
         """Every change is already durable when add/update/remove return (or when a transaction ends); kept so that
@@ -262,74 +449,84 @@ class VectorIndex:
 
     def compact(self) -> None:
         """Rewrite all segments into one, without the vectors of removed documents."""
-        with self.transaction():
-            if len(self._segments) > 1 or self.dead_rows:
-                self._merge(list(self._segments.values()))
+        with self._transaction() as pending:
+            base = pending.base
+            if len(base.segments) > 1 or base.dead_rows:
+                self._merge(pending, list(base.segments.values()))
 
-    def _present(self, doc_id: str) -> bool:
-        pending = self._pending
-        if pending is not None and doc_id in pending.documents:
+    def _present(self, pending: Pending, doc_id: str) -> bool:
+        if doc_id in pending.documents:
             return True
-        return doc_id in self._row_of and (pending is None or doc_id not in pending.removed)
+        return doc_id in pending.base.row_of and doc_id not in pending.removed
 
-    def _add(self, ids: list[str], vectors: Any, documents: list[Document]) -> None:
-        pending = self._pending
-        assert pending is not None
+    def _add_new(self, pending: Pending, ids: list[str], vectors: Any, documents: list[Document],
+                 **write_options: Any) -> None:
+        present = [i for i in ids if self._present(pending, i)]
+        if present:
+            raise IndexInputError(f"{len(present)} id(s) already in the index, e.g. {present[:3]}; "
+                                  "use update() to replace them")
+        self._add(pending, ids, vectors, documents, **write_options)
+
+    def _remove_known(self, pending: Pending, ids: list[str]) -> None:
+        unknown = [i for i in ids if not self._present(pending, i)]
+        if unknown:
+            raise IndexInputError(f"{len(unknown)} id(s) not in the index, e.g. {unknown[:3]}")
+        self._remove(pending, ids)
+
+    def _add(self, pending: Pending, ids: list[str], vectors: Any, documents: list[Document],
+             **write_options: Any) -> None:
         rows = np.arange(pending.next_row, pending.next_row + len(ids), dtype=np.int64)
-        segment = self._new_segment(pending, rows, lambda prefix: self._write_segment(prefix, vectors))
+        segment = self._new_segment(pending, rows,
+                                    lambda prefix: self._write_segment(pending, prefix, vectors, **write_options))
         pending.segments.append((segment, ids))
         pending.documents.update({d.doc_id: d for d in documents})
         pending.next_row += len(ids)
 
-    def _remove(self, ids: list[str]) -> None:
-        pending = self._pending
-        assert pending is not None
+    def _remove(self, pending: Pending, ids: list[str]) -> None:
         for doc_id in ids:
             if pending.documents.pop(doc_id, None) is not None:  # added earlier in this same transaction
-                for segment, segment_ids in pending.segments:
+                for _, segment_ids in pending.segments:
                     if doc_id in segment_ids:
                         segment_ids[segment_ids.index(doc_id)] = None  # type: ignore[call-overload]
             else:
                 pending.removed.add(doc_id)
 
-    def _new_segment(self, pending: _Pending, rows: np.ndarray, write) -> Segment:
+    def _new_segment(self, pending: Pending, rows: np.ndarray, write) -> Segment:
         segment_id = pending.next_segment
         pending.next_segment += 1
-        prefix = f"g{self.generation + 1:06d}-s{segment_id:06d}"
+        prefix = f"g{pending.base.generation + 1:06d}-s{segment_id:06d}"
         entries = write(prefix)
         entries["rows"] = files.write_array(self.files_dir, f"{prefix}-rows.npy", rows)
         segment = Segment(segment_id, rows, entries)
         segment.info = self._segment_info(segment)
-        segment.data = self._open_segment(segment)
+        segment.data = self._open_segment(segment, pending.current_shared, pending.current_settings)
         return segment
 
-    def _merge(self, segments: list[Segment]) -> None:
+    def _merge(self, pending: Pending, segments: list[Segment]) -> None:
         """Replace ``segments`` by one holding their live rows (rows keep their numbers)."""
-        pending = self._pending
-        assert pending is not None
-        live = [(s, self._alive[s.rows]) for s in segments]
+        live = [(s, pending.base.alive[s.rows]) for s in segments]
         rows = np.concatenate([s.rows[keep] for s, keep in live]) if live else np.zeros(0, np.int64)
-        self._replace(segments, rows, lambda prefix: self._write_merged(prefix, live))
+        self._replace(pending, segments, rows, lambda prefix: self._write_merged(pending, prefix, live))
 
-    def _replace(self, segments: list[Segment], rows: np.ndarray, write) -> None:
+    def _replace(self, pending: Pending, segments: list[Segment], rows: np.ndarray, write) -> None:
         """Stage one new segment holding ``rows`` (written by ``write(prefix)``) in place of ``segments``."""
-        pending = self._pending
-        assert pending is not None
         if len(rows):
             merged = self._new_segment(pending, rows, write)
             pending.segments.append((merged, []))
             pending.moved.update({s.id: merged.id for s in segments})
         pending.dropped.extend(s.id for s in segments)
 
-    def _merge_small_segments(self) -> None:
-        ordered = sorted(self._segments.values(), key=lambda s: len(s.rows))
-        self._merge(ordered[: len(ordered) - MAX_SEGMENTS // 2])
+    def _merge_small_segments(self, pending: Pending) -> None:
+        ordered = sorted(pending.base.segments.values(), key=lambda s: len(s.rows))
+        self._merge(pending, ordered[: len(ordered) - MAX_SEGMENTS // 2])
 
-    def _commit(self, pending: _Pending) -> None:
+    def _commit(self, pending: Pending) -> Snapshot:
+        """Record ``pending`` in one SQLite transaction (its files are fsynced first); returns the new snapshot."""
         files.fsync_dir(self.files_dir)
-        generation = self.generation + 1
+        base = pending.base
+        generation = base.generation + 1
         with self.store.transaction() as db:
-            if json.loads(db.execute("SELECT value FROM meta WHERE key='generation'").fetchone()[0]) != self.generation:
+            if json.loads(db.execute("SELECT value FROM meta WHERE key='generation'").fetchone()[0]) != base.generation:
                 raise IndexBusyError(f"{self.path} was changed by another writer during this commit")
             for doc_id in pending.removed:
                 db.execute("DELETE FROM rows WHERE doc_id = ?", (doc_id,))
@@ -337,7 +534,7 @@ class VectorIndex:
             for old, new in pending.moved.items():
                 db.execute("UPDATE rows SET segment = ? WHERE segment = ?", (new, old))
             for segment_id in pending.dropped:
-                for entry in self._segments[segment_id].files.values():
+                for entry in base.segments[segment_id].files.values():
                     db.execute("INSERT OR REPLACE INTO retired VALUES (?, ?)", (entry.name, generation))
                 db.execute("DELETE FROM segments WHERE segment = ?", (segment_id,))
             for segment, ids in pending.segments:
@@ -347,8 +544,10 @@ class VectorIndex:
                     (int(row), doc_id, segment.id) for row, doc_id in zip(segment.rows, ids) if doc_id is not None])
             db.executemany("INSERT OR REPLACE INTO documents VALUES (?, ?, ?, ?, ?, ?, ?)",
                            [d.row() for d in pending.documents.values()])
+            for write in pending.store_writes:  # after the documents: they may update the ones just added
+                write(db)
             if pending.shared is not None:
-                for name, entry in self.shared_files.items():
+                for name, entry in base.shared_files.items():
                     if pending.shared.get(name) != entry:
                         db.execute("INSERT OR REPLACE INTO retired VALUES (?, ?)", (entry.name, generation))
             db.execute("DELETE FROM retired WHERE generation < ?", (generation - 1,))
@@ -359,17 +558,17 @@ class VectorIndex:
                 meta["settings"] = pending.settings
             for key, value in meta.items():
                 db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
-        for segment, _ in pending.segments:
-            self._segments[segment.id] = segment
-        self._load()
+        return self._load(opened={segment.id: segment for segment, _ in pending.segments})
 
     def _collect_garbage(self) -> None:
         """Delete files no commit refers to (left by a killed writer, or retired over a generation ago). Readers
-        may still read the files of the previous generation, so those stay one more commit."""
-        keep = {e.name for s in self._segments.values() for e in s.files.values()}
-        keep |= {e.name for e in self.shared_files.values()}
+        may still read the files of the previous generation, so those stay one more commit. (Readers of older
+        snapshots in this process hold their files open: memory maps, PLAID's residual descriptors.)"""
+        state = self._snapshot()
+        keep = {e.name for s in state.segments.values() for e in s.files.values()}
+        keep |= {e.name for e in state.shared_files.values()}
         keep |= {r[0] for r in self.store.db.execute("SELECT name FROM retired WHERE generation >= ?",
-                                                     (self.generation,))}
+                                                     (state.generation,))}
         for path in self.files_dir.iterdir():
             if path.name not in keep:
                 path.unlink(missing_ok=True)
@@ -381,53 +580,66 @@ class VectorIndex:
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise IndexInputError(f"k must be a positive integer, got {k!r}")
         queries = self._check_queries(queries)
-        self.refresh()
-        allowed = self._allowed_rows(filter)
-        results = self._search(queries, int(k), allowed, **options)
+        snapshot, allowed = self._view(filter)
+        results = self._search(snapshot, queries, int(k), allowed, **options)
         for rows, _ in results:
-            if len(rows) and (rows.min() < 0 or rows.max() >= self.next_row or not self._alive[rows].all()):
+            if len(rows) and (rows.min() < 0 or rows.max() >= snapshot.next_row or not snapshot.alive[rows].all()):
                 raise IndexCorruptError(f"{self.path} returned rows that are not in the index: a file is damaged "
                                         "(run verify())")
-        return [[(self._id_of[row], float(score)) for row, score in zip(rows, scores)] for rows, scores in results]
+        return [[(snapshot.id_of[row], float(score)) for row, score in zip(rows, scores)] for rows, scores in results]
 
-    def _allowed_rows(self, filter: Filter) -> np.ndarray | None:
+    def _allowed_rows(self, snapshot: Snapshot, filter: Filter) -> np.ndarray | None:
         """None when every row may be returned, else a boolean mask over rows."""
         if filter is None:
-            return None if not self.dead_rows else self._alive
-        mask = np.zeros(self.next_row, dtype=bool)
-        rows = [self._row_of[i] for i in self.store.ids(filter) if i in self._row_of]
+            return None if not snapshot.dead_rows else snapshot.alive
+        mask = np.zeros(snapshot.next_row, dtype=bool)
+        rows = [snapshot.row_of[i] for i in self.store.ids(filter) if i in snapshot.row_of]
         mask[np.asarray(rows, dtype=np.int64)] = True
-        return mask & self._alive
+        return mask & snapshot.alive
 
     def __len__(self) -> int:
-        return len(self._row_of)
+        return len(self._view(None)[0].row_of)
 
     def __contains__(self, doc_id: str) -> bool:
-        return doc_id in self._row_of
+        return doc_id in self._view(None)[0].row_of
 
     def documents(self, doc_ids: Sequence[str]) -> list[Document | None]:
         return self.store.get(doc_ids)
 
     def stats(self) -> dict[str, Any]:
-        on_disk = sum(p.stat().st_size for p in self.files_dir.iterdir()) + (self.path / STORE).stat().st_size
-        return {"kind": self.kind, "documents": len(self), "generation": self.generation,
-                "segments": len(self._segments), "removed_not_compacted": self.dead_rows,
-                "bytes_on_disk": on_disk, **self.settings}
+        """What the latest commit holds (every figure from the same generation) and the folder's size."""
+        return self._stats(self._view(None)[0])
+
+    def _stats(self, snapshot: Snapshot) -> dict[str, Any]:
+        return {"kind": self.kind, "documents": len(snapshot.row_of), "generation": snapshot.generation,
+                "segments": len(snapshot.segments), "removed_not_compacted": snapshot.dead_rows,
+                "bytes_on_disk": self._bytes_on_disk(), **snapshot.settings}
+
+    def _bytes_on_disk(self) -> int:
+        total = 0
+        for path in [*self.files_dir.iterdir(), self.path / STORE]:
+            try:
+                total += path.stat().st_size
+            except FileNotFoundError:  # collected by a writer in between
+                pass
+        return total
 
     def verify(self) -> None:
         """Checksum every file of the current generation and check the database; raises IndexCorruptError."""
-        for segment in self._segments.values():
+        snapshot = self._view(None)[0]
+        for segment in snapshot.segments.values():
             for entry in segment.files.values():
                 files.verify(self.files_dir, entry)
-        for entry in self.shared_files.values():
+        for entry in snapshot.shared_files.values():
             files.verify(self.files_dir, entry)
         result = self.store.db.execute("PRAGMA integrity_check").fetchone()[0]
         if result != "ok":
             raise IndexCorruptError(f"{self.path / STORE} fails SQLite's integrity check: {result}")
 
     # ----- what subclasses provide
-    def _open_shared(self, shared: dict[str, FileEntry]) -> None:
-        """Open files shared by all segments (a trained quantizer or codec)."""
+    def _open_shared(self, shared: dict[str, FileEntry], settings: dict[str, Any]) -> Any:
+        """Open files shared by all segments (a trained quantizer or codec): ``Snapshot.shared``."""
+        return None
 
     def _check_embeddings(self, embeddings: Any, ids: list[str]) -> Any:
         raise NotImplementedError
@@ -435,20 +647,35 @@ class VectorIndex:
     def _check_queries(self, queries: Any) -> Any:
         raise NotImplementedError
 
-    def _write_segment(self, prefix: str, vectors: Any) -> dict[str, FileEntry]:
+    def _write_segment(self, pending: Pending, prefix: str, vectors: Any, **options: Any) -> dict[str, FileEntry]:
         raise NotImplementedError
 
-    def _write_merged(self, prefix: str, live: list[tuple[Segment, np.ndarray]]) -> dict[str, FileEntry]:
+    def _write_merged(self, pending: Pending, prefix: str,
+                      live: list[tuple[Segment, np.ndarray]]) -> dict[str, FileEntry]:
         raise NotImplementedError
 
     def _segment_info(self, segment: Segment) -> dict[str, Any]:
         return {"n": int(len(segment.rows))}
 
-    def _open_segment(self, segment: Segment) -> Any:
+    def _open_segment(self, segment: Segment, shared: Any, settings: dict[str, Any]) -> Any:
         raise NotImplementedError
 
-    def _search(self, queries: Any, k: int, allowed: np.ndarray | None, **options: Any):
+    def _search(self, snapshot: Snapshot, queries: Any, k: int, allowed: np.ndarray | None, **options: Any):
         raise NotImplementedError
+
+    def _tokens(self, vectors: Any) -> int:
+        """How much a batch of checked embeddings weighs towards a training sample."""
+        return len(vectors)
+
+    def _sample_tokens_needed(self, pending: Pending | None) -> int:
+        """Tokens a stream must hold back before its first commit, to train on (0: none; PLAID without a codec)."""
+        return 0
+
+    def _prepare_stream(self, pending: Pending, batches: list[Batch], expected_tokens: ExpectedTokens) -> None:
+        """Before ``batches`` are added in ``pending``: train on them if the index needs it (PLAID)."""
+
+    def _after_stream(self) -> None:
+        """After a stream is committed (PLAID: re-cluster when it outgrew its codec)."""
 
 
 def _check_ids(doc_ids: Sequence[str]) -> list[str]:

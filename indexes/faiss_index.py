@@ -14,7 +14,7 @@ import faiss
 import numpy as np
 
 from . import files
-from .base import Segment, VectorIndex, check_finite, sqrt_count
+from .base import Segment, Snapshot, VectorIndex, Pending, check_finite, sqrt_count
 from .errors import IndexCorruptError, IndexInputError
 from .files import FileEntry
 
@@ -65,22 +65,27 @@ class FaissIndex(VectorIndex):
         return np.ascontiguousarray(array)
 
     # ----- segments
-    def _open_shared(self, shared: dict[str, FileEntry]) -> None:
-        self.trained = faiss.read_index(str(files.check_size(self.files_dir, shared["trained"]))) if "trained" in shared else None
+    def _open_shared(self, shared: dict[str, FileEntry], settings: dict[str, Any]) -> faiss.Index | None:
+        """The trained IVF-PQ (empty), or None for flat and HNSW, or before the first add."""
+        return faiss.read_index(str(files.check_size(self.files_dir, shared["trained"]))) if "trained" in shared else None
 
-    def _write_segment(self, prefix: str, vectors: np.ndarray, rows: np.ndarray | None = None) -> dict[str, FileEntry]:
-        pending = self._pending
-        assert pending is not None
+    @property
+    def trained(self) -> faiss.Index | None:
+        return self._snapshot().shared
+
+    def _write_segment(self, pending: Pending, prefix: str, vectors: np.ndarray,
+                       rows: np.ndarray | None = None) -> dict[str, FileEntry]:
         rows = np.arange(pending.next_row, pending.next_row + len(vectors), dtype=np.int64) if rows is None else rows
-        settings = pending.settings or self.settings
+        settings = pending.current_settings
         if settings["index"] == "auto":
             kind = "flat" if len(vectors) < AUTO_FLAT_BELOW else "hnsw" if len(vectors) < AUTO_HNSW_BELOW else "ivfpq"
             settings = pending.settings = {**settings, "index": kind}
-        index = self._empty_index(settings, vectors, prefix)
+        index = self._empty_index(pending, settings, vectors, prefix)
         index.add_with_ids(vectors, rows)
         return {"index": files.write_bytes(self.files_dir, f"{prefix}-index.faiss", faiss.serialize_index(index))}
 
-    def _empty_index(self, settings: dict[str, Any], vectors: np.ndarray, prefix: str) -> faiss.Index:
+    def _empty_index(self, pending: Pending, settings: dict[str, Any], vectors: np.ndarray,
+                     prefix: str) -> faiss.Index:
         dim, kind = settings["dim"], settings["index"]
         if kind == "flat":
             return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
@@ -88,12 +93,14 @@ class FaissIndex(VectorIndex):
             hnsw = faiss.IndexHNSWFlat(dim, settings["hnsw_m"], faiss.METRIC_INNER_PRODUCT)
             hnsw.hnsw.efConstruction = settings["ef_construction"]
             return faiss.IndexIDMap2(hnsw)
-        if self.trained is None and (self._pending is None or self._pending.shared is None):
-            self._train_ivfpq(settings, vectors, prefix)
-        trained = self.trained if self._pending.shared is None else self._pending_trained  # type: ignore[union-attr]
+        trained = pending.current_shared
+        if trained is None:
+            trained = self._train_ivfpq(pending, settings, vectors, prefix)
         return faiss.clone_index(trained)
 
-    def _train_ivfpq(self, settings: dict[str, Any], vectors: np.ndarray, prefix: str) -> None:
+    def _train_ivfpq(self, pending: Pending, settings: dict[str, Any], vectors: np.ndarray,
+                     prefix: str) -> faiss.Index:
+        """Train the coarse quantizer and product quantizer on ``vectors`` and stage them in ``pending``."""
         dim = settings["dim"]
         # sqrt-sized, but small enough that the coarse k-means gets ~39 vectors per list (faiss's rule of thumb)
         nlist = settings["nlist"] or min(sqrt_count(len(vectors), 4), 2 ** max(0, int(np.log2(max(len(vectors) // 39, 1)))))
@@ -105,14 +112,17 @@ class FaissIndex(VectorIndex):
                                   f"(got {len(vectors)}); add more at once, or use kind='flat' or 'hnsw'")
         index = faiss.index_factory(dim, f"IVF{nlist},PQ{pq_m}x{pq_bits}", faiss.METRIC_INNER_PRODUCT)
         index.train(vectors)
-        self._pending_trained = index
-        self._pending.shared = {"trained": files.write_bytes(  # type: ignore[union-attr]
+        pending.shared_data = index
+        pending.shared = {"trained": files.write_bytes(
             self.files_dir, f"{prefix}-trained.faiss", faiss.serialize_index(index))}
-        self._pending.settings = {**settings, "nlist": nlist, "pq_m": pq_m, "pq_bits": pq_bits}  # type: ignore[union-attr]
+        pending.settings = {**settings, "nlist": nlist, "pq_m": pq_m, "pq_bits": pq_bits}
+        return index
 
-    def _write_merged(self, prefix: str, live: list[tuple[Segment, np.ndarray]]) -> dict[str, FileEntry]:
-        if self.settings["index"] == "ivfpq":  # PQ codes cannot be re-encoded losslessly: move them instead
-            merged = faiss.clone_index(self.trained)
+    def _write_merged(self, pending: Pending, prefix: str,
+                      live: list[tuple[Segment, np.ndarray]]) -> dict[str, FileEntry]:
+        base = pending.base
+        if base.settings["index"] == "ivfpq":  # PQ codes cannot be re-encoded losslessly: move them instead
+            merged = faiss.clone_index(base.shared)
             for segment, keep in live:
                 merged.merge_from(faiss.read_index(str(self.files_dir / segment.files["index"].name)), 0)
                 if not keep.all():
@@ -123,38 +133,39 @@ class FaissIndex(VectorIndex):
             index = segment.data
             ids = faiss.vector_to_array(index.id_map)
             stored = index.index.reconstruct_n(0, index.ntotal)
-            wanted = self._alive[ids]
+            wanted = base.alive[ids]
             vectors.append(stored[wanted])
             rows.append(ids[wanted])
-        return self._write_segment(prefix, np.concatenate(vectors), np.concatenate(rows))
+        return self._write_segment(pending, prefix, np.concatenate(vectors), np.concatenate(rows))
 
-    def _open_segment(self, segment: Segment) -> faiss.Index:
+    def _open_segment(self, segment: Segment, shared: Any, settings: dict[str, Any]) -> faiss.Index:
         path = files.check_size(self.files_dir, segment.files["index"])
         try:
             index = faiss.read_index(str(path), READ_FLAGS)
         except RuntimeError as error:
             raise IndexCorruptError(f"{path} is not a readable faiss index ({str(error).splitlines()[0]})") from None
-        if index.ntotal != len(segment.rows) or index.d != self.settings["dim"]:
+        if index.ntotal != len(segment.rows) or index.d != settings["dim"]:
             raise IndexCorruptError(f"{path} holds {index.ntotal} vectors of {index.d} dimensions, the index "
-                                    f"recorded {len(segment.rows)} of {self.settings['dim']}")
+                                    f"recorded {len(segment.rows)} of {settings['dim']}")
         return index
 
     # ----- search
-    def _search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None, ef_search: int | None = None,
-                nprobe: int | None = None):
+    def _search(self, snapshot: Snapshot, queries: np.ndarray, k: int, allowed: np.ndarray | None,
+                ef_search: int | None = None, nprobe: int | None = None):
         bits = None if allowed is None else np.packbits(allowed, bitorder="little")
         selector = None if bits is None else faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits))
-        kind = self.settings["index"]
+        settings = snapshot.settings
+        kind = settings["index"]
         if kind == "hnsw":
-            params = faiss.SearchParametersHNSW(efSearch=max(ef_search or self.settings["ef_search"], k))
+            params = faiss.SearchParametersHNSW(efSearch=max(ef_search or settings["ef_search"], k))
         elif kind == "ivfpq":
-            params = faiss.SearchParametersIVF(nprobe=nprobe or self.settings["nprobe"])
+            params = faiss.SearchParametersIVF(nprobe=nprobe or settings["nprobe"])
         else:
             params = faiss.SearchParameters()
         if selector is not None:
             params.sel = selector
         all_scores, all_rows = [], []
-        for segment in self._segments.values():  # IDMap2 and IVF translate the selector to their own ids
+        for segment in snapshot.segments.values():  # IDMap2 and IVF translate the selector to their own ids
             scores, rows = segment.data.search(queries, k, params=params)
             all_scores.append(scores)
             all_rows.append(rows)
@@ -169,5 +180,5 @@ class FaissIndex(VectorIndex):
             out.append((r[order], s[order]))
         return out
 
-    def stats(self) -> dict[str, Any]:
-        return {**super().stats(), "vectors": len(self)}
+    def _stats(self, snapshot: Snapshot) -> dict[str, Any]:
+        return {**super()._stats(snapshot), "vectors": len(snapshot.row_of)}

@@ -1,5 +1,5 @@
-"""Immutable index files: written once, fsynced, and recorded (name, size, CRC-32) by the commit that uses them;
-and the project's one atomic write of a whole file (``atomic_write``) for the files that are replaced in place.
+"""Immutable index files: written once, fsynced, and recorded (name, size, CRC-32) by the commit that uses them.
+(Files replaced in place go through the project's one atomic write, ``modernretrieval.files.atomic_write``.)
 
 A file that is missing, truncated or altered is reported as IndexCorruptError with its name, never as a failure deep
 inside numpy or faiss. Sizes are checked on every open (cheap, keeps memory-mapping lazy); checksums by ``verify``.
@@ -7,16 +7,14 @@ inside numpy or faiss. Sizes are checked on every open (cheap, keeps memory-mapp
 
 from __future__ import annotations
 
-import json
 import os
-import secrets
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
 
 import numpy as np
+
+from modernretrieval.files import fsync_dir
 
 from .errors import IndexCorruptError
 
@@ -97,34 +95,3 @@ def verify(folder: Path, entry: FileEntry) -> None:
             crc = zlib.crc32(chunk, crc)
     if crc != entry.crc32:
         raise IndexCorruptError(f"{path} fails its checksum: the file was altered after it was written")
-
-
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
-    """Replace ``path`` whole or not at all: ``write`` fills a temporary file beside it, which is fsynced and
-    renamed over ``path``, and the folder is fsynced so that the rename survives a power loss. A crash leaves the
-    old file (or none), never a partial one; the temporary file is removed on failure."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")  # open() keeps the umask's mode
-    try:
-        with open(tmp, "xb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def atomic_write_json(path: str | Path, value: Any) -> None:
-    """``value`` as indented JSON, through ``atomic_write``."""
-    atomic_write(path, lambda f: f.write(json.dumps(value, indent=2).encode() + b"\n"))

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .docstrings import strip_file
+
 SENTENCE_END = re.compile(r"(?<=[.!?])\s")
 
 
@@ -50,32 +52,16 @@ def docstring_queries(root: Path, n: int | None = None, seed: int = 0, min_words
 
 def strip_docstrings(source: Path, target: Path) -> int:
     """Copy the tree at ``source`` to ``target`` with the docstrings of every module, class and function removed
-    (a body left empty gets ``pass``). Returns the docstrings removed."""
+    (``docstrings.strip_file``: a body left empty gets ``pass``). Returns the docstrings removed."""
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
     removed = 0
     for path in sorted(target.rglob("*.py")):
-        tree = _parse(path)
-        if tree is None:
-            continue
-        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-        cuts: list[tuple[int, int, str | None]] = []  # (first line, last line, replacement), 0-based
-        for node in ast.walk(tree):
-            if not isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                continue
-            body = node.body
-            if not (body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
-                    and isinstance(body[0].value.value, str)):
-                continue
-            first = body[0]
-            start, end = first.lineno - 1, (first.end_lineno or first.lineno) - 1
-            if lines[start][:first.col_offset].strip():  # shares its line with code: leave it
-                continue
-            replacement = None if len(body) > 1 else " " * first.col_offset + "pass\n"
-            cuts.append((start, end, replacement))
-        for start, end, replacement in sorted(cuts, reverse=True):
-            lines[start:end + 1] = [replacement] if replacement else []
-        removed += len(cuts)
-        path.write_text("".join(lines), encoding="utf-8")
+        try:
+            stripped, count = strip_file(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue  # left as copied
+        removed += count
+        path.write_text(stripped, encoding="utf-8")
     return removed
 
 

@@ -11,19 +11,17 @@ those judged in the split's qrels."""
 
 from __future__ import annotations
 
-import ast
 import re
-import textwrap
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 from .beir import BeirDataset, DatasetError, field_of, find_file, load_beir, read_jsonl
+from .docstrings import strip_function_source
 from .mldr import error_reason, hub_errors
 
 SPLITS = {"test": "test", "valid": "valid", "validation": "valid", "dev": "valid", "train": "train"}
 SPLIT_FILE = re.compile(r"^.+_(train|valid|test)_\d+\.jsonl(\.gz)?$")
-TRIPLE_QUOTED = re.compile(r"""[rRuUbBfF]{0,2}(\"\"\"|''')(.*?)\1""", re.S)
 
 
 # ---------------------------------------------------------------------------------------------- CodeSearchNet
@@ -113,61 +111,9 @@ def first_paragraph(docstring: str) -> str:
 
 
 def strip_python_docstring(code: str, docstring: str = "") -> str:
-    """``code`` without the docstring of its function (the first statement of the body, when a string).
-
-    The code is parsed (dedented) with ``ast``; when it does not parse (Python 2, say), the first triple-quoted
-    literal is cut instead, provided it holds the start of ``docstring``. Lines left blank by the cut go too."""
-    code = code.replace("\r\n", "\n").replace("\r", "\n")
-    lines = code.split("\n")
-    dedented = textwrap.dedent(code).split("\n")
-    try:
-        tree = ast.parse("\n".join(dedented))
-    except (SyntaxError, ValueError):
-        return _strip_triple_quoted(code, docstring)
-    function = next((node for node in tree.body
-                     if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))), None)
-    if function is None:
-        return _strip_triple_quoted(code, docstring)
-    first = function.body[0]
-    if not (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
-            and isinstance(first.value.value, str)):
-        return code  # no docstring in the code
-    if first.end_lineno is None or first.end_col_offset is None:
-        return code
-
-    def column(line: int, offset: int) -> int:  # ast's byte offset in the dedented line -> column in the original
-        margin = len(lines[line]) - len(dedented[line])
-        return margin + len(dedented[line].encode("utf-8")[:offset].decode("utf-8", errors="ignore"))
-
-    start, end = first.lineno - 1, first.end_lineno - 1
-    return _cut(lines, (start, column(start, first.col_offset)), (end, column(end, first.end_col_offset)))
-
-
-def _strip_triple_quoted(code: str, docstring: str) -> str:
-    match = TRIPLE_QUOTED.search(code)
-    if match is None:
-        return code
-    expected = " ".join(docstring.split())[:40]
-    if expected and expected not in " ".join(match.group(2).split()):
-        return code  # the literal is not the docstring
-    lines = code.split("\n")
-    start_line = code.count("\n", 0, match.start())
-    end_line = code.count("\n", 0, match.end())
-    start_col = match.start() - (code.rfind("\n", 0, match.start()) + 1)
-    end_col = match.end() - (code.rfind("\n", 0, match.end()) + 1)
-    return _cut(lines, (start_line, start_col), (end_line, end_col))
-
-
-def _cut(lines: list[str], start: tuple[int, int], end: tuple[int, int]) -> str:
-    """The lines with the text from ``start`` to ``end`` (line, column) removed: whole lines when nothing else
-    shares them, else just the span (and a ``;`` that followed it)."""
-    (first, begin), (last, stop) = start, end
-    before, after = lines[first][:begin], lines[last][stop:]
-    if not before.strip() and not after.strip():
-        return "\n".join(lines[:first] + lines[last + 1:])
-    after = re.sub(r"^\s*;\s*", "", after) if before.strip() else after
-    joined = before.rstrip() + (" " if before.strip() and after.strip() else "") + after.lstrip()
-    return "\n".join(lines[:first] + ([joined] if joined.strip() else []) + lines[last + 1:])
+    """``code`` without the docstring of its function (``docstrings.strip_function_source``: parsed dedented; when
+    it does not parse, the first triple-quoted literal holding the start of ``docstring``)."""
+    return strip_function_source(code, docstring)
 
 
 # ---------------------------------------------------------------------------------------------------- CoIR

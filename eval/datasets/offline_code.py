@@ -25,6 +25,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .beir import write_beir
+from .docstrings import function_lines_without_docstring
 
 EXCLUDED_FOLDERS = {"test", "tests", "testing", "idle_test", "__pycache__", "site-packages"}
 KEPT_DUNDERS = {"__init__", "__call__"}
@@ -170,23 +171,8 @@ def _describe(doc_id: str, top_level: str, in_test_file: bool, node: ast.Functio
     if not docstring:
         return Function(doc_id, top_level, "", "", "no_docstring")
     query = " ".join(re.split(r"\n\s*\n", docstring, maxsplit=1)[0].split())
-    document = _without_docstring(node, source.split("\n"))
+    document = function_lines_without_docstring(node, source.split("\n"))
     return Function(doc_id, top_level, query, document or "", _skip_reason(node, in_test_file, query, document))
-
-
-def _without_docstring(node: ast.FunctionDef | ast.AsyncFunctionDef, lines: list[str]) -> str | None:
-    """The function's source lines (decorators included) without the docstring's lines, dedented by the def's own
-    indentation (lines indented less, inside multi-line strings, stay as they are). None when the docstring shares
-    a line with other code, which line removal would cut."""
-    docstring = node.body[0]
-    first = min([node.lineno] + [d.lineno for d in node.decorator_list])
-    before = lines[docstring.lineno - 1][:docstring.col_offset]
-    after = lines[docstring.end_lineno - 1].encode()[docstring.end_col_offset:].decode()  # offsets count bytes
-    if before.strip() or after.strip() and not after.strip().startswith("#"):
-        return None
-    kept = lines[first - 1:docstring.lineno - 1] + lines[docstring.end_lineno:node.end_lineno]
-    indent = lines[node.lineno - 1][:node.col_offset]
-    return "\n".join(line[len(indent):] if line.startswith(indent) else line.rstrip() for line in kept)
 
 
 def _skip_reason(node: ast.FunctionDef | ast.AsyncFunctionDef, in_test_file: bool, query: str,

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .. import files
-from ..base import Segment, VectorIndex, check_finite
+from ..base import Batch, ExpectedTokens, Pending, Segment, Snapshot, VectorIndex, check_finite
 from ..errors import IndexCorruptError, IndexInputError
 from ..files import FileEntry
 from ..store import Document
@@ -51,39 +51,13 @@ class PlaidIndex(VectorIndex):
         return cls._create(path, settings, lock_timeout)
 
     @classmethod
-    def build(cls, path: str | Path, batches: Iterable[tuple[Sequence[str], Sequence[np.ndarray]]], dim: int,
-              expected_tokens: int | None = None, **settings: Any) -> "PlaidIndex":
-        """Create an index from a stream of (ids, arrays) batches, in one commit, holding only a batch (and the
+    def build(cls, path: str | Path, batches: Iterable[Batch | tuple[Sequence[str], Sequence[np.ndarray]]], dim: int,
+              expected_tokens: ExpectedTokens = None, **settings: Any) -> "PlaidIndex":
+        """Create an index from a stream of batches (``add_stream``), in one commit, holding only a batch (and the
         training sample) in RAM at fp32: a corpus larger than memory can be indexed."""
         index = cls.create(path, dim, **settings)
         index.add_stream(batches, expected_tokens)
         return index
-
-    def add_stream(self, batches: Iterable[tuple[Sequence[str], Sequence[np.ndarray]]],
-                   expected_tokens: int | None = None) -> None:
-        """Add batches of (ids, arrays) in one commit. Until the codec exists, batches are held back until
-        ``sample_tokens`` tokens are buffered, so that the codec trains on a real sample, not the first batch;
-        ``expected_tokens`` (the corpus size, if known) sizes the centroids. A stream that ends far larger than the
-        codec was sized for is re-clustered at the end."""
-        self._expected_tokens = expected_tokens
-        with self.transaction():
-            held: list[tuple[Sequence[str], Sequence[np.ndarray]]] = []
-            for ids, arrays in batches:
-                if self.codec is None and self._pending_codec is None:
-                    held.append((ids, arrays))
-                    if sum(len(a) for _, batch_arrays in held for a in batch_arrays) < self.settings["sample_tokens"]:
-                        continue
-                    sample = [a for held_ids, arrays in held for a in self._check_embeddings(arrays, list(held_ids))]
-                    self._train(np.concatenate(sample), total_tokens=self._expected_tokens)
-                    for held_ids, held_arrays in held:
-                        self.add(held_ids, held_arrays)
-                    held = []
-                else:
-                    self.add(ids, arrays)
-            for held_ids, held_arrays in held:
-                self.add(held_ids, held_arrays)
-        self._expected_tokens = None
-        self._rebuild_if_outgrown()
 
     # ----- input
     def _check_embeddings(self, embeddings: Any, ids: list[str]) -> list[np.ndarray]:
@@ -112,28 +86,32 @@ class PlaidIndex(VectorIndex):
         return out
 
     # ----- the codec, shared by all segments
-    def _open_shared(self, shared: dict[str, FileEntry]) -> None:
-        self._pending_codec: ResidualCodec | None = None
-        self._expected_tokens: int | None = None
-        self.legacy_codec = False  # True: written by an earlier version, with scalar buckets (rebuild() renews it)
+    def _open_shared(self, shared: dict[str, FileEntry], settings: dict[str, Any]) -> CodecState:
         if not shared:
-            self.codec: ResidualCodec | None = None
-            return
+            return CodecState(None)
         arrays = {k: np.asarray(files.open_array(self.files_dir, entry, mmap=False)) for k, entry in shared.items()}
-        dim, nbits = self.settings["dim"], self.settings["nbits"]
-        self.legacy_codec = "codebooks" not in arrays
-        if self.legacy_codec:  # written before codebooks: per-dimension buckets, no rotation
+        dim, nbits = settings["dim"], settings["nbits"]
+        legacy = "codebooks" not in arrays
+        if legacy:  # written before codebooks: per-dimension buckets, no rotation
             arrays["codebooks"] = scalar_codebooks(arrays["weights"], nbits, dim)
             arrays["rotation"] = np.eye(dim, dtype=np.float32)
-        self.codec = ResidualCodec(arrays["centroids"], arrays["rotation"], arrays["codebooks"], nbits,
-                                   arrays.get("scales"))  # no scales: an index written before they existed
+        return CodecState(ResidualCodec(arrays["centroids"], arrays["rotation"], arrays["codebooks"], nbits,
+                                        arrays.get("scales")), legacy)  # no scales: written before they existed
 
-    def _train(self, vectors: np.ndarray, total_tokens: int | None = None) -> ResidualCodec:
-        """Train a codec on (a sample of) ``vectors`` and stage it in the pending commit. The centroid count follows
-        the tokens the index holds (``total_tokens``, default: all of ``vectors``), not the sample size."""
-        pending = self._pending
-        assert pending is not None
-        settings = dict(pending.settings or self.settings)
+    @property
+    def codec(self) -> ResidualCodec | None:
+        """The committed codec (None before the first add)."""
+        return self._snapshot().shared.codec
+
+    @property
+    def legacy_codec(self) -> bool:
+        """True: written by an earlier version, with scalar buckets (``rebuild()`` renews it)."""
+        return self._snapshot().shared.legacy
+
+    def _train(self, pending: Pending, vectors: np.ndarray, total_tokens: int | None = None) -> ResidualCodec:
+        """Train a codec on (a sample of) ``vectors`` and stage it in ``pending``. The centroid count follows the
+        tokens the index will hold (``total_tokens``, default: all of ``vectors``), not the sample size."""
+        settings = dict(pending.current_settings)
         rng = np.random.default_rng(settings["seed"])
         total_tokens = total_tokens or len(vectors)
         n_centroids = settings["n_centroids"] or 2 ** int(math.log2(max(2.0, settings["centroid_factor"] * math.sqrt(
@@ -142,21 +120,48 @@ class PlaidIndex(VectorIndex):
             vectors = vectors[np.sort(rng.choice(len(vectors), settings["sample_tokens"], replace=False))]
         n_centroids = max(1, min(n_centroids, len(vectors)))
         codec = ResidualCodec.train(vectors, n_centroids, settings["nbits"], settings["kmeans_niters"], settings["seed"])
-        prefix = f"g{self.generation + 1:06d}-codec"
+        prefix = f"g{pending.base.generation + 1:06d}-codec"
         pending.shared = {name: files.write_array(self.files_dir, f"{prefix}-{name}.npy", getattr(codec, name))
                           for name in CODEC_ARRAYS}
+        pending.shared_data = CodecState(codec)
         pending.settings = {**settings, "n_centroids_trained": n_centroids, "sample_size": len(vectors),
                             "trained_tokens": total_tokens}
-        self._pending_codec = codec
         return codec
 
-    def _current_codec(self) -> ResidualCodec | None:
-        return self._pending_codec or self.codec
+    @staticmethod
+    def _codec(pending: Pending) -> ResidualCodec | None:
+        """The codec the changes of ``pending`` are encoded with: one it trained, or the committed one."""
+        return pending.current_shared.codec
+
+    # ----- streams: hold batches until the codec can train on a real sample
+    def _tokens(self, vectors: list[np.ndarray]) -> int:
+        return sum(len(a) for a in vectors)
+
+    def _sample_tokens_needed(self, pending: Pending | None) -> int:
+        if pending is not None:
+            return 0 if self._codec(pending) is not None else pending.current_settings["sample_tokens"]
+        snapshot = self._snapshot()
+        return 0 if snapshot.shared.codec is not None else snapshot.settings["sample_tokens"]
+
+    def _prepare_stream(self, pending: Pending, batches: list[Batch], expected_tokens: ExpectedTokens) -> None:
+        """Without a codec: train one on every token of ``batches`` (the held sample), sized for
+        ``expected_tokens`` (evaluated now when it is a function)."""
+        if self._codec(pending) is not None:
+            return
+        arrays = [array for batch in batches if batch.ids for array in batch.embeddings]
+        if arrays:
+            self._train(pending, np.concatenate(arrays),
+                        total_tokens=expected_tokens() if callable(expected_tokens) else expected_tokens)
+
+    def _after_stream(self) -> None:
+        self._rebuild_if_outgrown()
 
     # ----- segments
-    def _write_segment(self, prefix: str, vectors: list[np.ndarray]) -> dict[str, FileEntry]:
+    def _write_segment(self, pending: Pending, prefix: str, vectors: list[np.ndarray],
+                       expected_tokens: int | None = None) -> dict[str, FileEntry]:
+        """Encode ``vectors`` with the codec (trained here on them if there is none, sized for ``expected_tokens``)."""
         tokens = np.concatenate(vectors)
-        codec = self._current_codec() or self._train(tokens, self._expected_tokens)
+        codec = self._codec(pending) or self._train(pending, tokens, expected_tokens)
         codes, residuals = codec.compress(tokens)
         offsets = np.zeros(len(vectors) + 1, dtype=np.int64)
         np.cumsum([len(v) for v in vectors], out=offsets[1:])
@@ -169,7 +174,8 @@ class PlaidIndex(VectorIndex):
                   "doc_offsets": offsets, "ivf_offsets": ivf_offsets, "ivf_docs": ivf_docs}
         return {name: files.write_array(self.files_dir, f"{prefix}-{name}.npy", array) for name, array in arrays.items()}
 
-    def _write_merged(self, prefix: str, live: list[tuple[Segment, np.ndarray]]) -> dict[str, FileEntry]:
+    def _write_merged(self, pending: Pending, prefix: str,
+                      live: list[tuple[Segment, np.ndarray]]) -> dict[str, FileEntry]:
         """Concatenate the live documents' codes and residuals: no decompression, no re-encoding."""
         codes, residuals, lengths = [], [], []
         for segment, keep in live:
@@ -182,20 +188,21 @@ class PlaidIndex(VectorIndex):
             lengths.append(stops - starts)
         offsets = np.zeros(sum(len(x) for x in lengths) + 1, dtype=np.int64)
         np.cumsum(np.concatenate(lengths), out=offsets[1:])
-        assert self.codec is not None
-        return self._write_arrays(prefix, self.codec, np.concatenate(codes), np.concatenate(residuals), offsets)
+        codec = pending.base.shared.codec
+        assert codec is not None
+        return self._write_arrays(prefix, codec, np.concatenate(codes), np.concatenate(residuals), offsets)
 
-    def _open_segment(self, segment: Segment) -> SegmentArrays:
+    def _open_segment(self, segment: Segment, shared: CodecState, settings: dict[str, Any]) -> SegmentArrays:
         """The arrays, memory-mapped, after the checks that keep a damaged file from failing deep inside a search:
         shapes, offsets that are monotonic and end where the data ends, ids in range. Codes and the inverted file
         are read for this (a few bytes per token); residuals, the bulk, are not."""
         data = SegmentArrays(**{name: files.open_array(self.files_dir, segment.files[name]) for name in SEGMENT_ARRAYS})
         n_docs, n_tokens = len(segment.rows), len(data.codes)
-        codec = self._current_codec()
+        codec = shared.codec
         n_centroids = len(codec.centroids) if codec is not None else 0
         problems = [
             data.codes.ndim != 1 or (n_tokens and int(data.codes.max()) >= n_centroids),
-            data.residuals.shape != (n_tokens, self.settings["dim"] * self.settings["nbits"] // 8),
+            data.residuals.shape != (n_tokens, settings["dim"] * settings["nbits"] // 8),
             data.inverse_norms.shape != (n_tokens,),
             len(data.doc_offsets) != n_docs + 1 or data.doc_offsets[0] != 0 or data.doc_offsets[-1] != n_tokens
             or bool((np.diff(data.doc_offsets) < 0).any()),
@@ -210,17 +217,22 @@ class PlaidIndex(VectorIndex):
 
     @property
     def n_tokens(self) -> int:
-        return int(sum(len(s.data.codes) for s in self._segments.values()))
+        """Tokens stored (those of removed documents included, until compact)."""
+        return _n_tokens(self._snapshot())
 
     # ----- growth
     def rebuild(self) -> None:
         """Re-cluster: train a new codec on a sample of the (decompressed) live tokens, re-encode every document
         into one segment. Done by itself when the index outgrows its codec; lossy only by one more quantization."""
-        with self.transaction():
-            assert self.codec is not None
-            old_codec, live = self.codec, [(s, self._alive[s.rows]) for s in self._segments.values()]
-            sample = self._sample_tokens(old_codec, live)
-            codec = self._train(sample, total_tokens=self.n_tokens)
+        with self._transaction() as pending:
+            if pending.segments or pending.shared is not None:
+                raise IndexInputError("rebuild() re-encodes the committed documents: call it outside a transaction "
+                                      "that adds documents or trains a codec")
+            base = pending.base
+            old_codec, live = base.shared.codec, [(s, base.alive[s.rows]) for s in base.segments.values()]
+            assert old_codec is not None
+            sample = self._sample_tokens(base, old_codec, live)
+            codec = self._train(pending, sample, total_tokens=_n_tokens(base))
             rows, codes, residuals, lengths = [], [], [], []
             for segment, keep in live:
                 data: SegmentArrays = segment.data
@@ -231,13 +243,14 @@ class PlaidIndex(VectorIndex):
                 rows.append(segment.rows[keep])
             offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
             np.cumsum(lengths, out=offsets[1:])
-            self._replace([s for s, _ in live], np.concatenate(rows), lambda prefix: self._write_arrays(
+            self._replace(pending, [s for s, _ in live], np.concatenate(rows), lambda prefix: self._write_arrays(
                 prefix, codec, np.concatenate(codes), np.concatenate(residuals), offsets))
 
-    def _sample_tokens(self, codec: ResidualCodec, live: list[tuple[Segment, np.ndarray]]) -> np.ndarray:
-        rng = np.random.default_rng(self.settings["seed"])
+    def _sample_tokens(self, snapshot: Snapshot, codec: ResidualCodec,
+                       live: list[tuple[Segment, np.ndarray]]) -> np.ndarray:
+        rng = np.random.default_rng(snapshot.settings["seed"])
         total = sum(len(s.data.codes) for s, _ in live)
-        take = min(1.0, self.settings["sample_tokens"] / max(total, 1))
+        take = min(1.0, snapshot.settings["sample_tokens"] / max(total, 1))
         parts = []
         for segment, _ in live:
             n = len(segment.data.codes)
@@ -249,34 +262,34 @@ class PlaidIndex(VectorIndex):
             expected_tokens: int | None = None) -> None:
         """As VectorIndex.add. When this add trains the codec (the index has none yet), ``expected_tokens`` (what the
         index will hold, if known) sizes the centroids instead of the tokens of this add."""
-        if expected_tokens is not None:
-            self._expected_tokens = expected_tokens
-        try:
-            super().add(doc_ids, embeddings, documents)
-        finally:
-            if expected_tokens is not None:
-                self._expected_tokens = None
-        if self._pending is None:
+        ids, vectors, docs = self._checked(doc_ids, embeddings, documents)
+        outermost = self._current() is None
+        with self._transaction() as pending:
+            self._add_new(pending, ids, vectors, docs, expected_tokens=expected_tokens)
+        if outermost:
             self._rebuild_if_outgrown()
 
     def _rebuild_if_outgrown(self) -> None:
-        trained = self.settings["trained_tokens"]
-        if trained and self.n_tokens > REBUILD_GROWTH * trained:
+        snapshot = self._view(None)[0]
+        trained = snapshot.settings["trained_tokens"]
+        if trained and _n_tokens(snapshot) > REBUILD_GROWTH * trained:
             self.rebuild()
 
     # ----- search
-    def _search(self, queries: list[np.ndarray], k: int, allowed: np.ndarray | None, **options: Any):
+    def _search(self, snapshot: Snapshot, queries: list[np.ndarray], k: int, allowed: np.ndarray | None,
+                **options: Any):
         settings = replace(SearchSettings.for_k(k), **options)
         empty = (np.zeros(0, np.int64), np.zeros(0, np.float32))
-        if self.codec is None:
+        codec = snapshot.shared.codec
+        if codec is None:
             return [empty for _ in queries]
         out = []
         for query in queries:
-            centroid_scores = self.codec.centroid_scores(query)
+            centroid_scores = codec.centroid_scores(query)
             rows, scores = [], []
-            for segment in self._segments.values():
+            for segment in snapshot.segments.values():
                 local = None if allowed is None else allowed[segment.rows]
-                docs, exact = search_segment(self.codec, segment.data, query, centroid_scores, k, settings, local)
+                docs, exact = search_segment(codec, segment.data, query, centroid_scores, k, settings, local)
                 rows.append(segment.rows[docs])
                 scores.append(exact)
             if not rows:
@@ -287,8 +300,21 @@ class PlaidIndex(VectorIndex):
             out.append((rows_all[best], scores_all[best]))
         return out
 
-    def stats(self) -> dict[str, Any]:
-        tokens = self.n_tokens
-        vector_bytes = sum(e.size for s in self._segments.values() for e in s.files.values())
-        return {**super().stats(), "tokens": tokens, "bytes_per_token": vector_bytes / max(tokens, 1),
-                "codec": "scalar buckets (earlier version)" if self.legacy_codec else "rotated codebooks"}
+    def _stats(self, snapshot: Snapshot) -> dict[str, Any]:
+        tokens = _n_tokens(snapshot)
+        vector_bytes = sum(e.size for s in snapshot.segments.values() for e in s.files.values())
+        return {**super()._stats(snapshot), "tokens": tokens, "bytes_per_token": vector_bytes / max(tokens, 1),
+                "codec": "scalar buckets (earlier version)" if snapshot.shared.legacy else "rotated codebooks"}
+
+
+@dataclass(frozen=True)
+class CodecState:
+    """What a PLAID snapshot shares across its segments: the codec (None before the first add) and whether it was
+    written by an earlier version (scalar buckets)."""
+
+    codec: ResidualCodec | None
+    legacy: bool = False
+
+
+def _n_tokens(snapshot: Snapshot) -> int:
+    return int(sum(len(s.data.codes) for s in snapshot.segments.values()))

@@ -14,7 +14,8 @@ Stages 1-3 never touch residuals; stage 2 never touches per-token codes either: 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -49,28 +50,33 @@ class SegmentArrays:
     doc_offsets: np.ndarray  # (n_docs + 1,) int64: document i is tokens doc_offsets[i]:doc_offsets[i+1]
     ivf_offsets: np.ndarray  # (n_centroids + 1,) int64
     ivf_docs: np.ndarray  # (n_postings,) int32: documents holding centroid c are ivf_docs[ivf_offsets[c]:...[c+1]]
+    _fd: int | None = field(default=None, init=False, repr=False)  # the residuals' file, open while this lives
+
+    def __post_init__(self) -> None:
+        """Open the residuals' file once, now, and keep it open while the segment is in use: a search that runs on
+        an older snapshot while a writer collects that snapshot's files must still read them (the memory maps keep
+        their files too). Closed when the segment is garbage-collected."""
+        filename = getattr(self.residuals, "filename", None)
+        if filename is not None:
+            self._fd = os.open(filename, os.O_RDONLY)
+            weakref.finalize(self, os.close, self._fd)
 
     def residuals_of(self, docs: np.ndarray) -> np.ndarray:
         """Packed residuals of the tokens of ``docs``, in order, read with one ``pread`` per document rather than
         through the memory map: the kernel maps a file's page cache in large folios, so touching 128 documents (3 MB)
         through the map made the search process resident in some 60 MB more of the file, and over many queries in
         most of it. Read this way, only what is read is in the process; the rest stays in the page cache."""
-        filename = getattr(self.residuals, "filename", None)
         starts, stops = self.doc_offsets[docs], self.doc_offsets[docs + 1]
-        if filename is None:  # an in-memory array
+        if self._fd is None:  # an in-memory array
             return self.residuals[_token_ranges(self.doc_offsets, docs)[0]]
         width = self.residuals.shape[1]
         out = np.empty((int((stops - starts).sum()), width), dtype=np.uint8)
         view, row = memoryview(out).cast("B"), 0
-        fd = os.open(filename, os.O_RDONLY)
-        try:
-            for start, stop in zip(starts.tolist(), stops.tolist()):
-                size = (stop - start) * width
-                if os.preadv(fd, [view[row:row + size]], self.residuals.offset + start * width) != size:
-                    raise OSError(f"{filename}: short read")
-                row += size
-        finally:
-            os.close(fd)
+        for start, stop in zip(starts.tolist(), stops.tolist()):
+            size = (stop - start) * width
+            if os.preadv(self._fd, [view[row:row + size]], self.residuals.offset + start * width) != size:
+                raise OSError(f"{self.residuals.filename}: short read")  # pread: no shared offset, safe in threads
+            row += size
         return out
 
 

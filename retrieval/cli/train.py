@@ -59,7 +59,12 @@ def train_command(
         max_length=max_length, colbert_dim=dim, seed=seed, save_every=save_every,
         eval_data=str(eval_data) if eval_data else None, eval_split=eval_split, eval_every=eval_every,
         bf16=bf16, device=device)
-    result = Trainer(settings).train()
+    evaluator = None
+    if eval_data:  # the composition root hands the harness's evaluation to the trainer, which cannot import it
+        from eval.runner import evaluate_head
+
+        evaluator = evaluate_head
+    result = Trainer(settings, evaluator=evaluator).train()
     err.print(f"saved {result.output} after {result.steps:,} steps ({result.seconds:,.0f} s, "
               f"{result.tokens / max(result.seconds, 1e-9):,.0f} tokens/s), final loss {result.final_loss:.4f}",
               highlight=False)

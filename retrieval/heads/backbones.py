@@ -1,6 +1,7 @@
 """Backbones turn token ids into per-text token states. ModernBERT runs on our unpadded encoder; any other
 architecture (BERT, e.g. all-MiniLM-L6-v2) runs through transformers' AutoModel (extra ``hf``) behind the same
-interface, so that baselines travel the same pipeline."""
+interface, so that baselines travel the same pipeline. Both are ``nn.Module``s holding the model as a submodule, so
+that a head's ``parameters()``, ``train()`` and ``to()`` reach it."""
 
 from __future__ import annotations
 
@@ -9,14 +10,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from torch import nn
 
 import encoder
 from encoder.packing import batches_by_token_budget, pack
 from encoder.tokenizer import Tokenizer
 
 
-class ModernBertBackbone:
+class ModernBertBackbone(nn.Module):
     def __init__(self, model: encoder.Encoder):
+        super().__init__()
         self.model = model
         self.tokenizer = model.tokenizer
         self.hidden_size = model.config.hidden_size
@@ -37,10 +40,11 @@ class ModernBertBackbone:
         self.model.save_pretrained(folder)
 
 
-class TransformersBackbone:
+class TransformersBackbone(nn.Module):
     """Any transformers encoder, run in length-sorted padded batches (its own kernels need padding)."""
 
     def __init__(self, folder: Path, device: torch.device, dtype: torch.dtype):
+        super().__init__()
         try:
             from transformers import AutoModel
         except ImportError:
@@ -52,7 +56,11 @@ class TransformersBackbone:
         self.tokenizer = Tokenizer.from_folder(folder)
         self.hidden_size = self.model.config.hidden_size
         self.max_length = getattr(self.model.config, "max_position_embeddings", 512)
-        self.device = device
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are now (the head may have been moved with ``to``)."""
+        return next(self.model.parameters()).device
 
     @torch.inference_mode()
     def token_states(self, token_ids: Sequence[Sequence[int]], show_progress: bool | None = None,

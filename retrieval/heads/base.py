@@ -52,6 +52,10 @@ class Head(Protocol):
     def similarity(self, queries: Any, documents: Any) -> np.ndarray:
         """(n_queries, n_documents) scores: cosine for dense heads, MaxSim for multi-vector heads."""
 
+    def scores(self, queries: Any, documents: Any) -> torch.Tensor:
+        """``similarity`` on ``forward``'s outputs, differentiable: what training losses score with, so that a
+        trainer never needs to know which head it holds."""
+
     def settings(self) -> dict[str, Any]:
         """What decides the vectors besides the weights (lengths, dimensions): part of cache keys and reports."""
 

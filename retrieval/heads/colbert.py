@@ -20,29 +20,33 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from torch import nn
 
 from encoder import checkpoint
 from encoder.errors import ModelLoadError
 from encoder.pretrained import check_dtype
 from encoder.tokenizer import Tokenizer, check_texts
 
+from ..scoring import maxsim, maxsim_scores
 from .backbones import load_backbone
 from .base import Kind
-from .dense import DenseLayer
-from ..scoring import maxsim
-from .formats import DenseSpec, STFolder, write_json, write_modules
-from .stanford import METADATA, is_stanford_folder, read_stanford_folder
+from .formats import METADATA, STFolder, is_stanford_folder, read_stanford_folder, write_folder
+from .layers import PyLateDense
 
 
-class ColBERT:
+class ColBERT(nn.Module):
+    """An ``nn.Module``: the backbone and the projection are submodules, so ``parameters()``, ``train()``/``eval()``
+    and ``to(device)`` reach them all. ``forward`` is the differentiable packed pass of training; ``encode_*``
+    infer."""
+
     kind: Kind = "colbert"
 
     def __init__(self, spec: STFolder, device: torch.device, dtype: torch.dtype, query_length: int | None = None,
                  document_length: int | None = None):
+        super().__init__()
         self.spec = spec
         self.backbone = load_backbone(spec.transformer, device, dtype)
-        self.dense = [DenseLayer(d).to(device) for d in spec.dense]
+        self.dense = nn.ModuleList(spec.dense).to(device)
         settings = spec.settings
         tokenizer = self.backbone.tokenizer
         self.query_length = query_length or settings.get("query_length") or 32
@@ -57,6 +61,7 @@ class ColBERT:
         words = settings.get("skiplist_words", list(string.punctuation))
         self.skiplist = {tokenizer.backend.token_to_id(w) for w in words} - {None} | (
             {unknown} if unknown is not None and any(tokenizer.backend.token_to_id(w) is None for w in words) else set())
+        self.eval()
 
     def _prefix_id(self, prefix: str | None) -> int | None:
         if prefix is None:
@@ -76,8 +81,8 @@ class ColBERT:
         check_dtype(device, dtype)
         folder = checkpoint.resolve(name_or_path, revision,
                                     extra_files=["*.json", "*/*.json", "*/*.safetensors", METADATA, "vocab.txt"])
-        spec = read_stanford_folder(folder) if is_stanford_folder(folder) else STFolder.read(folder)
-        if spec.pooling:
+        spec = read_stanford_folder(folder) if is_stanford_folder(folder) else STFolder.read(folder, PyLateDense)
+        if spec.pooling is not None:
             raise ModelLoadError(f"{folder} pools to one vector: load it with BiEncoder")
         return cls(spec, device, dtype, query_length, document_length)
 
@@ -98,7 +103,7 @@ class ColBERT:
         limit = spec.max_seq_length or checkpoint.read_config(spec.transformer).get("max_position_embeddings", 512)
         settings = {"query_prefix": None, "document_prefix": None, "query_length": limit, "document_length": limit,
                     "do_query_expansion": False, "skiplist_words": []}
-        spec = replace(spec, pooling=[], dense=[], normalize=False, settings=settings)
+        spec = replace(spec, pooling=None, dense=[], normalize=None, settings=settings)
         return cls(spec, device, dtype, query_length, document_length)
 
     @classmethod
@@ -121,13 +126,12 @@ class ColBERT:
         settings = {"query_prefix": markers[0], "document_prefix": markers[1], "query_length": query_length,
                     "document_length": document_length, "do_query_expansion": True,
                     "attend_to_expansion_tokens": False, "skiplist_words": list(string.punctuation)}
-        projection = DenseSpec(None, hidden, dim, False, "torch.nn.modules.linear.Identity")
-        spec = replace(base, pooling=[], dense=[projection], normalize=False, settings=settings)
+        spec = replace(base, pooling=None, dense=[PyLateDense.new(hidden, dim)], normalize=None, settings=settings)
         return cls(spec, device, dtype)
 
     @property
     def dim(self) -> int:
-        return self.spec.dense[-1].out_features if self.spec.dense else self.backbone.hidden_size
+        return self.dense[-1].out_features if len(self.dense) else self.backbone.hidden_size
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -144,6 +148,11 @@ class ColBERT:
     def similarity(self, queries: Sequence[np.ndarray], documents: Sequence[np.ndarray]) -> np.ndarray:
         """MaxSim: for each query token its best document token, summed over the query's tokens."""
         return maxsim(queries, documents)
+
+    def scores(self, queries: Sequence[torch.Tensor], documents: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``similarity`` on ``forward``'s outputs, differentiable (training losses): (n_queries, n_documents)
+        MaxSim scores."""
+        return maxsim_scores(queries, documents)
 
     def settings(self) -> dict[str, int | None]:
         return {"query_length": self.query_length, "document_length": self.document_length}
@@ -215,26 +224,12 @@ class ColBERT:
                 "this model has no [Q]/[D] marker tokens or no projection (made by from_token_embeddings?), which "
                 "the PyLate layout cannot express: PyLate would load it as a different model. Load it again from its "
                 "source folder with ColBERT.from_token_embeddings instead")
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.backbone.save(folder)
-        write_json(folder / "sentence_bert_config.json", {"max_seq_length": self.backbone.max_length,
-                                                          "do_lower_case": self.spec.do_lower_case})
-        modules = [("", "sentence_transformers.models.Transformer")]
-        for i, layer in enumerate(self.dense, start=1):
-            path = f"{i}_Dense"
-            write_json(folder / path / "config.json", {
-                "in_features": layer.spec.in_features, "out_features": layer.spec.out_features,
-                "bias": layer.spec.bias, "activation_function": layer.spec.activation, "use_residual": False})
-            save_file({k: v.contiguous().cpu() for k, v in layer.state_dict().items()},
-                      str(folder / path / "model.safetensors"))
-            modules.append((path, "pylate.models.Dense.Dense"))
-        write_modules(folder, modules)
         settings = {k: v for k, v in self.spec.settings.items() if k != "__version__"}
-        write_json(folder / "config_sentence_transformers.json", {
-            **settings, "model_type": "ColBERT", "similarity_fn_name": "MaxSim", "query_length": self.query_length,
-            "document_length": self.document_length, "do_query_expansion": self.query_expansion,
-            "attend_to_expansion_tokens": self.attend_to_expansion})
+        settings = {**settings, "model_type": "ColBERT", "similarity_fn_name": "MaxSim",
+                    "query_length": self.query_length, "document_length": self.document_length,
+                    "do_query_expansion": self.query_expansion, "attend_to_expansion_tokens": self.attend_to_expansion}
+        write_folder(Path(folder), self.backbone, self.backbone.max_length, self.spec.do_lower_case, list(self.dense),
+                     settings)
 
     def rerank(self, query: str, documents: Sequence[str]) -> list[tuple[int, float]]:
         """(document index, MaxSim score) pairs, best first."""

@@ -6,7 +6,6 @@ all-MiniLM-L6-v2 and models saved here load in either library with the same vect
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -14,8 +13,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import save_file
+from torch import nn
 
 from encoder import checkpoint
 from encoder.errors import ModelLoadError
@@ -25,53 +23,33 @@ from modernretrieval.errors import SettingsError
 
 from .backbones import load_backbone
 from .base import Kind
-from .layers import pool_all, pool_packed
-from .formats import CLASSIC_POOLING_KEYS, DenseSpec, STFolder, write_json, write_modules
+from .formats import STFolder, write_folder
+from .layers import Normalize, Pooling, pool_all
 
 Output = Literal["numpy", "torch"]
 
 
-class DenseLayer(torch.nn.Module):
-    """sentence-transformers' Dense: Linear then an activation (Identity, Tanh, ...)."""
+class BiEncoder(nn.Module):
+    """An ``nn.Module``: the backbone and each layer are submodules, so ``parameters()``, ``train()``/``eval()`` and
+    ``to(device)`` reach them all. ``forward`` is the differentiable packed pass of training; ``encode*`` infer."""
 
-    def __init__(self, spec: DenseSpec):
-        super().__init__()
-        self.spec = spec
-        self.linear = torch.nn.Linear(spec.in_features, spec.out_features, bias=spec.bias)
-        module_path, _, name = spec.activation.rpartition(".")
-        self.activation = getattr(importlib.import_module(module_path), name)() if module_path.startswith(
-            "torch.nn") else torch.nn.Identity()
-        if spec.folder is None:  # a new layer, to be trained
-            with torch.no_grad():
-                if spec.in_features == spec.out_features:
-                    self.linear.weight.copy_(torch.eye(spec.in_features))
-                else:
-                    torch.nn.init.orthogonal_(self.linear.weight, generator=torch.Generator().manual_seed(0))
-                if self.linear.bias is not None:
-                    self.linear.bias.zero_()
-            return
-        weights = spec.folder / "model.safetensors"
-        if not weights.exists():
-            raise ModelLoadError(f"{spec.folder} has no model.safetensors (only safetensors are loaded)")
-        # only the linear.* keys: a Stanford ColBERT checkpoint keeps its projection beside the whole BERT
-        with safe_open(str(weights), framework="pt") as f:
-            self.load_state_dict({k: f.get_tensor(k) for k in f.keys() if k.startswith("linear.")})
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.activation(self.linear(x))
-
-
-class BiEncoder:
     kind: Kind = "dense"
 
     def __init__(self, folder: Path, spec: STFolder, device: torch.device, dtype: torch.dtype,
                  truncate_dim: int | None = None):
+        super().__init__()
+        if spec.pooling is None:
+            raise ModelLoadError(f"{folder} has no Pooling module: a multi-vector model? load it with ColBERT")
         self.folder, self.spec = folder, spec
         self.backbone = load_backbone(spec.transformer, device, dtype)
-        self.dense = [DenseLayer(d).to(device) for d in spec.dense]
+        self.pooling = spec.pooling
+        if self.pooling.dimension is None:
+            self.pooling.dimension = self.backbone.hidden_size
+        self.dense = nn.ModuleList(spec.dense).to(device)
+        self.normalizer = spec.normalize
         self.max_length = spec.max_seq_length or self.backbone.tokenizer.model_max_length
         self.truncate_dim = truncate_dim
-        self.device = device
+        self.eval()
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, device: str | torch.device = "cpu",
@@ -82,9 +60,7 @@ class BiEncoder:
         check_dtype(device, dtype)
         folder = checkpoint.resolve(name_or_path, revision, extra_files=["*.json", "*/*.json", "*/*.safetensors"])
         spec = STFolder.read(folder)
-        if not spec.pooling:
-            raise ModelLoadError(f"{folder} has no Pooling module: a multi-vector model? load it with ColBERT")
-        if not spec.include_prompt:
+        if spec.pooling is not None and not spec.pooling.include_prompt:
             raise ModelLoadError("pooling with include_prompt=false is not supported yet")
         return cls(folder, spec, device, dtype, truncate_dim)
 
@@ -99,13 +75,19 @@ class BiEncoder:
         folder = checkpoint.resolve(name_or_path, revision)
         if (folder / "modules.json").exists():
             return cls.from_pretrained(folder, device, dtype)
-        spec = STFolder(transformer=folder, pooling=[pooling], normalize=True, max_seq_length=max_length)
+        hidden = checkpoint.read_config(folder)["hidden_size"]
+        spec = STFolder(transformer=folder, pooling=Pooling(hidden, [pooling]), normalize=Normalize(),
+                        max_seq_length=max_length)
         return cls(folder, spec, device, dtype)
 
     @property
     def dim(self) -> int:
-        full = self.spec.dense[-1].out_features if self.spec.dense else self.backbone.hidden_size * len(self.spec.pooling)
+        full = self.dense[-1].out_features if len(self.dense) else self.backbone.hidden_size * len(self.pooling.modes)
         return min(full, self.truncate_dim or full)
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.model.device
 
     def encode(self, texts: Sequence[str], prompt_name: str | None = None, prompt: str | None = None,
                normalize: bool | None = None, output: Output = "numpy",
@@ -120,7 +102,7 @@ class BiEncoder:
             prompt = self.spec.prompts.get(prompt_name, "") if prompt_name else ""
         token_ids = self._token_ids(texts, prompt)
         with torch.inference_mode():
-            vectors = self._head(pool_all(self.backbone.token_states(token_ids, show_progress), self.spec.pooling),
+            vectors = self._head(pool_all(self.backbone.token_states(token_ids, show_progress), self.pooling.modes),
                                  normalize)
         vectors = vectors.float().cpu().contiguous()
         return vectors.numpy() if output == "numpy" else vectors
@@ -143,17 +125,17 @@ class BiEncoder:
         """Differentiable (training): token ids -> (n, dim) vectors, all texts in one packed pass (queries and
         documents alike: the prompt is already in the ids)."""
         hidden, cu_seqlens = self.backbone.forward_states(token_ids)
-        return self._head(pool_packed(hidden, cu_seqlens, self.spec.pooling))
+        return self._head(self.pooling(hidden, cu_seqlens))
 
     def _head(self, vectors: torch.Tensor, normalize: bool | None = None) -> torch.Tensor:
         """Pooled vectors -> Dense layers -> Normalize -> Matryoshka truncation (renormalized)."""
         for layer in self.dense:
             vectors = layer(vectors)
-        if self.spec.normalize:
-            vectors = F.normalize(vectors, dim=-1)
+        if self.normalizer is not None:
+            vectors = self.normalizer(vectors)
         if self.truncate_dim:
             vectors = vectors[:, : self.truncate_dim]
-        if normalize or (normalize is None and self.spec.normalize and self.truncate_dim):
+        if normalize or (normalize is None and self.normalizer is not None and self.truncate_dim):
             vectors = F.normalize(vectors, dim=-1)
         return vectors
 
@@ -193,6 +175,14 @@ class BiEncoder:
         d = d / np.maximum(np.linalg.norm(d, axis=-1, keepdims=True), 1e-12)
         return q @ d.T
 
+    def scores(self, queries: torch.Tensor | Sequence[torch.Tensor],
+               documents: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        """``similarity`` on ``forward``'s outputs, differentiable (training losses): (n_queries, n_documents)
+        cosines. Rows may come as one (n, dim) tensor or as a sequence of (dim,) rows."""
+        q = queries if isinstance(queries, torch.Tensor) else torch.stack(list(queries))
+        d = documents if isinstance(documents, torch.Tensor) else torch.stack(list(documents))
+        return F.normalize(q, dim=-1) @ F.normalize(d, dim=-1).T
+
     def settings(self) -> dict[str, int | None]:
         return {"max_length": self.max_length, "truncate_dim": self.truncate_dim}
 
@@ -214,29 +204,10 @@ class BiEncoder:
         return None
 
     def save(self, folder: str | Path) -> None:
-        """A sentence-transformers folder that this class and sentence-transformers both load."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.backbone.save(folder)
-        write_json(folder / "sentence_bert_config.json", {"max_seq_length": self.max_length,
-                                                          "do_lower_case": self.spec.do_lower_case})
-        modules = [("", "sentence_transformers.models.Transformer"), ("1_Pooling", "sentence_transformers.models.Pooling")]
-        write_json(folder / "1_Pooling" / "config.json", {
-            "word_embedding_dimension": self.backbone.hidden_size, "include_prompt": self.spec.include_prompt,
-            **{key: mode in self.spec.pooling for key, mode in CLASSIC_POOLING_KEYS.items()}})
-        for i, layer in enumerate(self.dense, start=2):
-            path = f"{i}_Dense"
-            write_json(folder / path / "config.json", {
-                "in_features": layer.spec.in_features, "out_features": layer.spec.out_features,
-                "bias": layer.spec.bias, "activation_function": layer.spec.activation})
-            save_file({k: v.contiguous().cpu() for k, v in layer.state_dict().items()},
-                      str(folder / path / "model.safetensors"))
-            modules.append((path, "sentence_transformers.models.Dense"))
-        if self.spec.normalize:
-            modules.append((f"{len(modules)}_Normalize", "sentence_transformers.models.Normalize"))
-            (folder / modules[-1][0]).mkdir(exist_ok=True)
-        write_modules(folder, modules)
+        """A sentence-transformers folder that this class and sentence-transformers both load: the backbone, then
+        1_Pooling, 2_Dense..., N_Normalize, each saved by its module."""
+        layers = [self.pooling, *self.dense, *([self.normalizer] if self.normalizer is not None else [])]
         settings = {k: v for k, v in self.spec.settings.items() if k != "__version__"}
-        write_json(folder / "config_sentence_transformers.json",
-                   {"prompts": self.spec.prompts, "default_prompt_name": None, "similarity_fn_name": "cosine",
-                    **settings})
+        write_folder(Path(folder), self.backbone, self.max_length, self.spec.do_lower_case, layers,
+                     {"prompts": self.spec.prompts, "default_prompt_name": None, "similarity_fn_name": "cosine",
+                      **settings})

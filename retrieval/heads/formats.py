@@ -1,48 +1,64 @@
-"""The sentence-transformers folder layout: what a model folder says about its modules, read and written.
+"""Model folder layouts, read and written side by side: what a folder says about its modules.
 
-Both generations are read: the classic one (``sentence_transformers.models.Pooling`` in modules.json,
-``pooling_mode_mean_tokens: true``, ``max_seq_length`` in sentence_bert_config.json) and the 6.x one
-(``sentence_transformers.sentence_transformer.modules.pooling.Pooling``, ``pooling_mode: "mean"``).
-PyLate's ColBERT folders use the same layout with ``pylate.models.Dense.Dense`` and extra keys.
+- The sentence-transformers folder (bi-encoders). Both generations are read: the classic one
+  (``sentence_transformers.models.Pooling`` in modules.json, ``pooling_mode_mean_tokens: true``, ``max_seq_length``
+  in sentence_bert_config.json) and the 6.x one (``sentence_transformers.sentence_transformer.modules.pooling.
+  Pooling``, ``pooling_mode: "mean"``). Written in the classic spelling, which every version (2.x to 6.x) reads.
+- The PyLate folder (ColBERT): the same layout, with ``pylate.models.Dense.Dense`` and ColBERT's settings in
+  config_sentence_transformers.json.
+- The Stanford ColBERT checkpoint (colbert-ai, e.g. colbert-ir/colbertv2.0), read only: one BERT checkpoint whose
+  weights carry the projection as ``linear.weight`` (no bias) beside ``bert.*``, and ``artifact.metadata`` (the
+  ColBERTConfig as JSON): marker tokens ``[unused0]``/``[unused1]`` put after [CLS], query_maxlen / doc_maxlen,
+  attend_to_mask_tokens, mask_punctuation. Those map one to one onto the PyLate settings our ColBERT head already
+  runs, so it is read as a PyLate folder and no separate code path is needed.
+
+Each module reads and writes its own folder (``layers``); this module knows which modules a folder holds, in what
+order, and the files around them.
 """
 
 from __future__ import annotations
 
 import json
+import string
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+from safetensors import safe_open
 
 from encoder.errors import ModelLoadError
 
-POOLING_MODES = ("cls", "mean", "max", "lasttoken", "mean_sqrt_len_tokens")
-CLASSIC_POOLING_KEYS = {
-    "pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean", "pooling_mode_max_tokens": "max",
-    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens", "pooling_mode_lasttoken": "lasttoken",
-}
+from .layers import Dense, Normalize, Pooling, PyLateDense, write_json
+
+__all__ = ["METADATA", "STFolder", "is_stanford_folder", "read_stanford_folder", "write_folder", "write_json",
+           "write_modules"]
+
+TRANSFORMER = "sentence_transformers.models.Transformer"
+METADATA = "artifact.metadata"
 
 
-@dataclass
-class DenseSpec:
-    """A Dense module: Linear(in, out, bias) then an activation, weights in ``folder/model.safetensors`` (a new
-    layer, not yet saved, has no folder: it starts as the identity when square, else random)."""
+class Saves(Protocol):
+    """What ``write_folder`` needs of the backbone and of each module: it writes its own files into a folder."""
 
-    folder: Path | None
-    in_features: int
-    out_features: int
-    bias: bool
-    activation: str  # a torch class path, e.g. torch.nn.modules.linear.Identity
+    def save(self, folder: Path) -> None: ...
+
+
+class Layer(Saves, Protocol):
+    type_name: str
 
 
 @dataclass
 class STFolder:
+    """A model folder's modules (loaded, with their weights) and settings. ``dense`` holds the Dense modules in
+    folder order; the head that reads the folder decides their class (``Dense`` or PyLate's)."""
+
     transformer: Path  # the backbone's own folder (config.json, weights, tokenizer)
     max_seq_length: int | None = None
     do_lower_case: bool = False
-    pooling: list[str] = field(default_factory=list)  # empty: no Pooling module (ColBERT keeps tokens)
-    include_prompt: bool = True
-    dense: list[DenseSpec] = field(default_factory=list)
-    normalize: bool = False
+    pooling: Pooling | None = None  # None: no Pooling module (ColBERT keeps tokens)
+    dense: list[Dense] = field(default_factory=list)
+    normalize: Normalize | None = None
     settings: dict[str, Any] = field(default_factory=dict)  # config_sentence_transformers.json
 
     @property
@@ -50,7 +66,7 @@ class STFolder:
         return self.settings.get("prompts") or {}
 
     @classmethod
-    def read(cls, folder: Path) -> "STFolder":
+    def read(cls, folder: Path, dense: type[Dense] = Dense) -> "STFolder":
         modules_file = folder / "modules.json"
         if not modules_file.exists():
             raise ModelLoadError(f"{folder} has no modules.json; it is not a sentence-transformers model folder")
@@ -62,13 +78,11 @@ class STFolder:
                 spec.transformer = path
                 spec.max_seq_length, spec.do_lower_case = _transformer_settings(path)
             elif kind == "Pooling":
-                spec.pooling, spec.include_prompt = _pooling_settings(path / "config.json")
+                spec.pooling = Pooling.load(path)
             elif kind == "Dense":
-                raw = json.loads((path / "config.json").read_text())
-                spec.dense.append(DenseSpec(path, raw["in_features"], raw["out_features"], raw.get("bias", True),
-                                            raw.get("activation_function", "torch.nn.modules.linear.Identity")))
+                spec.dense.append(dense.load(path))
             elif kind == "Normalize":
-                spec.normalize = True
+                spec.normalize = Normalize.load(path)
             else:
                 raise ModelLoadError(f"module {module['type']} in {modules_file} is not supported")
         settings = folder / "config_sentence_transformers.json"
@@ -85,18 +99,21 @@ def _transformer_settings(path: Path) -> tuple[int | None, bool]:
     return None, False
 
 
-def _pooling_settings(config_file: Path) -> tuple[list[str], bool]:
-    raw = json.loads(config_file.read_text())
-    if "pooling_mode" in raw:
-        modes = raw["pooling_mode"]
-        modes = [modes] if isinstance(modes, str) else list(modes)
-    else:
-        modes = [mode for key, mode in CLASSIC_POOLING_KEYS.items() if raw.get(key)]
-    modes = ["mean_sqrt_len_tokens" if m == "mean_sqrt_len" else m for m in modes]
-    unknown = [m for m in modes if m not in POOLING_MODES]
-    if unknown or not modes:
-        raise ModelLoadError(f"pooling {unknown or 'none'} in {config_file} is not supported; use one of {POOLING_MODES}")
-    return modes, bool(raw.get("include_prompt", True))
+def write_folder(folder: Path, backbone: Saves, max_seq_length: int, do_lower_case: bool, layers: Sequence[Layer],
+                 settings: dict[str, Any]) -> None:
+    """A sentence-transformers (or PyLate) folder: the backbone saves itself in the root (the Transformer module,
+    with sentence_bert_config.json beside it), each layer into its numbered folder (``1_Pooling``, ``2_Dense``,
+    ...), then modules.json and config_sentence_transformers.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    backbone.save(folder)
+    write_json(folder / "sentence_bert_config.json", {"max_seq_length": max_seq_length, "do_lower_case": do_lower_case})
+    modules = [("", TRANSFORMER)]
+    for number, layer in enumerate(layers, start=1):
+        path = f"{number}_{layer.type_name.rsplit('.', 1)[-1]}"
+        layer.save(folder / path)
+        modules.append((path, layer.type_name))
+    write_modules(folder, modules)
+    write_json(folder / "config_sentence_transformers.json", settings)
 
 
 def write_modules(folder: Path, modules: list[tuple[str, str]]) -> None:
@@ -105,6 +122,33 @@ def write_modules(folder: Path, modules: list[tuple[str, str]]) -> None:
     (folder / "modules.json").write_text(json.dumps(entries, indent=2) + "\n")
 
 
-def write_json(path: Path, content: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(content, indent=2) + "\n")
+def is_stanford_folder(folder: Path) -> bool:
+    return (folder / METADATA).exists() and not (folder / "modules.json").exists()
+
+
+def read_stanford_folder(folder: Path) -> STFolder:
+    """A Stanford ColBERT checkpoint as the PyLate folder it is equivalent to."""
+    try:
+        meta = json.loads((folder / METADATA).read_text())
+    except json.JSONDecodeError as error:
+        raise ModelLoadError(f"{folder / METADATA} is not valid JSON: {error}") from None
+    weights = folder / "model.safetensors"
+    if not weights.exists():
+        raise ModelLoadError(f"{folder} has no model.safetensors (only safetensors are loaded; convert the "
+                             "pytorch_model.bin with safetensors' convert script)")
+    with safe_open(str(weights), framework="pt") as f:
+        if "linear.weight" not in f.keys():
+            raise ModelLoadError(f"{weights} has no linear.weight: it is not a Stanford ColBERT checkpoint")
+        out_features, in_features = f.get_slice("linear.weight").get_shape()
+    settings = {
+        "query_prefix": meta.get("query_token_id", "[unused0]"),
+        "document_prefix": meta.get("doc_token_id", "[unused1]"),
+        "query_length": meta.get("query_maxlen", 32),
+        "document_length": meta.get("doc_maxlen", 220),
+        "do_query_expansion": True,
+        "attend_to_expansion_tokens": bool(meta.get("attend_to_mask_tokens", False)),
+        "skiplist_words": list(string.punctuation) if meta.get("mask_punctuation", True) else [],
+    }
+    projection = PyLateDense(in_features, out_features, bias=False)
+    projection.load_weights(weights)
+    return STFolder(transformer=folder, max_seq_length=512, dense=[projection], settings=settings)

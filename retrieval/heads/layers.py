@@ -1,13 +1,183 @@
-"""Pooling token states into one vector per text, as sentence-transformers' Pooling module does.
+"""The modules a head runs after its backbone, each saving and loading its own folder as sentence-transformers'
+modules do (``config.json``, plus ``model.safetensors`` when it has weights), so that a head's folder is the
+backbone's files plus one numbered folder per module (see ``formats``).
 
-Every token counts, [CLS] and [SEP] included (they are under the attention mask in sentence-transformers too).
-Texts arrive packed (all tokens of all texts in one (total, hidden) tensor, text i at cu_seqlens[i]:cu_seqlens[i+1]),
-so pooling is segment arithmetic: no padding, and differentiable for training.
+- ``Pooling``: token states to one vector per text. Every token counts, [CLS] and [SEP] included (they are under
+  the attention mask in sentence-transformers too). Texts arrive packed (all tokens of all texts in one
+  (total, hidden) tensor, text i at cu_seqlens[i]:cu_seqlens[i+1]), so pooling is segment arithmetic: no padding,
+  and differentiable for training.
+- ``Dense``: Linear then an activation; ``PyLateDense`` is the same layer in PyLate's spelling (ColBERT's
+  projection).
+- ``Normalize``: L2 normalization.
 """
 
 from __future__ import annotations
 
+import importlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
 import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from encoder.errors import ModelLoadError
+
+POOLING_MODES = ("cls", "mean", "max", "lasttoken", "mean_sqrt_len_tokens")
+CLASSIC_POOLING_KEYS = {
+    "pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean", "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens", "pooling_mode_lasttoken": "lasttoken",
+}
+IDENTITY = "torch.nn.modules.linear.Identity"
+
+
+def write_json(path: Path, content: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(content, indent=2) + "\n")
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """A module's config.json ({} when the folder has none: sentence-transformers before 6 saved Normalize so)."""
+    path = folder / "config.json"
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ModelLoadError(f"{path} is not valid JSON: {error}") from None
+
+
+class Pooling(nn.Module):
+    """sentence-transformers' Pooling: one or several modes, concatenated in order."""
+
+    type_name: ClassVar[str] = "sentence_transformers.models.Pooling"
+
+    def __init__(self, dimension: int | None, modes: Sequence[str], include_prompt: bool = True):
+        """``dimension``: the backbone's hidden size, written to the config (None: not known yet; the head that
+        holds this layer sets it)."""
+        super().__init__()
+        unknown = [m for m in modes if m not in POOLING_MODES]
+        if unknown or not modes:
+            raise ValueError(f"pooling {unknown or 'none'} is not supported; use one of {POOLING_MODES}")
+        self.dimension, self.modes, self.include_prompt = dimension, list(modes), include_prompt
+
+    def forward(self, hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+        return pool_packed(hidden, cu_seqlens, self.modes)
+
+    def config(self) -> dict[str, Any]:
+        """The classic spelling (one boolean per mode), which every sentence-transformers version (2.x to 6.x)
+        reads."""
+        return {"word_embedding_dimension": self.dimension, "include_prompt": self.include_prompt,
+                **{key: mode in self.modes for key, mode in CLASSIC_POOLING_KEYS.items()}}
+
+    def save(self, folder: Path) -> None:
+        write_json(folder / "config.json", self.config())
+
+    @classmethod
+    def load(cls, folder: Path) -> "Pooling":
+        """Both spellings: the classic one (``pooling_mode_mean_tokens: true``, ``word_embedding_dimension``) and
+        the 6.x one (``pooling_mode: "mean"``, ``embedding_dimension``)."""
+        raw = read_config(folder)
+        if "pooling_mode" in raw:
+            modes = raw["pooling_mode"]
+            modes = [modes] if isinstance(modes, str) else list(modes)
+        else:
+            modes = [mode for key, mode in CLASSIC_POOLING_KEYS.items() if raw.get(key)]
+        modes = ["mean_sqrt_len_tokens" if m == "mean_sqrt_len" else m for m in modes]
+        dimension = raw.get("word_embedding_dimension", raw.get("embedding_dimension"))
+        try:
+            return cls(dimension, modes, bool(raw.get("include_prompt", True)))
+        except ValueError as error:
+            raise ModelLoadError(f"{folder / 'config.json'}: {error}") from None
+
+
+class Dense(nn.Module):
+    """sentence-transformers' Dense: Linear then an activation (Identity, Tanh, ...)."""
+
+    type_name: ClassVar[str] = "sentence_transformers.models.Dense"
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: str = IDENTITY):
+        """Weights are left uninitialized (``load_weights`` or ``new`` fill them): building a layer draws nothing
+        from the global random stream."""
+        super().__init__()
+        self.in_features, self.out_features, self.bias = in_features, out_features, bias
+        self.activation_name = activation
+        self.linear = nn.utils.skip_init(nn.Linear, in_features, out_features, bias=bias)
+        module_path, _, name = activation.rpartition(".")
+        self.activation = getattr(importlib.import_module(module_path), name)() if module_path.startswith(
+            "torch.nn") else nn.Identity()
+
+    @classmethod
+    def new(cls, in_features: int, out_features: int) -> "Dense":
+        """A layer to train, without bias: the identity when square, else a random orthogonal matrix (seeded: the
+        same every time)."""
+        layer = cls(in_features, out_features, bias=False)
+        with torch.no_grad():
+            if in_features == out_features:
+                layer.linear.weight.copy_(torch.eye(in_features))
+            else:
+                nn.init.orthogonal_(layer.linear.weight, generator=torch.Generator().manual_seed(0))
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.linear(x))
+
+    def config(self) -> dict[str, Any]:
+        return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias,
+                "activation_function": self.activation_name}
+
+    def save(self, folder: Path) -> None:
+        write_json(folder / "config.json", self.config())
+        save_file({k: v.contiguous().cpu() for k, v in self.state_dict().items()}, str(folder / "model.safetensors"))
+
+    @classmethod
+    def load(cls, folder: Path) -> "Dense":
+        raw = read_config(folder)
+        if raw.get("use_residual"):
+            raise ModelLoadError(f"{folder / 'config.json'}: a Dense layer with use_residual is not supported")
+        layer = cls(raw["in_features"], raw["out_features"], raw.get("bias", True),
+                    raw.get("activation_function", IDENTITY))
+        layer.load_weights(folder / "model.safetensors")
+        return layer
+
+    def load_weights(self, weights: Path) -> None:
+        """Only the ``linear.*`` tensors of the file: a Stanford ColBERT checkpoint keeps its projection beside
+        the whole BERT."""
+        if not weights.exists():
+            raise ModelLoadError(f"{weights.parent} has no model.safetensors (only safetensors are loaded)")
+        with safe_open(str(weights), framework="pt") as f:
+            self.load_state_dict({k: f.get_tensor(k) for k in f.keys() if k.startswith("linear.")})
+
+
+class PyLateDense(Dense):
+    """PyLate's Dense (ColBERT's projection): sentence-transformers' Dense, saved with ``use_residual: false`` under
+    PyLate's type name, which PyLate needs to load the folder as a ColBERT."""
+
+    type_name: ClassVar[str] = "pylate.models.Dense.Dense"
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "use_residual": False}
+
+
+class Normalize(nn.Module):
+    """sentence-transformers' Normalize: L2 normalization of each vector."""
+
+    type_name: ClassVar[str] = "sentence_transformers.models.Normalize"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=-1)
+
+    def save(self, folder: Path) -> None:
+        """An empty config: every sentence-transformers version reads it as the default Normalize."""
+        write_json(folder / "config.json", {})
+
+    @classmethod
+    def load(cls, folder: Path) -> "Normalize":
+        return cls()
 
 
 def pool_packed(hidden: torch.Tensor, cu_seqlens: torch.Tensor, modes: list[str]) -> torch.Tensor:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from eval.datasets.beir import DatasetError, find_file, load_beir, read_jsonl
+
+from ..heads import Head
 
 
 @dataclass
@@ -102,10 +103,10 @@ def load_texts(path: str | Path) -> list[str]:
     return texts
 
 
-def mine_negatives(examples: list[Example], model: Any, count: int, corpus: list[str] | None = None,
+def mine_negatives(examples: list[Example], model: Head, count: int, corpus: list[str] | None = None,
                    skip: int = 0, show_progress: bool | None = None) -> list[Example]:
     """Hard negatives from our own index: the corpus (default: every document the examples name) is encoded with
-    ``model`` (a BiEncoder) into a FaissIndex (flat, exact), and each query gets the ``count`` best-ranked documents
+    ``model`` (a dense head) into a FaissIndex (flat, exact), and each query gets the ``count`` best-ranked documents
     that are not its positive, after skipping the first ``skip`` of them (the very top is where unjudged positives
     hide). Existing negatives are replaced."""
     import tempfile

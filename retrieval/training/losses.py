@@ -12,35 +12,26 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..scoring import maxsim_scores
+
+__all__ = ["colbert_contrastive", "contrastive", "info_nce", "kl_distillation", "mask_tokens", "maxsim_scores"]
+
+
+def contrastive(scores: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Cross-entropy over (n_queries, n_documents) scores / temperature, document i being query i's positive: the
+    in-batch-negatives loss whatever the head's scores are (cosine, MaxSim)."""
+    return F.cross_entropy(scores / temperature, torch.arange(len(scores), device=scores.device))
+
 
 def info_nce(queries: torch.Tensor, documents: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
     """Cross-entropy over cosine similarities / temperature (MNRL's scale 20 is temperature 0.05)."""
-    scores = F.normalize(queries, dim=-1) @ F.normalize(documents, dim=-1).T / temperature
-    return F.cross_entropy(scores, torch.arange(len(queries), device=scores.device))
-
-
-def maxsim_scores(queries: Sequence[torch.Tensor], documents: Sequence[torch.Tensor]) -> torch.Tensor:
-    """(n_queries, n_documents) late-interaction scores: for each query token its best document token, summed.
-    Documents are padded here (inside the loss, after the encoder) with -inf so padding never wins a max."""
-    dim = queries[0].shape[1]
-    longest = max(len(d) for d in documents)
-    padded = queries[0].new_zeros(len(documents), longest, dim)
-    valid = torch.zeros(len(documents), longest, dtype=torch.bool, device=padded.device)
-    for i, d in enumerate(documents):
-        padded[i, : len(d)] = d
-        valid[i, : len(d)] = True
-    rows = []
-    for q in queries:
-        sims = torch.einsum("qd,ntd->nqt", q, padded).masked_fill(~valid[:, None, :], float("-inf"))
-        rows.append(sims.max(dim=2).values.sum(dim=1))
-    return torch.stack(rows)
+    return contrastive(F.normalize(queries, dim=-1) @ F.normalize(documents, dim=-1).T, temperature)
 
 
 def colbert_contrastive(queries: Sequence[torch.Tensor], documents: Sequence[torch.Tensor],
                         temperature: float = 1.0) -> torch.Tensor:
     """Cross-entropy over MaxSim scores (PyLate's Contrastive loss; its default temperature is 1)."""
-    scores = maxsim_scores(queries, documents) / temperature
-    return F.cross_entropy(scores, torch.arange(len(queries), device=scores.device))
+    return contrastive(maxsim_scores(queries, documents), temperature)
 
 
 def kl_distillation(student_scores: torch.Tensor, teacher_scores: torch.Tensor,

@@ -4,14 +4,21 @@ ModernBERT to a domain with masked-language modelling.
 Why our own loop rather than sentence-transformers' trainers: their collators pad every batch, while our encoder
 runs all texts of a step as one packed sequence (no compute on padding: the speed-up is largest on mixed lengths,
 see bench/train_throughput.py), and the loop is short enough to make resuming exact: every random choice (the order
-of examples, the MLM masks) is a function of (seed, step), so a run resumed from a checkpoint draws what the
-uninterrupted run drew, and with the optimizer and scheduler states restored it ends with the same weights.
+of examples, the MLM masks, the cached loss's dropout seeds) is a function of (seed, step), dropout draws from the
+run's own random stream (saved with each checkpoint), so a run resumed from a checkpoint draws what the
+uninterrupted run drew, and with the optimizer and scheduler states restored it ends with the same weights. The
+caller's global random streams (python, numpy, torch) are left as they were.
 
-A step is ``accumulation`` micro-batches of ``batch_size`` examples each; AdamW (fused on CUDA), linear warmup then
-linear decay, gradient clipping; bf16 autocast on CUDA by default. Checkpoints (``OUTPUT/checkpoints/step-N``: the
-model in its own format + trainer.pt) every ``save_every`` steps, written beside and renamed into place; the run
-resumes from the latest one found. The final model goes to OUTPUT in the sentence-transformers (dense), PyLate
-(colbert) or Hugging Face (mlm) layout, with README.md (a model card) and training_log.jsonl.
+The heads are used through the ``Head`` interface only (tokenize, forward, scores), and evaluated by the function
+the caller hands in (the CLI gives the harness's ``eval.runner.evaluate_head``): training sits beside the
+evaluation harness, not above it.
+
+A step is ``accumulation`` micro-batches of ``batch_size`` examples each; AdamW (fused on CUDA; no weight decay on
+biases and normalization weights), linear warmup then linear decay, gradient clipping; bf16 autocast on CUDA by
+default. Checkpoints (``OUTPUT/checkpoints/step-N``: the model in its own format, ``trainer_state.json`` and
+``trainer_state.safetensors``; nothing pickled) every ``save_every`` steps, written beside and renamed into place;
+the run resumes from the latest one found. The final model goes to OUTPUT in the sentence-transformers (dense),
+PyLate (colbert) or Hugging Face (mlm) layout, with README.md (a model card) and training_log.jsonl.
 """
 
 from __future__ import annotations
@@ -19,27 +26,35 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
 
+from eval.datasets.beir import BeirDataset
+from modernretrieval.files import atomic_write
 from modernretrieval.errors import SettingsError
 
-from ..heads.colbert import ColBERT
-from ..heads.dense import BiEncoder
+from ..heads import BiEncoder, ColBERT, Head
 from . import losses
 from .data import Example, load_examples, load_texts, mine_negatives
 
 Task = Literal["dense", "colbert", "mlm"]
 LOSSES = {"dense": ("contrastive", "cached", "distillation"), "colbert": ("contrastive", "cached", "distillation"),
           "mlm": ("mlm",)}
+DEFAULT_TEMPERATURE = {"dense": 0.05, "colbert": 1.0}  # MNRL's scale 20 on cosines; PyLate's default on MaxSim
+NORMS = (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
+STATE_JSON, STATE_TENSORS = "trainer_state.json", "trainer_state.safetensors"  # a checkpoint's trainer state
+
+Evaluator = Callable[[Head, BeirDataset], dict[str, float]]
 
 
 @dataclass
@@ -70,7 +85,7 @@ class TrainSettings:
     mlm_probability: float = 0.3
     seed: int = 0
     save_every: int = 0  # 0: no intermediate checkpoints
-    eval_data: str | None = None  # a BEIR folder, scored with our eval harness
+    eval_data: str | None = None  # a BEIR folder, scored by the Trainer's evaluator
     eval_split: str = "dev"
     eval_every: int = 0  # 0: only before and after training
     eval_fraction: float = 0.05  # MLM: texts held out for the loss
@@ -105,12 +120,20 @@ class TrainResult:
 
 class Trainer:
     def __init__(self, settings: TrainSettings, show_progress: bool | None = None,
-                 on_step: Callable[[int], None] | None = None):
+                 on_step: Callable[[int], None] | None = None, evaluator: Evaluator | None = None):
+        """``evaluator`` scores a head on ``settings.eval_data`` (e.g. ``eval.runner.evaluate_head``: nDCG@10 and
+        Recall@100 by exact search). It is handed in because the harness sits beside training, not below it; eval
+        data without one is refused here rather than discovered, unevaluated, at the end of a run."""
         settings.check()
         self.settings, self.show_progress, self.on_step = settings, show_progress, on_step
         self.output = Path(settings.output)
         self.device = torch.device(settings.device)
         self.autocast = settings.bf16 if settings.bf16 is not None else self.device.type == "cuda"
+        self.evaluator = evaluator
+        if settings.eval_data and settings.task != "mlm" and evaluator is None:
+            raise SettingsError("eval_data is set but the Trainer has no evaluator to score it: pass "
+                                "Trainer(settings, evaluator=...) (the harness's is eval.runner.evaluate_head), or "
+                                "leave eval_data unset")
         if settings.task == "mlm":
             texts = load_texts(settings.data)
             held = max(1, int(len(texts) * settings.eval_fraction)) if len(texts) > 1 else 0
@@ -128,7 +151,7 @@ class Trainer:
         self._orders: dict[int, np.ndarray] = {}
         per_step = settings.batch_size * settings.accumulation
         self.total_steps = settings.max_steps or max(1, math.ceil(settings.epochs * len(self.items) / per_step))
-        self.eval_dataset = None
+        self.eval_dataset: BeirDataset | None = None
         if settings.eval_data and settings.task != "mlm":
             from eval.datasets.beir import load_beir
 
@@ -150,8 +173,9 @@ class Trainer:
         return mine_negatives(examples, miner, s.negatives, corpus, s.mine_skip, self.show_progress)
 
     # ----- the model
-    def load(self, source: str | Path) -> BiEncoder | ColBERT | Any:
-        """The task's model from a folder: a trained head as it is, a base checkpoint with a new head."""
+    def load(self, source: str | Path) -> Any:
+        """The task's model from a folder: a trained head as it is, a base checkpoint with a new head (an
+        ``encoder.Encoder`` with its MLM head for mlm)."""
         s = self.settings
         if s.task == "mlm":
             import encoder
@@ -162,22 +186,15 @@ class Trainer:
             return model
         folder = Path(source)
         if s.task == "dense":
-            model = BiEncoder.from_base(source, device=self.device)
-            if s.max_length:
-                model.max_length = s.max_length
-            return model
-        is_colbert = (folder / "modules.json").exists() and not (folder / "1_Pooling").exists() and any(
-            folder.glob("*_Dense"))
-        model = ColBERT.from_pretrained(source, device=self.device) if is_colbert else ColBERT.from_base(
-            source, s.colbert_dim, device=self.device)
-        model.document_length = s.max_length or model.document_length
-        model.query_length = s.query_length or model.query_length
-        return model
-
-    def modules(self, model: Any) -> list[torch.nn.Module]:
-        if self.settings.task == "mlm":
-            return [model]
-        return [model.backbone.model, *model.dense]
+            head: Head = BiEncoder.from_base(source, device=self.device)
+        else:
+            is_colbert = (folder / "modules.json").exists() and not (folder / "1_Pooling").exists() and any(
+                folder.glob("*_Dense"))
+            head = ColBERT.from_pretrained(source, device=self.device) if is_colbert else ColBERT.from_base(
+                source, s.colbert_dim, device=self.device)
+            head.query_length = s.query_length or head.query_length
+        head.document_length = s.max_length or head.document_length
+        return head
 
     def save(self, model: Any, folder: Path) -> None:
         if self.settings.task == "mlm":
@@ -185,29 +202,29 @@ class Trainer:
         else:
             model.save(folder)
 
+    def optimizer(self, model: nn.Module) -> torch.optim.AdamW:
+        return torch.optim.AdamW(parameter_groups(model, self.settings.weight_decay), lr=self.settings.learning_rate,
+                                 fused=self.device.type == "cuda" or None)
+
     # ----- the loop
     def train(self) -> TrainResult:
+        """Run (or resume) the training. Dropout draws from the run's own random stream, seeded from the settings
+        (or restored from the checkpoint): the caller's random streams are as they were when this returns."""
+        with own_random_stream(self.device, self.settings.seed):
+            return self._train()
+
+    def _train(self) -> TrainResult:
         s = self.settings
-        random.seed(s.seed)
-        np.random.seed(s.seed)
-        torch.manual_seed(s.seed)
         checkpoint = self.latest_checkpoint()
         model = self.load(checkpoint or s.model)
-        parameters = [p for m in self.modules(model) for p in m.parameters()]
-        for module in self.modules(model):
-            module.train()
-        optimizer = torch.optim.AdamW(parameters, lr=s.learning_rate, weight_decay=s.weight_decay,
-                                      fused=self.device.type == "cuda" or None)
+        model.train()
+        optimizer = self.optimizer(model)
         warmup = int(s.warmup_ratio * self.total_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(
             (step + 1) / max(1, warmup), max(0.0, (self.total_steps - step) / max(1, self.total_steps - warmup))))
         start, evaluations = 0, []
         if checkpoint is not None:
-            state = torch.load(checkpoint / "trainer.pt", weights_only=False)
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            start, evaluations = state["step"], state["evaluations"]
-            torch.set_rng_state(state["rng"])  # dropout (BERT backbones) draws on it
+            start, evaluations = self.restore(checkpoint, optimizer, scheduler)
         elif self.output.exists() and {p.name for p in self.output.iterdir()} - {"training_log.jsonl", "checkpoints"}:
             raise SettingsError(f"{self.output} is not empty and holds no checkpoint to resume; choose another --output")
         self.output.mkdir(parents=True, exist_ok=True)
@@ -230,7 +247,7 @@ class Trainer:
                     (loss / s.accumulation).backward()
                 step_loss += loss.item() / s.accumulation
                 tokens += batch_tokens
-            torch.nn.utils.clip_grad_norm_(parameters, s.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), s.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -251,8 +268,7 @@ class Trainer:
         bar.close()
         log.close()
         evaluations.append({"step": self.total_steps, **self.evaluate(model)})
-        for module in self.modules(model):
-            module.eval()
+        model.eval()
         self.save(model, self.output)
         result = TrainResult(self.output, self.total_steps, loss_value, evaluations, time.perf_counter() - started,
                              tokens)
@@ -274,9 +290,11 @@ class Trainer:
 
     # ----- losses
     def loss(self, model: Any, batch: list[Any], step: int, micro: int) -> tuple[torch.Tensor, int]:
+        """The micro-batch's loss and its token count. ``model`` is a ``Head`` (an ``encoder.Encoder`` for mlm)."""
         s = self.settings
+        generator = torch.Generator().manual_seed(hash((s.seed, step, micro)) % 2**63)  # a function of the step
         if s.task == "mlm":
-            return self.mlm_loss(model, batch, torch.Generator().manual_seed(hash((s.seed, step, micro)) % 2**63))
+            return self.mlm_loss(model, batch, generator)
         queries = [e.query for e in batch]
         if s.loss == "distillation":
             width = min(len(e.documents) for e in batch)
@@ -284,69 +302,62 @@ class Trainer:
             teacher = torch.tensor([e.scores[:width] for e in batch], device=self.device)
         else:
             documents = [e.positive for e in batch] + [n for e in batch for n in e.negatives[: s.negatives]]
-        q_ids, d_ids = self.tokenize(model, queries, True), self.tokenize(model, documents, False)
+        q_ids, d_ids = model.tokenize(queries, True), model.tokenize(documents, False)
         tokens = sum(map(len, q_ids)) + sum(map(len, d_ids))
         if s.loss == "cached":
-            return self.cached_contrastive(model, q_ids, d_ids), tokens
+            return self.cached_contrastive(model, q_ids, d_ids, generator), tokens
         q, d = self.embed(model, q_ids, d_ids)
         if s.loss == "distillation":
-            return losses.kl_distillation(self.own_scores(q, d, width), teacher), tokens
-        return self.contrastive(q, d), tokens
+            return losses.kl_distillation(self.own_scores(model, q, d, width), teacher), tokens
+        return self.contrastive(model, q, d), tokens
 
-    def tokenize(self, model: Any, texts: list[str], is_query: bool) -> list[list[int]]:
-        if isinstance(model, BiEncoder):
-            return model.tokenize(texts, model.query_prompt if is_query else model.document_prompt)
-        return model.tokenize(texts, is_query)
-
-    def embed(self, model: Any, q_ids: list[list[int]], d_ids: list[list[int]]) -> tuple[Any, Any]:
-        if isinstance(model, BiEncoder):  # queries and documents in one packed pass
-            vectors = model.forward(q_ids + d_ids)
+    def embed(self, model: Head, q_ids: list[list[int]], d_ids: list[list[int]]) -> tuple[Any, Any]:
+        """Queries and documents through the head's differentiable ``forward``. A dense head reads both alike (the
+        prompts are in the ids), so they go in one packed pass."""
+        if model.kind == "dense":
+            vectors = model.forward(q_ids + d_ids, False)
             return vectors[: len(q_ids)], vectors[len(q_ids):]
         return model.forward(q_ids, True), model.forward(d_ids, False)
 
-    def contrastive(self, q: Any, d: Any) -> torch.Tensor:
-        temperature = self.settings.temperature
-        if isinstance(q, torch.Tensor):
-            return losses.info_nce(q, d, temperature or 0.05)
-        return losses.colbert_contrastive(q, d, temperature or 1.0)
+    def contrastive(self, model: Head, q: Any, d: Any) -> torch.Tensor:
+        """Cross-entropy over the head's own scores (cosine or MaxSim) divided by the temperature."""
+        return losses.contrastive(model.scores(q, d), self.settings.temperature or DEFAULT_TEMPERATURE[model.kind])
 
-    def own_scores(self, q: Any, d: Any, width: int) -> torch.Tensor:
-        """(queries, width): each query against its own teacher-scored documents."""
-        if isinstance(q, torch.Tensor):
+    def own_scores(self, model: Head, q: Any, d: Any, width: int) -> torch.Tensor:
+        """(queries, width): each query against its own teacher-scored documents. A dense head's are dot products
+        (as sentence-transformers' DistillKLDivLoss), a multi-vector head's its MaxSim scores."""
+        if model.kind == "dense":
             return (q[:, None, :] * d.view(len(q), width, -1)).sum(-1)
-        return torch.stack([losses.maxsim_scores([qi], d[i * width:(i + 1) * width])[0] for i, qi in enumerate(q)])
+        return torch.stack([model.scores(q[i:i + 1], d[i * width:(i + 1) * width])[0] for i in range(len(q))])
 
-    def cached_contrastive(self, model: Any, q_ids: list[list[int]], d_ids: list[list[int]]) -> torch.Tensor:
+    def cached_contrastive(self, model: Head, q_ids: list[list[int]], d_ids: list[list[int]],
+                           generator: torch.Generator) -> torch.Tensor:
         """GradCache: embed everything without a graph in chunks of ``mini_batch_size``, take the loss and its
         gradient with respect to the embeddings, then re-embed chunk by chunk with a graph and backpropagate those
-        gradients. Memory is that of one chunk; the result equals the plain loss on the whole batch."""
-        chunk = self.settings.mini_batch_size
-        dense = isinstance(model, BiEncoder)
+        gradients. Memory is that of one chunk; the result equals the plain loss on the whole batch.
 
-        def embed(ids: list[list[int]], is_query: bool) -> list[torch.Tensor]:
-            out = model.forward(ids) if dense else model.forward(ids, is_query)
-            return list(out) if dense else out
+        Each chunk runs in a random stream of its own, seeded from ``generator`` in both passes, so that its second
+        pass draws the dropout masks of its first."""
+        size = self.settings.mini_batch_size
+        chunks = [(is_query, ids[a:a + size]) for is_query, ids in ((True, q_ids), (False, d_ids))
+                  for a in range(0, len(ids), size)]
+        seeds = torch.randint(2**62, (len(chunks),), generator=generator).tolist()
 
-        cached: dict[bool, list[torch.Tensor]] = {True: [], False: []}
-        rng: dict[tuple[bool, int], torch.Tensor] = {}  # each chunk's second pass draws the same dropout masks
+        def embed(number: int) -> Sequence[torch.Tensor]:
+            is_query, ids = chunks[number]
+            with own_random_stream(self.device, seeds[number]):
+                return model.forward(ids, is_query)
+
         with torch.no_grad():
-            for is_query, ids in ((True, q_ids), (False, d_ids)):
-                for a in range(0, len(ids), chunk):
-                    rng[is_query, a] = torch.get_rng_state()
-                    cached[is_query] += [t.detach().requires_grad_() for t in embed(ids[a:a + chunk], is_query)]
-        after = torch.get_rng_state()
+            cached = [[t.detach().requires_grad_() for t in embed(number)] for number in range(len(chunks))]
+        queries = [t for (is_query, _), rows in zip(chunks, cached) if is_query for t in rows]
+        documents = [t for (is_query, _), rows in zip(chunks, cached) if not is_query for t in rows]
         with torch.enable_grad():
-            q, d = cached[True], cached[False]
-            loss = self.contrastive(torch.stack(q), torch.stack(d)) if dense else self.contrastive(q, d)
+            loss = self.contrastive(model, queries, documents)
             loss.backward()
-        for is_query, ids in ((True, q_ids), (False, d_ids)):
-            for a in range(0, len(ids), chunk):
-                torch.set_rng_state(rng[is_query, a])
-                out = embed(ids[a:a + chunk], is_query)
-                grads = [t.grad for t in cached[is_query][a:a + chunk]]
-                surrogate = sum((o * g).sum() for o, g in zip(out, grads))
-                (surrogate / self.settings.accumulation).backward()
-        torch.set_rng_state(after)
+        for number, rows in enumerate(cached):
+            surrogate = sum((out * row.grad).sum() for out, row in zip(embed(number), rows))
+            (surrogate / self.settings.accumulation).backward()
         return loss.detach()
 
     def mlm_loss(self, model: Any, texts: list[str], generator: torch.Generator) -> tuple[torch.Tensor, int]:
@@ -368,19 +379,16 @@ class Trainer:
 
     # ----- evaluation
     def evaluate(self, model: Any) -> dict[str, float]:
-        """nDCG@10 / Recall@100 on the eval dataset with our harness (exact search), or held-out MLM loss."""
-        modules = self.modules(model)
-        for module in modules:
-            module.eval()
+        """The evaluator's metrics on the eval dataset, or the held-out MLM loss."""
+        model.eval()
         try:
             if self.settings.task == "mlm":
                 return {"mlm_loss": self.heldout_mlm_loss(model)} if self.eval_texts else {}
-            if self.eval_dataset is None:
+            if self.eval_dataset is None or self.evaluator is None:
                 return {}
-            return evaluate_head(model, self.eval_dataset)
+            return self.evaluator(model, self.eval_dataset)
         finally:
-            for module in modules:
-                module.train()
+            model.train()
 
     def heldout_mlm_loss(self, model: Any) -> float:
         """Mean masked-token loss on the held-out texts, with the same masks every time (seeded)."""
@@ -397,15 +405,22 @@ class Trainer:
     # ----- checkpoints
     def checkpoint(self, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any, step: int,
                    evaluations: list[dict[str, Any]]) -> None:
-        """OUTPUT/checkpoints/step-N, complete or absent: written as .tmp, then renamed; older ones removed."""
+        """OUTPUT/checkpoints/step-N, complete or absent: written as .tmp, then renamed; older ones removed. The
+        trainer's state is JSON plus tensors in safetensors (the optimizer's moments, the random streams), so that
+        resuming unpickles nothing."""
         root = self.output / "checkpoints"
         final, tmp = root / f"step-{step:07d}", root / f".step-{step:07d}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         self.save(model, tmp)
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                    "evaluations": evaluations, "settings": asdict(self.settings), "rng": torch.get_rng_state()},
-                   tmp / "trainer.pt")
+        tensors, optimizer_state = split_tensors(optimizer.state_dict())
+        tensors["rng.cpu"] = torch.get_rng_state()
+        for index in cuda_devices(self.device):
+            tensors[f"rng.cuda.{index}"] = torch.cuda.get_rng_state(index)
+        save_file(tensors, str(tmp / STATE_TENSORS))
+        (tmp / STATE_JSON).write_text(json.dumps({
+            "step": step, "evaluations": evaluations, "settings": asdict(self.settings),
+            "scheduler": scheduler.state_dict(), "optimizer": optimizer_state}, indent=2) + "\n")
         for path in tmp.rglob("*"):
             if path.is_file():
                 with open(path, "rb") as f:
@@ -415,33 +430,95 @@ class Trainer:
             if old != final:
                 shutil.rmtree(old, ignore_errors=True)
 
+    def restore(self, folder: Path, optimizer: torch.optim.Optimizer,
+                scheduler: Any) -> tuple[int, list[dict[str, Any]]]:
+        """The optimizer, scheduler and random streams as ``checkpoint`` saved them; (step, evaluations so far)."""
+        state = json.loads((folder / STATE_JSON).read_text())
+        tensors = load_file(str(folder / STATE_TENSORS))
+        optimizer.load_state_dict(join_tensors(state["optimizer"], tensors, optimizer.state_dict()["param_groups"]))
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(tensors["rng.cpu"])  # dropout (BERT backbones) draws on it
+        for index in cuda_devices(self.device):
+            if f"rng.cuda.{index}" in tensors:
+                torch.cuda.set_rng_state(tensors[f"rng.cuda.{index}"], index)
+        return state["step"], state["evaluations"]
+
     def _trim_log(self, step: int) -> None:
         """The log keeps the steps up to the checkpoint resumed from (a killed run's later steps are run again)."""
         path = self.output / "training_log.jsonl"
         if path.exists():
             kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-            path.write_text("".join(line + "\n" for line in kept))
+            atomic_write(path, lambda f: f.write("".join(line + "\n" for line in kept).encode()))
 
     def latest_checkpoint(self) -> Path | None:
         root = self.output / "checkpoints"
-        found = sorted(p for p in root.glob("step-*") if (p / "trainer.pt").exists()) if root.exists() else []
+        found = sorted(p for p in root.glob("step-*") if (p / STATE_JSON).exists()) if root.exists() else []
         return found[-1] if found else None
 
 
-def evaluate_head(model: BiEncoder | ColBERT, dataset: Any) -> dict[str, float]:
-    """Exact search (dense: cosine; colbert: exhaustive MaxSim) over the dataset, scored by pytrec_eval."""
-    from eval.encode import encode_beir
-    from eval.metrics import evaluate, exact_search
-    from eval.runner import exhaustive_maxsim
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW's two groups, as nanoGPT and transformers' Trainer make them: weight decay on matrices (linear and
+    embedding weights), none on biases and normalization weights (decay would pull a norm's scale towards 0 and a
+    bias towards no shift, which is not regularization). A parameter shared by two modules (tied weights) is
+    listed once."""
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    seen: set[int] = set()
+    for module in model.modules():
+        for parameter in module.parameters(recurse=False):
+            if not parameter.requires_grad or id(parameter) in seen:
+                continue
+            seen.add(id(parameter))
+            (no_decay if parameter.ndim < 2 or isinstance(module, NORMS) else decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
-    kind = "dense" if isinstance(model, BiEncoder) else "colbert"
-    encoded = encode_beir(dataset, model, kind, cache_dir=None, show_progress=False)
-    if kind == "dense":
-        run = exact_search(encoded.queries, encoded.docs, encoded.doc_ids, encoded.query_ids, 101)
-    else:
-        run = exhaustive_maxsim(encoded, 101, False)
-    metrics = evaluate(run, dataset.qrels)
-    return {k: round(v, 4) for k, v in metrics.items() if k in ("ndcg@10", "recall@100")}
+
+def cuda_devices(device: torch.device) -> list[int]:
+    """The CUDA device whose random stream dropout draws on, if training runs on one."""
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]
+
+
+@contextmanager
+def own_random_stream(device: torch.device, seed: int) -> Iterator[None]:
+    """Random draws inside the block (dropout) come from a stream seeded with ``seed``; torch's global streams (the
+    CPU's, and ``device``'s when it is a GPU) are put back as they were when the block ends."""
+    devices = cuda_devices(device)
+    with torch.random.fork_rng(devices=devices):
+        torch.default_generator.manual_seed(seed)
+        for index in devices:
+            torch.cuda.default_generators[index].manual_seed(seed)
+        yield
+
+
+def split_tensors(optimizer_state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An optimizer's ``state_dict`` as (tensors for safetensors, the rest for JSON): per-parameter tensors are
+    named ``optimizer.<parameter index>.<key>``."""
+    tensors: dict[str, torch.Tensor] = {}
+    plain: dict[str, dict[str, Any]] = {}
+    for index, values in optimizer_state["state"].items():
+        plain[str(index)] = {}
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                plain[str(index)][key] = value
+    return tensors, {"state": plain, "param_groups": optimizer_state["param_groups"]}
+
+
+def join_tensors(plain: dict[str, Any], tensors: dict[str, torch.Tensor],
+                 current_groups: list[dict[str, Any]]) -> dict[str, Any]:
+    """``split_tensors`` undone. JSON has no tuples: a group setting that is a tuple in the optimizer as built
+    (AdamW's betas) is made one again."""
+    state: dict[int, dict[str, Any]] = {int(index): dict(values) for index, values in plain["state"].items()}
+    for name, tensor in tensors.items():
+        if name.startswith("optimizer."):
+            _, index, key = name.split(".", 2)
+            state.setdefault(int(index), {})[key] = tensor
+    groups = [{key: tuple(value) if isinstance(current.get(key), tuple) else value for key, value in saved.items()}
+              for saved, current in zip(plain["param_groups"], current_groups)]
+    return {"state": state, "param_groups": groups}
 
 
 def model_card(settings: TrainSettings, result: TrainResult, n_examples: int) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 
@@ -71,3 +74,21 @@ def test_bad_input_gives_clear_errors(ours):
         ours.encode(["ok", None])
     with pytest.raises(ValueError, match="at least 3"):
         ours.encode(["ok"], max_length=2)
+
+
+def test_threads_encoding_at_once_get_the_ids_of_one_thread_alone(ours):
+    """Eight threads encode at once, each at its own max_length, many times over: every result equals what a lone
+    call gives. (Truncation switched on the shared backend around each call failed this within a few rounds.)"""
+    texts = TEXTS[:-1] + [" ".join(f"word{i}" for i in range(600))]
+    limits = [3, 16, 64, 512, None, 16, 3, 512]
+    expected = {limit: ours.encode(texts, limit) for limit in limits}
+    start = threading.Barrier(len(limits))
+
+    def encode_repeatedly(limit: int | None) -> list[list[list[int]]]:
+        start.wait()
+        return [ours.encode(texts, limit) for _ in range(30)]
+
+    with ThreadPoolExecutor(len(limits)) as pool:
+        results = list(pool.map(encode_repeatedly, limits))
+    for limit, rounds in zip(limits, results):
+        assert all(got == expected[limit] for got in rounds), f"max_length {limit}"

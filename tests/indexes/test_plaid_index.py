@@ -260,3 +260,17 @@ def test_bad_input_is_a_clear_error(tmp_path):
     for call, message in cases:
         with pytest.raises(IndexInputError, match=message):
             call()
+
+
+def test_rebuild_refuses_a_transaction_with_new_documents(tmp_path):
+    """rebuild() re-encodes the committed segments with a new codec: documents added earlier in the same
+    transaction, encoded with the old codec, would be decoded with the new one."""
+    docs = corpus(9, 40)
+    index = PlaidIndex.create(tmp_path / "ix", dim=DIM)
+    index.add(ids(30), docs[:30])
+    with pytest.raises(IndexInputError, match="rebuild"), index.transaction():
+        index.add(ids(10, 30), docs[30:])
+        index.rebuild()
+    assert len(index) == 30 and index.generation == 1
+    index.rebuild()
+    assert index.generation == 2 and index.search(docs[5][:4], k=1)[0][0][0] == "d5"

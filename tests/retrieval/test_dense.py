@@ -94,7 +94,7 @@ def test_classic_layout_loads_and_round_trips(tmp_path, tokenizer_dir):
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_text(json.dumps(content))
     ours = BiEncoder.from_pretrained(folder)
-    assert not ours.spec.normalize and ours.spec.pooling == ["cls"]
+    assert ours.normalizer is None and ours.pooling.modes == ["cls"]
     vectors = ours.encode_documents(TEXTS)
     assert cosines(vectors, SentenceTransformer(str(folder), device="cpu").encode(TEXTS)).min() >= 0.99999
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,10 +17,12 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
+from modernretrieval.errors import SettingsError
 from retrieval import BiEncoder, ColBERT
 from retrieval.heads.layers import pool_packed
 from retrieval.training import Trainer, TrainSettings, losses
 from retrieval.training.data import Example, load_examples, load_texts, mine_negatives
+from retrieval.training.trainer import parameter_groups
 
 from support import copy_tokenizer, hf_model
 from support import PYLATE_MODEL, dense_model_folder
@@ -143,7 +147,143 @@ def test_cached_loss_gives_the_gradients_of_the_plain_loss(dense_folder, pairs_f
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
 
 
+def test_cached_loss_redraws_the_dropout_masks_of_its_first_pass(minilm_folder, pairs_file, tmp_path):
+    """MiniLM in training mode drops out (p=0.1): each chunk's second pass (with a graph) must draw the masks of its
+    first (without), or the cached gradients belong to other embeddings than the loss."""
+    settings = TrainSettings("dense", str(minilm_folder), str(pairs_file), str(tmp_path / "out"), loss="cached",
+                             batch_size=4, mini_batch_size=2, max_steps=1)
+    trainer = Trainer(settings, show_progress=False)
+    model = trainer.load(minilm_folder)
+    model.train()
+    outputs = []
+    forward = model.forward
+
+    def recording(ids, is_query):
+        outputs.append(forward(ids, is_query))
+        return outputs[-1]
+
+    model.forward = recording
+    trainer.loss(model, trainer.batch(0), 0, 0)
+    first, second = outputs[: len(outputs) // 2], outputs[len(outputs) // 2:]
+    assert len(first) == len(second) == 6  # 2 chunks of queries, 4 of documents (positives, negatives)
+    assert all(torch.equal(a, b.detach()) for a, b in zip(first, second))
+    again = forward(model.tokenize([e.query for e in trainer.batch(0)][:2], True), True)
+    assert not torch.equal(first[0], again.detach())  # dropout is on: an unseeded pass differs
+
+
+def test_documents_get_the_document_prompt_and_queries_the_query_prompt(tmp_path, tokenizer_dir, pairs_file):
+    folder = dense_model_folder(tmp_path / "prompted")
+    (folder / "config_sentence_transformers.json").write_text(json.dumps(
+        {"prompts": {"query": "search_query: ", "document": "search_document: "}}))
+    settings = TrainSettings("dense", str(folder), str(pairs_file), str(tmp_path / "out"), batch_size=2, max_steps=1)
+    trainer = Trainer(settings, show_progress=False)
+    model = trainer.load(folder)
+    seen = []
+    forward = model.forward
+    model.forward = lambda ids, is_query=False: seen.append(ids) or forward(ids, is_query)
+    batch = trainer.batch(0)
+    trainer.loss(model, batch, 0, 0)
+    queries = [e.query for e in batch]
+    documents = [e.positive for e in batch] + [e.negatives[0] for e in batch]
+    assert seen == [model.tokenize(queries, is_query=True) + model.tokenize(documents, is_query=False)]
+    assert seen[0][2] == model.tokenize(["search_document: " + documents[0]], prompt="")[0]
+
+
+# ----- the optimizer
+def test_weight_decay_spares_norms_and_biases(pairs_file, tmp_path):
+    settings = TrainSettings("dense", "unused", str(pairs_file), str(tmp_path / "out"), learning_rate=0.1,
+                             weight_decay=0.5)
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    embedding, linear, norm = model
+    decay, no_decay = parameter_groups(model, 0.5)
+    assert decay["weight_decay"] == 0.5 and no_decay["weight_decay"] == 0.0
+    assert {id(p) for p in decay["params"]} == {id(embedding.weight), id(linear.weight)}
+    assert {id(p) for p in no_decay["params"]} == {id(linear.bias), id(norm.weight), id(norm.bias)}
+
+    optimizer = Trainer(settings, show_progress=False).optimizer(model)
+    with torch.no_grad():
+        norm.weight.fill_(2.0)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    after = dict(model.named_parameters())
+    for name in ("1.bias", "2.weight", "2.bias"):
+        assert torch.equal(after[name], before[name]), name
+    for name in ("0.weight", "1.weight"):
+        assert torch.allclose(after[name], before[name] * (1 - 0.1 * 0.5)), name
+
+
 # ----- the loop
+def with_dropout(folder: Path, copy: Path) -> Path:
+    """A copy of a ModernBERT folder whose config drops out (0.1 everywhere): training then draws random numbers."""
+    shutil.copytree(folder, copy)
+    config = json.loads((copy / "config.json").read_text())
+    dropouts = {"embedding_dropout": 0.1, "attention_dropout": 0.1, "mlp_dropout": 0.1}
+    (copy / "config.json").write_text(json.dumps({**config, **dropouts}))
+    return copy
+
+
+def test_training_leaves_the_callers_random_streams_as_they_were(dense_folder, pairs_file, tmp_path):
+    """Dropout and the cached loss draw from the run's own streams; python's, numpy's and torch's global ones are
+    untouched (through a cached loss, a checkpoint and the evaluations)."""
+    model = with_dropout(dense_folder, tmp_path / "model")
+    random.seed(123)
+    np.random.seed(123)
+    torch.manual_seed(123)
+    before = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    settings = TrainSettings("dense", str(model), str(pairs_file), str(tmp_path / "out"), loss="cached",
+                             batch_size=4, mini_batch_size=2, max_steps=2, save_every=1, seed=7)
+    Trainer(settings, show_progress=False).train()
+    after = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    assert after[0] == before[0]
+    assert all(np.array_equal(a, b) for a, b in zip(after[1], before[1]))
+    assert torch.equal(after[2], before[2])
+
+
+def test_a_checkpoint_is_json_and_safetensors_and_resuming_unpickles_nothing(dense_folder, pairs_file, tmp_path,
+                                                                             monkeypatch):
+    """With dropout on, so that the run's random stream must be restored too for the resumed run to end with the
+    weights of the uninterrupted one."""
+    import pickle
+
+    from safetensors.torch import load_file
+
+    model = with_dropout(dense_folder, tmp_path / "model")
+
+    def settings(output: Path) -> TrainSettings:
+        return TrainSettings("dense", str(model), str(pairs_file), str(output), batch_size=4, max_steps=3,
+                             save_every=1, learning_rate=1e-3)
+
+    Trainer(settings(tmp_path / "straight"), show_progress=False).train()
+
+    def stop_at_2(step: int) -> None:
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(settings(tmp_path / "out"), show_progress=False, on_step=stop_at_2).train()
+    folder = tmp_path / "out" / "checkpoints" / "step-0000002"
+    state = json.loads((folder / "trainer_state.json").read_text())
+    assert state["step"] == 2 and state["settings"]["seed"] == 0 and len(state["optimizer"]["param_groups"]) == 2
+    tensors = load_file(str(folder / "trainer_state.safetensors"))
+    assert "rng.cpu" in tensors and any(name.endswith(".exp_avg") for name in tensors)
+    assert not [p for p in folder.rglob("*") if p.suffix in (".pt", ".pth", ".bin", ".pkl")]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("resuming unpickled something")
+
+    for name in ("load", "loads", "Unpickler"):
+        monkeypatch.setattr(pickle, name, refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    assert Trainer(settings(tmp_path / "out"), show_progress=False).train().steps == 3
+    logged = [json.loads(line)["step"] for line in (tmp_path / "out" / "training_log.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 3]
+    a = BiEncoder.from_pretrained(tmp_path / "straight").backbone.model.state_dict()
+    b = BiEncoder.from_pretrained(tmp_path / "out").backbone.model.state_dict()
+    assert all(torch.allclose(a[name], b[name], atol=1e-6) for name in a)
+
+
 def test_resuming_from_a_checkpoint_gives_the_weights_of_an_uninterrupted_run(dense_folder, pairs_file, tmp_path):
     def settings(output):
         return TrainSettings("dense", str(dense_folder), str(pairs_file), str(output), batch_size=8, max_steps=6,
@@ -160,7 +300,7 @@ def test_resuming_from_a_checkpoint_gives_the_weights_of_an_uninterrupted_run(de
 
     with pytest.raises(Killed):
         Trainer(settings(tmp_path / "resumed"), show_progress=False, on_step=die_at_5).train()
-    assert (tmp_path / "resumed" / "checkpoints" / "step-0000004" / "trainer.pt").exists()
+    assert (tmp_path / "resumed" / "checkpoints" / "step-0000004" / "trainer_state.json").exists()
     result = Trainer(settings(tmp_path / "resumed"), show_progress=False).train()
     assert result.steps == 6
     log = (tmp_path / "resumed" / "training_log.jsonl").read_text()
@@ -264,6 +404,50 @@ def test_mined_negatives_are_the_best_ranked_non_positives(dense_folder):
     for example, row, scores in zip(mined, examples, q @ d.T):
         ranked = [corpus[j] for j in np.argsort(-scores, kind="stable") if corpus[j] != row.positive]
         assert example.positive == row.positive and example.negatives == ranked[1:3]
+
+
+# ----- evaluation
+def small_beir(folder, pairs: list[dict]):
+    """A BEIR folder (corpus, queries, qrels/dev.tsv) of the pairs: query i's relevant document is d{i}."""
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "title": "", "text": p["positive"]}) + "\n"
+                                                 for i, p in enumerate(pairs)))
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": p["query"]}) + "\n"
+                                                  for i, p in enumerate(pairs)))
+    (folder / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+        f"q{i}\td{i}\t1\n" for i in range(len(pairs))))
+    return folder
+
+
+def test_the_evaluator_handed_in_scores_the_head_before_and_after(dense_folder, pairs_file, tmp_path):
+    eval_folder = small_beir(tmp_path / "beir", synthetic_pairs(6, seed=4))
+    calls = []
+
+    def evaluator(head, dataset):
+        calls.append((head.kind, head.training, len(dataset.queries)))
+        return {"calls": float(len(calls))}
+
+    settings = TrainSettings("dense", str(dense_folder), str(pairs_file), str(tmp_path / "out"), batch_size=4,
+                             max_steps=2, eval_data=str(eval_folder), eval_every=1)
+    result = Trainer(settings, show_progress=False, evaluator=evaluator).train()
+    assert calls == [("dense", False, 6)] * 3  # steps 0, 1 and 2 (the last); in eval mode
+    assert result.evaluations == [{"step": 0, "calls": 1.0}, {"step": 1, "calls": 2.0}, {"step": 2, "calls": 3.0}]
+    with pytest.raises(SettingsError, match="evaluator"):
+        Trainer(settings, show_progress=False)
+
+
+def test_train_command_evaluates_with_the_harness(dense_folder, pairs_file, tmp_path):
+    """The CLI hands the harness's evaluate_head to the trainer: nDCG@10 and Recall@100 before and after."""
+    from retrieval.cli import app
+
+    eval_folder = small_beir(tmp_path / "beir", synthetic_pairs(6, seed=4))
+    ok = CliRunner().invoke(app, ["train", "dense", "--model", str(dense_folder), "--data", str(pairs_file),
+                                  "--output", str(tmp_path / "out"), "--max-steps", "1", "--batch-size", "4",
+                                  "--eval-data", str(eval_folder)])
+    assert ok.exit_code == 0, ok.output
+    assert ok.output.count("ndcg@10") == 2 and ok.output.count("recall@100") == 2
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "ndcg@10" in card
 
 
 # ----- data and command line

@@ -1,0 +1,103 @@
+"""An index folder's configuration: what it indexes and with which model, fixed when the index is created.
+
+An index folder (default ``ROOT/.mret``) holds ``config.json`` (this), ``index/`` (a FaissIndex flat for dense, a
+PlaidIndex for colbert, each with its SQLite store of chunks) and ``last_run.json`` (the last run's summary).
+``config.json`` is written last when an index is created: a folder that has it holds a whole (maybe empty) index.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from indexes import FaissIndex, PlaidIndex
+from modernretrieval.errors import ModernRetrievalError
+from modernretrieval.files import atomic_write_json
+
+from ..heads import KINDS, Kind
+
+CONFIG, INDEX, LAST_RUN = "config.json", "index", "last_run.json"
+INDEX_DIR_NAME = ".mret"
+FORMAT = 1
+PLAID_NBITS = 2
+
+
+class RetrieverError(ModernRetrievalError, ValueError):
+    """A user mistake (wrong folder, another model than the index's, an empty query): one clear message."""
+
+
+@dataclass
+class IndexConfig:
+    """The keys of config.json, in its order."""
+
+    format: int
+    root: str  # the indexed tree, absolute
+    model: str  # a local folder by its absolute path, or a hub id
+    kind: Kind
+    max_length: int  # tokens per chunk, as the model counts them
+    max_length_setting: int  # what was asked for (0: the model's maximum)
+    dim: int
+
+    @classmethod
+    def read(cls, index_dir: Path) -> "IndexConfig | None":
+        """The configuration of ``index_dir``, or None when it has none (not created yet)."""
+        path = index_dir / CONFIG
+        if not path.exists():
+            return None
+        try:
+            raw = json.loads(path.read_text())
+            config = cls(**{key: raw[key] for key in cls.__dataclass_fields__})
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise RetrieverError(f"{path} is not a modernretrieval index configuration ({error!r})") from None
+        if config.kind not in KINDS:
+            raise RetrieverError(f"{path} names an unknown kind {config.kind!r}")
+        return config
+
+    def write(self, index_dir: Path) -> None:
+        atomic_write_json(index_dir / CONFIG, asdict(self))
+
+    def check_same(self, index_dir: Path, model: str | Path | None, kind: str | None,
+                   max_length: int | None) -> None:
+        """Settings given for an existing index must be the ones it was built with: chunks and vectors would mix."""
+        differs = []
+        if model is not None and model_name(model) != self.model:
+            differs.append(f"model {self.model}")
+        if kind is not None and kind != self.kind:
+            differs.append(f"kind {self.kind}")
+        if max_length is not None and max_length not in (self.max_length, self.max_length_setting):
+            differs.append(f"max length {self.max_length}")
+        if differs:
+            raise RetrieverError(f"{index_dir} was built with {', '.join(differs)}; delete it to rebuild with "
+                                 "other settings, or choose another --index-dir")
+
+    def create_vectors(self, index_dir: Path) -> None:
+        """The empty vector index this configuration calls for."""
+        if self.kind == "dense":
+            FaissIndex.create(index_dir / INDEX, dim=self.dim, kind="flat").close()
+        else:
+            PlaidIndex.create(index_dir / INDEX, dim=self.dim, nbits=PLAID_NBITS).close()
+
+    def open_vectors(self, index_dir: Path) -> FaissIndex | PlaidIndex:
+        return (FaissIndex if self.kind == "dense" else PlaidIndex).open(index_dir / INDEX)
+
+
+def model_name(model: str | Path) -> str:
+    """A local folder by its absolute path (so that the index finds it from anywhere), a hub id as is."""
+    local = Path(model).expanduser()
+    return str(local.resolve()) if local.is_dir() else str(model)
+
+
+def find_index_dir(start: str | Path = ".") -> Path | None:
+    """The nearest ``.mret`` index folder at or above ``start`` (as git finds .git)."""
+    here = Path(start).resolve()
+    for folder in (here, *here.parents):
+        if (folder / INDEX_DIR_NAME / CONFIG).exists():
+            return folder / INDEX_DIR_NAME
+    return None
+
+
+def read_last_run(index_dir: Path) -> dict[str, Any] | None:
+    path = index_dir / LAST_RUN
+    return json.loads(path.read_text()) if path.exists() else None

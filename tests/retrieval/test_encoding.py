@@ -1,0 +1,131 @@
+"""retrieval.encoding.encode_texts, the one encoding pipeline (eval's cache and the codebase indexer encode through
+it), with a stand-in head whose vectors are a function of the text: chunks longest first, rows back in input order,
+progress, token counts, and resuming from saved parts. (The same pipeline on a real model: test_encode_cache.py.)"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from retrieval.encoding import encode_texts
+
+DIM = 4
+TEXTS = ["a b", "a much longer text than the others here", "c", "middle sized text", "d e f", "g",
+         "another long one with many words", "h i"]
+
+
+class StandInHead:
+    """The ``Head`` interface without a model: vectors derived from each text's checksum, so runs compare exactly;
+    ``calls`` records what each model call received."""
+
+    def __init__(self, kind: str):
+        self.kind, self.dim = kind, DIM
+        self.calls: list[list[str]] = []
+
+    def tokenize(self, texts: Sequence[str], is_query: bool) -> list[list[int]]:
+        return [[0] * (len(text.split()) + (3 if is_query else 2)) for text in texts]
+
+    def encode_documents(self, texts: Sequence[str], show_progress: bool | None = None):
+        return self._encode(texts, False)
+
+    def encode_queries(self, texts: Sequence[str], show_progress: bool | None = None):
+        return self._encode(texts, True)
+
+    def _encode(self, texts: Sequence[str], is_query: bool):
+        self.calls.append(list(texts))
+        rows = [expected_row(self.kind, text, is_query) for text in texts]
+        return np.stack(rows) if self.kind == "dense" else rows
+
+
+def expected_row(kind: str, text: str, is_query: bool) -> np.ndarray:
+    rng = np.random.default_rng(zlib.crc32(f"{is_query}:{text}".encode()))
+    return rng.standard_normal(DIM if kind == "dense" else (len(text.split()) + 1, DIM)).astype(np.float32)
+
+
+def assert_rows(encoded, kind: str, texts: list[str], is_query: bool) -> None:
+    assert len(encoded.rows) == len(texts)
+    for row, text in zip(encoded.rows, texts):
+        assert np.array_equal(row, expected_row(kind, text, is_query))
+
+
+@pytest.mark.parametrize("kind", ["dense", "colbert"])
+@pytest.mark.parametrize("is_query", [False, True])
+def test_longest_first_in_chunks_rows_in_input_order(kind, is_query):
+    head, progress = StandInHead(kind), []
+    encoded = encode_texts(head, TEXTS, is_query, chunk_texts=3, progress=progress.append)
+    assert_rows(encoded, kind, TEXTS, is_query)
+    assert [len(call) for call in head.calls] == [3, 3, 2] and progress == [3, 3, 2]
+    lengths = [len(text) for call in head.calls for text in call]
+    assert lengths == sorted(lengths, reverse=True)  # longest first across the chunks
+    assert encoded.tokens == sum(len(ids) for ids in head.tokenize(TEXTS, is_query))
+    assert encoded.seconds >= 0.0
+
+
+def test_equal_lengths_keep_input_order():
+    head = StandInHead("dense")
+    encode_texts(head, ["bb", "aa", "cc", "d"], False, chunk_texts=2)
+    assert head.calls == [["bb", "aa"], ["cc", "d"]]
+
+
+@pytest.mark.parametrize("kind", ["dense", "colbert"])
+def test_an_interrupted_run_resumes_from_its_saved_parts(kind, tmp_path):
+    head, interrupted = StandInHead(kind), []
+    real = head.encode_documents
+
+    def interrupted_at_the_third_chunk(texts, show_progress=None):
+        if len(head.calls) == 2 and not interrupted:
+            interrupted.append(True)
+            raise KeyboardInterrupt
+        return real(texts, show_progress)
+
+    head.encode_documents = interrupted_at_the_third_chunk  # replaced on the instance: looked up at call time
+    with pytest.raises(KeyboardInterrupt):
+        encode_texts(head, TEXTS, False, chunk_texts=3, parts=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["docs-000000.npz", "docs-000001.npz"]
+    head.calls.clear()
+    encoded = encode_texts(head, TEXTS, False, chunk_texts=3, parts=tmp_path)
+    assert [len(call) for call in head.calls] == [2]  # only the chunk that was not finished
+    assert_rows(encoded, kind, TEXTS, False)
+    assert encoded.tokens == encode_texts(StandInHead(kind), TEXTS, False).tokens
+
+
+def test_saved_parts_carry_their_seconds_and_tokens(tmp_path):
+    first = encode_texts(StandInHead("colbert"), TEXTS, True, chunk_texts=3, parts=tmp_path)
+    head = StandInHead("colbert")
+    head.encode_queries = None  # the model must not be called: every chunk is read from its part
+    again = encode_texts(head, TEXTS, True, chunk_texts=3, parts=tmp_path)
+    assert again.seconds == first.seconds and again.tokens == first.tokens
+    assert_rows(again, "colbert", TEXTS, True)
+
+
+def test_parts_of_other_texts_are_not_served(tmp_path):
+    encode_texts(StandInHead("dense"), TEXTS, False, chunk_texts=3, parts=tmp_path)
+    other = [text.upper() for text in TEXTS]  # same count, same lengths: only the texts tell the parts apart
+    head = StandInHead("dense")
+    encoded = encode_texts(head, other, False, chunk_texts=3, parts=tmp_path)
+    assert [len(call) for call in head.calls] == [3, 3, 2]
+    assert_rows(encoded, "dense", other, False)
+    head.calls.clear()  # and the parts now hold the new texts
+    encode_texts(head, other, False, chunk_texts=3, parts=tmp_path)
+    assert head.calls == []
+
+
+def test_a_damaged_part_is_encoded_again(tmp_path):
+    encode_texts(StandInHead("colbert"), TEXTS, False, chunk_texts=3, parts=tmp_path)
+    part = tmp_path / "docs-000001.npz"
+    part.write_bytes(part.read_bytes()[:50])
+    head = StandInHead("colbert")
+    encoded = encode_texts(head, TEXTS, False, chunk_texts=3, parts=tmp_path)
+    assert [len(call) for call in head.calls] == [3]
+    assert_rows(encoded, "colbert", TEXTS, False)
+
+
+def test_nothing_to_encode_and_mistakes(tmp_path):
+    head = StandInHead("dense")
+    encoded = encode_texts(head, [], False, parts=tmp_path)
+    assert (encoded.rows, encoded.seconds, encoded.tokens, head.calls) == ([], 0.0, 0, [])
+    with pytest.raises(ValueError, match="chunk_texts"):
+        encode_texts(head, TEXTS, False, chunk_texts=0)
