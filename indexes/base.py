@@ -24,19 +24,21 @@ from __future__ import annotations
 import json
 import math
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 from filelock import FileLock, Timeout
 
+from modernretrieval.files import fsync_dir
+
 from . import files
 from .errors import IndexBusyError, IndexCorruptError, IndexInputError
 from .files import FileEntry
-from .store import Document, DocumentStore, Filter, Write, is_sql_filter
+from .state import Batch, ExpectedTokens, Pending, Segment, Snapshot
+from .store import Document, DocumentStore, Filter, is_sql_filter
 
 STORE, FILES, LOCK = "store.sqlite", "files", "write.lock"
 INDEX_SCHEMA = """
@@ -47,85 +49,6 @@ CREATE TABLE IF NOT EXISTS retired (name TEXT PRIMARY KEY, generation INTEGER NO
 MAX_SEGMENTS = 16  # more than this after a commit: the small ones are merged
 LOAD_ATTEMPTS = 5  # a reader racing a fast writer may find its generation's files collected: it reads again
 Hits = list[tuple[str, float]]
-ExpectedTokens = int | Callable[[], int] | None  # an int, or an estimate made when it is needed
-
-
-@dataclass
-class Segment:
-    """Vectors written by one commit. ``rows[i]`` is the global row of local item i; ``data`` is the subclass's."""
-
-    id: int
-    rows: np.ndarray
-    files: dict[str, FileEntry]
-    info: dict[str, Any] = field(default_factory=dict)
-    data: Any = None
-
-
-@dataclass(frozen=True, eq=False)
-class Batch:
-    """One change of a stream (``add_stream``): the documents ``remove`` out, then ``ids`` in with their
-    ``embeddings`` (FAISS: an (n, dim) array; PLAID: one (n_tokens, dim) array per document) and ``documents``
-    (default: bare ones). An id both removed and added is replaced. A plain ``(ids, embeddings)`` pair in a stream
-    is read as ``Batch(ids, embeddings)``."""
-
-    ids: Sequence[str] = ()
-    embeddings: Any = ()
-    documents: Sequence[Document] | None = None
-    remove: Sequence[str] = ()
-
-
-@dataclass(frozen=True, eq=False)
-class Snapshot:
-    """One committed generation as readers see it. Built once and never changed (its arrays are read-only): a
-    commit builds the next one and publishes it in one assignment, so a read that took a snapshot at its start sees
-    one whole generation however many commits land meanwhile."""
-
-    generation: int
-    settings: dict[str, Any]
-    shared_files: dict[str, FileEntry]
-    shared: Any  # the subclass's shared files, opened (FAISS: the trained IVF-PQ; PLAID: the codec)
-    segments: dict[int, Segment]
-    row_of: dict[str, int]  # live document id -> row
-    id_of: np.ndarray  # row -> document id (objects)
-    alive: np.ndarray  # row -> True while its document is in the index
-    next_row: int
-    next_segment: int
-    dead_rows: int  # rows of removed documents still stored in segments (until compact)
-
-
-@dataclass
-class Pending:
-    """One open transaction: the snapshot it started from and every change staged on top of it until the commit.
-    Everything a write step needs is here or in its parameters, never on the index object, so that a transaction in
-    one thread and reads in others never see each other's half-done state."""
-
-    base: Snapshot
-    segments: list[tuple[Segment, list[str]]] = field(default_factory=list)  # new segments and their doc ids
-    removed: set[str] = field(default_factory=set)
-    dropped: list[int] = field(default_factory=list)  # segments replaced by a merge
-    moved: dict[int, int] = field(default_factory=dict)  # old segment -> merged segment
-    documents: dict[str, Document] = field(default_factory=dict)
-    shared: dict[str, FileEntry] | None = None  # shared files written in this transaction (a trained codec)
-    shared_data: Any = None  # ... and what they hold, as ``Snapshot.shared``
-    settings: dict[str, Any] | None = None
-    store_writes: list[Write] = field(default_factory=list)  # the store's writes made inside the transaction
-    next_row: int = field(init=False)  # the rows and segment ids the next new segment takes
-    next_segment: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.next_row, self.next_segment = self.base.next_row, self.base.next_segment
-
-    @property
-    def current_settings(self) -> dict[str, Any]:
-        return self.settings if self.settings is not None else self.base.settings
-
-    @property
-    def current_shared(self) -> Any:
-        return self.shared_data if self.shared is not None else self.base.shared
-
-    def empty(self) -> bool:
-        return not (self.segments or self.removed or self.dropped or self.shared or self.settings
-                    or self.store_writes)
 
 
 class VectorIndex:
@@ -166,7 +89,7 @@ class VectorIndex:
                                "next_segment": 0, "shared_files": {}}.items():
                 db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
         store.close()
-        files.fsync_dir(path)
+        fsync_dir(path)
         return cls(path, lock_timeout)
 
     @classmethod
@@ -522,7 +445,7 @@ class VectorIndex:
 
     def _commit(self, pending: Pending) -> Snapshot:
         """Record ``pending`` in one SQLite transaction (its files are fsynced first); returns the new snapshot."""
-        files.fsync_dir(self.files_dir)
+        fsync_dir(self.files_dir)
         base = pending.base
         generation = base.generation + 1
         with self.store.transaction() as db:

@@ -14,7 +14,8 @@ import faiss
 import numpy as np
 
 from . import files
-from .base import Segment, Snapshot, VectorIndex, Pending, check_finite, sqrt_count
+from .base import VectorIndex, check_finite, sqrt_count
+from .state import Pending, Segment, Snapshot
 from .errors import IndexCorruptError, IndexInputError
 from .files import FileEntry
 

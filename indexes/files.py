@@ -14,8 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from modernretrieval.files import fsync_dir
-
 from .errors import IndexCorruptError
 
 CHUNK = 1 << 22

@@ -3,7 +3,6 @@ trees, and assertions. Fixtures are in conftest.py; the child processes that tes
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from .. import files
-from ..base import Batch, ExpectedTokens, Pending, Segment, Snapshot, VectorIndex, check_finite
+from ..base import VectorIndex, check_finite
+from ..state import Batch, ExpectedTokens, Pending, Segment, Snapshot
 from ..errors import IndexCorruptError, IndexInputError
 from ..files import FileEntry
 from ..store import Document

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from .console import err, fail
+from .console import err
 
 
 class Task(str, Enum):

@@ -56,6 +56,15 @@ class Head(Protocol):
         """``similarity`` on ``forward``'s outputs, differentiable: what training losses score with, so that a
         trainer never needs to know which head it holds."""
 
+    def forward_pair(self, query_ids: Sequence[Sequence[int]],
+                     document_ids: Sequence[Sequence[int]]) -> tuple[Any, Any]:
+        """``forward`` on queries and on documents, as fast as the head allows (a dense head reads both alike: one
+        packed pass)."""
+
+    def paired_scores(self, queries: Any, documents: Any, width: int) -> torch.Tensor:
+        """(n_queries, width), differentiable: query i against documents i*width .. (i+1)*width-1 only (the lists
+        a teacher scored, for distillation)."""
+
     def settings(self) -> dict[str, Any]:
         """What decides the vectors besides the weights (lengths, dimensions): part of cache keys and reports."""
 

@@ -154,6 +154,16 @@ class ColBERT(nn.Module):
         MaxSim scores."""
         return maxsim_scores(queries, documents)
 
+    def forward_pair(self, query_ids: Sequence[Sequence[int]],
+                     document_ids: Sequence[Sequence[int]]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Queries and documents in two passes: queries attend differently ([MASK] expansion)."""
+        return self.forward(query_ids, True), self.forward(document_ids, False)
+
+    def paired_scores(self, queries: Sequence[torch.Tensor], documents: Sequence[torch.Tensor],
+                      width: int) -> torch.Tensor:
+        return torch.stack([maxsim_scores([q], documents[i * width:(i + 1) * width])[0]
+                            for i, q in enumerate(queries)])
+
     def settings(self) -> dict[str, int | None]:
         return {"query_length": self.query_length, "document_length": self.document_length}
 

@@ -183,6 +183,17 @@ class BiEncoder(nn.Module):
         d = documents if isinstance(documents, torch.Tensor) else torch.stack(list(documents))
         return F.normalize(q, dim=-1) @ F.normalize(d, dim=-1).T
 
+    def forward_pair(self, query_ids: Sequence[Sequence[int]],
+                     document_ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Queries and documents in one packed pass: the prompts are already in the ids."""
+        vectors = self.forward(list(query_ids) + list(document_ids))
+        return vectors[: len(query_ids)], vectors[len(query_ids):]
+
+    def paired_scores(self, queries: torch.Tensor, documents: torch.Tensor, width: int) -> torch.Tensor:
+        """Dot products, as sentence-transformers' DistillKLDivLoss scores a bi-encoder (not cosines: a model
+        without a Normalize module is trained on the scores it is used with)."""
+        return (queries[:, None, :] * documents.view(len(queries), width, -1)).sum(-1)
+
     def settings(self) -> dict[str, int | None]:
         return {"max_length": self.max_length, "truncate_dim": self.truncate_dim}
 

@@ -306,29 +306,14 @@ class Trainer:
         tokens = sum(map(len, q_ids)) + sum(map(len, d_ids))
         if s.loss == "cached":
             return self.cached_contrastive(model, q_ids, d_ids, generator), tokens
-        q, d = self.embed(model, q_ids, d_ids)
+        q, d = model.forward_pair(q_ids, d_ids)
         if s.loss == "distillation":
-            return losses.kl_distillation(self.own_scores(model, q, d, width), teacher), tokens
+            return losses.kl_distillation(model.paired_scores(q, d, width), teacher), tokens
         return self.contrastive(model, q, d), tokens
-
-    def embed(self, model: Head, q_ids: list[list[int]], d_ids: list[list[int]]) -> tuple[Any, Any]:
-        """Queries and documents through the head's differentiable ``forward``. A dense head reads both alike (the
-        prompts are in the ids), so they go in one packed pass."""
-        if model.kind == "dense":
-            vectors = model.forward(q_ids + d_ids, False)
-            return vectors[: len(q_ids)], vectors[len(q_ids):]
-        return model.forward(q_ids, True), model.forward(d_ids, False)
 
     def contrastive(self, model: Head, q: Any, d: Any) -> torch.Tensor:
         """Cross-entropy over the head's own scores (cosine or MaxSim) divided by the temperature."""
         return losses.contrastive(model.scores(q, d), self.settings.temperature or DEFAULT_TEMPERATURE[model.kind])
-
-    def own_scores(self, model: Head, q: Any, d: Any, width: int) -> torch.Tensor:
-        """(queries, width): each query against its own teacher-scored documents. A dense head's are dot products
-        (as sentence-transformers' DistillKLDivLoss), a multi-vector head's its MaxSim scores."""
-        if model.kind == "dense":
-            return (q[:, None, :] * d.view(len(q), width, -1)).sum(-1)
-        return torch.stack([model.scores(q[i:i + 1], d[i * width:(i + 1) * width])[0] for i in range(len(q))])
 
     def cached_contrastive(self, model: Head, q_ids: list[list[int]], d_ids: list[list[int]],
                            generator: torch.Generator) -> torch.Tensor:

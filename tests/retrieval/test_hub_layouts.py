@@ -5,7 +5,6 @@ each must load and encode."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
