@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +38,7 @@ TRAINING_DEPTH = 101  # evaluate_head: Recall@100, plus a query's own id, which 
 @dataclass
 class EvalSettings:
     model: str
-    kind: Literal["dense", "colbert"] = "dense"
+    kind: Kind = "dense"
     index: str = "flat"
     max_length: int | None = None  # None: the model's own; 0: the backbone's maximum (8192 for ModernBERT)
     token_embeddings: bool = False  # kind colbert over any encoder's token states (ColBERT.from_token_embeddings)
@@ -51,7 +51,7 @@ class EvalSettings:
             raise SettingsError(f"--kind must be dense or colbert, got {self.kind!r}")
         if self.index not in INDEXES[self.kind]:
             raise SettingsError(f"--index {self.index} does not apply to --kind {self.kind}; "
-                             f"use one of: {', '.join(INDEXES[self.kind])}")
+                                f"use one of: {', '.join(INDEXES[self.kind])}")
         if self.token_embeddings and self.kind != "colbert":
             raise SettingsError("--token-embeddings needs --kind colbert")
         if self.depth < 10:
