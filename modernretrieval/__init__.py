@@ -1,1 +1,2 @@
-"""The foundation every layer shares, importing nothing of ours: the root of the project's errors."""
+"""The foundation every layer shares, importing nothing of ours: the root of the project's errors (errors.py) and
+the one atomic write of a whole file (files.py)."""

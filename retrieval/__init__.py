@@ -1,4 +1,5 @@
-"""Retrieval heads on the encoder: the single-vector bi-encoder (sentence-transformers format) and ColBERT (PyLate).
+"""The public face of retrieval: the heads on the encoder (the single-vector bi-encoder in the sentence-transformers
+format, ColBERT in the PyLate and Stanford formats), MaxSim, and the codebase ``Retriever``.
 
     from retrieval import BiEncoder
     dense = BiEncoder.from_pretrained("/models/gte-modernbert-base")
