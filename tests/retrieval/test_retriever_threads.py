@@ -51,6 +51,9 @@ def test_eight_threads_search_one_retriever_while_a_writer_commits(tmp_path):
                 got = [(h.path, h.start_line, h.score) for h in shared.search(query, k=5, path_glob="src/**")]
                 if got != expected[query]:
                     mismatches.append((query, got, expected[query]))
+                status = shared.status()  # the store's file queries, from every thread at once
+                if status["languages"].get("python") != 5 or status["chunks"] < status["files"]:
+                    mismatches.append(("status", status["languages"], status["chunks"]))
         except BaseException as error:  # reported below, with the thread's own exception
             errors.append(error)
 
