@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from filelock import FileLock, Timeout
 
-from modernretrieval.files import fsync_dir
+from modernretrieval.files import folder_bytes, fsync_dir
 
 from . import files
 from .errors import IndexBusyError, IndexCorruptError, IndexInputError
@@ -539,13 +539,7 @@ class VectorIndex:
                 "bytes_on_disk": self._bytes_on_disk(), **snapshot.settings}
 
     def _bytes_on_disk(self) -> int:
-        total = 0
-        for path in [*self.files_dir.iterdir(), self.path / STORE]:
-            try:
-                total += path.stat().st_size
-            except FileNotFoundError:  # collected by a writer in between
-                pass
-        return total
+        return folder_bytes(self.files_dir, self.path / STORE)
 
     def verify(self) -> None:
         """Checksum every file of the current generation and check the database; raises IndexCorruptError."""

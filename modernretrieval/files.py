@@ -1,5 +1,6 @@
 """The project's one atomic write of a whole file: every file that is replaced in place (an index's config.json, a
-cached encoding, a pipeline part, a training log) goes through it, so that a crash never leaves a partial file."""
+cached encoding, a pipeline part, a training log) goes through it, so that a crash never leaves a partial file. And the
+one measure of a folder's size that a writer deleting files at the same time cannot break."""
 
 from __future__ import annotations
 
@@ -41,3 +42,19 @@ def fsync_dir(folder: str | Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def folder_bytes(*paths: str | Path) -> int:
+    """Bytes of the files in ``paths`` (folders walked, files counted). Files that vanish while they are counted (a
+    writer collecting an index's old files, SQLite removing its journal) are skipped: a reader may size an index that
+    another process is committing to."""
+    total = 0
+    for path in paths:
+        entries = [Path(root) / name for root, _, names in os.walk(path) for name in names] if Path(path).is_dir() \
+            else [Path(path)]
+        for entry in entries:
+            try:
+                total += entry.stat().st_size
+            except FileNotFoundError:
+                pass
+    return total

@@ -18,6 +18,7 @@ from typing import Any
 
 from indexes import FaissIndex, PlaidIndex
 from modernretrieval.errors import SettingsError
+from modernretrieval.files import folder_bytes
 
 from ..heads import DEFAULT_MODELS, KINDS, Head, Kind, load_head, set_document_length
 from .config import CONFIG, FORMAT, INDEX, INDEX_DIR_NAME, IndexConfig, RetrieverError, find_index_dir, model_name, \
@@ -228,7 +229,7 @@ class Retriever:
             raise RetrieverError(f"no index at {self.index_dir} (run `mret index PATH` first)")
         store = self.vectors.store
         languages = Counter(language_of(source) for source in store.sources())
-        size = sum(p.stat().st_size for p in self.index_dir.rglob("*") if p.is_file())
+        size = folder_bytes(self.index_dir)  # while another process may be committing to it
         return {"root": config.root, "index_dir": str(self.index_dir.resolve()), "model": config.model,
                 "kind": config.kind, "max_length": config.max_length, "files": store.count_sources(),
                 "chunks": len(store), "tokens": store.metadata_sum("tokens"),
