@@ -36,14 +36,18 @@ def trec_order(docs: dict[str, float]) -> list[tuple[str, float]]:
 
 
 def exact_search(query_vectors: np.ndarray, doc_vectors: np.ndarray, doc_ids: list[str], query_ids: list[str],
-                 k: int = 100) -> dict[str, dict[str, float]]:
-    """Exhaustive inner-product search (cosine on normalized vectors): query id -> {doc id: score} for the top k.
+                 k: int = 100, *, block_scores: int = 1 << 24) -> dict[str, dict[str, float]]:
+    """Exhaustive inner-product search (cosine on normalized vectors): query id -> {doc id: score} for the top k,
+    best first.
 
-    Through ``retrieval.scoring.dense_top_k``: blocks of documents, never the whole queries x documents matrix.
-    (Imported here: it brings torch, which the metrics alone do not need.)"""
+    Through ``retrieval.scoring.dense_top_k``, the one exact search of the project: blocks of queries and documents
+    of at most ``block_scores`` scores (64 MiB at the default), each merged into the running top k, never the whole
+    queries x documents matrix (MS MARCO's 7k x 8.8M would be 250 GB). Ties at the k-th place keep the lower
+    document index (the full matrix with a stable sort would keep the same), so the run does not depend on the
+    block sizes. (Imported here: it brings torch, which the metrics alone do not need.)"""
     from retrieval.scoring import dense_top_k
 
-    scores, top = dense_top_k(query_vectors, doc_vectors, k)
+    scores, top = dense_top_k(query_vectors, doc_vectors, k, block_scores=block_scores)
     return run_from_top_k(scores, top, doc_ids, query_ids)
 
 

@@ -1,17 +1,39 @@
 """Datasets fetched on first use and kept in a local cache: the public BEIR zips, checked against the md5 sums that
 BEIR publishes, unpacked safely, and moved into place only when whole (an interrupted download leaves nothing that
-a later run would mistake for a dataset)."""
+a later run would mistake for a dataset).
+
+What is whose, and why:
+
+- The transfer and the checksum are pooch's (``pooch.retrieve`` with ``HTTPDownloader``): it streams into a
+  temporary file beside the target, checks the md5 and only then moves the file into place; requests under it
+  (with urllib3 2) refuses a body shorter than its Content-Length, and a cut-off zip could not pass for a whole
+  one anyway (its directory is at its end).
+- Unpacking stays ours. ``pooch.Unzip`` extracts straight into its final folder (an interrupted extraction is
+  later taken for a finished one when every member name exists) and leaves path safety to ``zipfile``, which
+  silently rewrites a member such as ``../../x`` to ``x`` instead of refusing the archive. We check every member
+  first, unpack into a staging folder and rename the dataset folder into the cache when it is complete.
+- The source stays BEIR's own zips, not the hub's BeIR/* datasets (through huggingface_hub): BEIR publishes md5
+  sums for exactly these zips (the files its published scores were computed on), while the hub copies have no
+  published sum, keep the qrels in separate ``-qrels`` repositories, and hf_hub_download checks a file's size, not
+  its content.
+- Not resumable: an interrupted download starts over. pooch cannot resume (it always writes a fresh temporary
+  file), and neither did our urllib code before it. The largest BEIR zips are about a gigabyte, fetched once per
+  cache; the md5 covers only the whole file, so a resumed file would still be checked only at the end, and a
+  server that changed the file between attempts would make a spliced one. A restart costs time, never a wrong
+  dataset.
+- The cache is the dataset folder itself: once it holds corpus.jsonl, no request is made.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
 import os
 import shutil
 import time
-import urllib.error
-import urllib.request
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .beir import DatasetError, find_file
@@ -44,7 +66,7 @@ def fetch_beir(name: str, cache_dir: Path | None = None, url: str | None = None,
 
     ``url`` defaults to $MRET_BEIR_URL or the public BEIR address (``{name}`` is filled in); ``md5`` to BEIR's
     published sum (a dataset without one is accepted and its sha256 recorded). The folder holds download.json
-    (address, sums, size, date)."""
+    (address, sums, size, date). Everything in flight lies in one staging folder, removed whatever happens."""
     if not name or "/" in name or name.startswith("."):
         raise DatasetError(f"{name!r} is not a BEIR dataset name (give a name like scifact, or a local folder)")
     root = Path(cache_dir or cache_root()) / "datasets" / "beir"
@@ -53,52 +75,84 @@ def fetch_beir(name: str, cache_dir: Path | None = None, url: str | None = None,
         return folder
     url = (url or os.environ.get("MRET_BEIR_URL") or BEIR_URL).format(name=name)
     expected = md5 or BEIR_MD5.get(name)
-    root.mkdir(parents=True, exist_ok=True)
-    archive = root / f".{name}.{os.getpid()}.zip.part"
-    unpacked = root / f".{name}.{os.getpid()}.unpacked"
+    staging = root / f".{name}.{os.getpid()}.partial"
     try:
-        size, sums = _download(url, archive, show_progress, timeout)
-        if expected and sums["md5"] != expected:
-            raise DatasetError(f"{url}: md5 {sums['md5']} does not match the published {expected}: "
-                               "the download is damaged or the file changed (nothing was cached)")
-        dataset = _unpack(archive, unpacked, url, name)
+        archive = _download(url, staging / f"{name}.zip", expected, show_progress, timeout)
+        sums = _sums(archive)
+        dataset = _unpack(archive, staging / "unpacked", url, name)
         (dataset / "download.json").write_text(json.dumps(
-            {"url": url, **sums, "md5_checked": bool(expected), "bytes": size,
+            {"url": url, **sums, "md5_checked": bool(expected), "bytes": archive.stat().st_size,
              "downloaded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2) + "\n")
         if folder.exists():  # a folder without corpus.jsonl: left by hand or by an older layout
             shutil.rmtree(folder)
         os.replace(dataset, folder)
     finally:
-        archive.unlink(missing_ok=True)
-        shutil.rmtree(unpacked, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
     return folder
 
 
-def _download(url: str, target: Path, show_progress: bool | None, timeout: float) -> tuple[int, dict[str, str]]:
+def _download(url: str, target: Path, md5: str | None, show_progress: bool | None, timeout: float) -> Path:
+    """``url`` into ``target`` through pooch, which moves it there only once its md5 matches ``md5`` (when
+    given). Every way a download fails becomes a one-line DatasetError."""
+    try:
+        import pooch
+        import requests
+    except ImportError as error:
+        raise DatasetError(f"BEIR downloads need {error.name}: pip install 'modernretrieval[eval]'") from None
     from tqdm.auto import tqdm
 
-    md5, sha256 = hashlib.md5(), hashlib.sha256()
+    disable = None if show_progress is None else not show_progress
+    # total=1 until pooch sets the Content-Length: its downloader tests the bar's truth before using it, and a tqdm
+    # without a total is falsy (0) or raises (None)
+    with tqdm(total=1, unit="B", unit_scale=True, desc=f"downloading {url.rsplit('/', 1)[-1]}",
+              disable=disable) as bar, _quiet(pooch.get_logger()):
+        downloader = pooch.HTTPDownloader(progressbar=bar, timeout=timeout, chunk_size=CHUNK)
+        try:
+            pooch.retrieve(url, known_hash=f"md5:{md5}" if md5 else None, fname=target.name, path=target.parent,
+                           downloader=downloader)
+        except requests.HTTPError as error:
+            code, reason = error.response.status_code, error.response.reason
+            raise DatasetError(f"cannot download {url}: HTTP {code} {reason}"
+                               + (" (no such dataset?)" if code == 404 else "")) from None
+        except (requests.ConnectionError, requests.Timeout) as error:
+            raise DatasetError(f"cannot download {url} ({_innermost(error)}); offline? "
+                               "pass a local folder with --dataset") from None
+        except requests.RequestException as error:  # e.g. the body ended before its Content-Length
+            raise DatasetError(f"cannot download {url}: the download stopped early ({_innermost(error)}); "
+                               "nothing was cached, run again to restart it") from None
+        except ValueError:  # pooch's md5 check (requests' own ValueErrors are RequestExceptions, caught above)
+            raise DatasetError(f"{url}: the download's md5 does not match the published {md5}: the download is "
+                               "damaged or the file changed (nothing was cached)") from None
+    return target
+
+
+def _sums(path: Path) -> dict[str, str]:
+    from pooch import file_hash
+
+    return {algorithm: file_hash(str(path), alg=algorithm) for algorithm in ("md5", "sha256")}
+
+
+@contextmanager
+def _quiet(logger: logging.Logger) -> Iterator[None]:
+    """pooch's INFO lines name our staging path and, for a file without a known hash, tell the user to pass one to
+    pooch.retrieve: neither means anything to a user of mret (download.json records the sums)."""
+    level = logger.level
+    logger.setLevel(logging.WARNING)
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(target, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            disable = None if show_progress is None else not show_progress
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {url.rsplit('/', 1)[-1]}",
-                      disable=disable) as bar:
-                while block := response.read(CHUNK):
-                    out.write(block)
-                    md5.update(block)
-                    sha256.update(block)
-                    bar.update(len(block))
-            size = out.tell()
-    except urllib.error.HTTPError as error:
-        raise DatasetError(f"cannot download {url}: HTTP {error.code} {error.reason}"
-                           + (" (no such dataset?)" if error.code == 404 else "")) from None
-    except (urllib.error.URLError, OSError, TimeoutError) as error:
-        reason = getattr(error, "reason", error)
-        raise DatasetError(f"cannot download {url} ({reason}); offline? pass a local folder with --dataset") from None
-    if total is not None and size != total:
-        raise DatasetError(f"{url}: the download stopped after {size} of {total} bytes")
-    return size, {"md5": md5.hexdigest(), "sha256": sha256.hexdigest()}
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _innermost(error: BaseException) -> str:
+    """The message of the innermost cause: requests wraps urllib3, which wraps the socket's error."""
+    while True:
+        inner = error.args[0] if error.args and isinstance(error.args[0], BaseException) else None
+        inner = inner or getattr(error, "reason", None)
+        inner = inner if isinstance(inner, BaseException) else error.__cause__ or error.__context__
+        if inner is None:
+            return str(error)
+        error = inner
 
 
 def _unpack(archive: Path, target: Path, url: str, name: str) -> Path:

@@ -1,6 +1,8 @@
-"""BEIR downloads for real, from an HTTP server on 127.0.0.1 serving zips in the official layout (a top folder
-named after the dataset holding corpus.jsonl, queries.jsonl and qrels/test.tsv): download, md5 check, unzip,
-cache, and a second run that asks the server nothing. Then ``mret eval beir`` on a downloaded dataset."""
+"""BEIR downloads for real (pooch and requests over HTTP), from a server on 127.0.0.1 serving zips in the official
+layout (a top folder named after the dataset holding corpus.jsonl, queries.jsonl and qrels/test.tsv): download,
+md5 check, unzip, cache, and a second run that asks the server nothing; damaged, cut-off, escaping and missing
+archives and an unreachable server, each a one-line DatasetError that leaves nothing in the cache. Then
+``mret eval beir`` on a downloaded dataset. Nothing here reaches beyond 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -44,7 +46,8 @@ def beir_zip(name: str, extra: dict[str, str] | None = None) -> bytes:
 
 @pytest.fixture
 def server(tmp_path):
-    """Serves tmp_path/www on 127.0.0.1; yields (base address, list of requested paths)."""
+    """Serves tmp_path/www on 127.0.0.1; yields (www folder, base address, list of requested paths). A file with a
+    sibling NAME.truncate is cut off halfway, after a Content-Length that announces all of it."""
     root = tmp_path / "www"
     root.mkdir()
     requests: list[str] = []
@@ -55,6 +58,16 @@ def server(tmp_path):
 
         def do_GET(self):
             requests.append(self.path)
+            if self.headers.get("Range"):  # the client sees a dropped connection, and its test fails
+                raise AssertionError("a download must restart whole, never ask for a byte range")
+            served = root / self.path.lstrip("/")
+            if served.with_name(served.name + ".truncate").exists():  # announce the whole file, send half, hang up
+                data = served.read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data[: len(data) // 2])
+                return
             super().do_GET()
 
         def log_message(self, *args):
@@ -110,8 +123,39 @@ def test_missing_dataset_and_unreachable_server(server, tmp_path):
     _, base, _ = server
     with pytest.raises(DatasetError, match="HTTP 404"):
         fetch_beir("nope", tmp_path / "cache", url=base + "/{name}.zip")
-    with pytest.raises(DatasetError, match="offline"):
+    # the socket's own reason, not requests' wrapping of urllib3's wrapping of it
+    with pytest.raises(DatasetError, match=r"^cannot download http://127.0.0.1:9/tiny.zip \(\[Errno 111\] Connection "
+                                           r"refused\); offline\? pass a local folder with --dataset$"):
         fetch_beir("tiny", tmp_path / "cache", url="http://127.0.0.1:9/{name}.zip", timeout=5)
+    assert list((tmp_path / "cache" / "datasets" / "beir").iterdir()) == []
+
+
+def test_offline_is_one_line_from_the_command_line(tmp_path, monkeypatch):
+    """mret eval beir with no network: exit code 2 and the reason on one line, no traceback (the dataset is
+    fetched before the model is loaded, so no model is needed)."""
+    monkeypatch.setenv("MRET_BEIR_URL", "http://127.0.0.1:9/{name}.zip")
+    result = CliRunner().invoke(app, ["eval", "beir", "--dataset", "tiny", "--model", "unused",
+                                      "--cache-dir", str(tmp_path / "c"), "--output", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "offline? pass a local folder with --dataset" in result.output and "Traceback" not in result.output
+
+
+def test_a_cut_off_download_is_refused_then_restarts_whole(server, tmp_path):
+    """Without a published md5 only the Content-Length can tell that the body stopped short; nothing is cached,
+    and the next run downloads the whole file again (no byte ranges: see the download module on resuming)."""
+    root, base, requests = server
+    data = beir_zip("tiny")
+    publish(root, "tiny", data)
+    (root / "tiny.zip.truncate").touch()
+    with pytest.raises(DatasetError, match="the download stopped early"):
+        fetch_beir("tiny", tmp_path / "cache", url=base + "/{name}.zip")
+    assert list((tmp_path / "cache" / "datasets" / "beir").iterdir()) == []
+    (root / "tiny.zip.truncate").unlink()
+    folder = fetch_beir("tiny", tmp_path / "cache", url=base + "/{name}.zip")
+    assert requests == ["/tiny.zip", "/tiny.zip"]
+    record = json.loads((folder / "download.json").read_text())  # no published sum: both recorded, none checked
+    assert not record["md5_checked"] and record["bytes"] == len(data)
+    assert record["md5"] == hashlib.md5(data).hexdigest() and record["sha256"] == hashlib.sha256(data).hexdigest()
 
 
 def test_archive_members_cannot_leave_the_cache(server, tmp_path):

@@ -1,9 +1,11 @@
-"""The metric wrapper against hand-computed values."""
+"""The metric wrapper against hand-computed values; exact search against the whole score matrix."""
 
 from __future__ import annotations
 
 import math
+import tracemalloc
 
+import numpy as np
 import pytest
 
 from eval.metrics import evaluate, exact_search
@@ -29,12 +31,68 @@ def test_query_own_id_is_excluded():
 
 
 def test_exact_search_top_k():
-    import numpy as np
-
     q = np.array([[1.0, 0.0]], dtype=np.float32)
     d = np.array([[0.0, 1.0], [1.0, 0.0], [0.7, 0.7]], dtype=np.float32)
     run = exact_search(q, d, ["a", "b", "c"], ["q"], k=2)
     assert set(run["q"]) == {"b", "c"}
+
+
+def full_matrix_search(q: np.ndarray, d: np.ndarray, doc_ids: list[str], query_ids: list[str],
+                       k: int) -> dict[str, dict[str, float]]:
+    """The oracle: exact_search as it was, the whole queries x documents matrix at once, with its ranking made
+    deterministic (it took an argpartition's arbitrary pick among ties): every row sorted whole, best first, equal
+    scores by ascending document index (a stable sort)."""
+    scores = q @ d.T
+    run = {}
+    for i, query_id in enumerate(query_ids):
+        order = np.argsort(-scores[i], kind="stable")[:k]
+        run[query_id] = {doc_ids[j]: float(scores[i, j]) for j in order}
+    return run
+
+
+N_QUERIES, N_DOCS = 1030, 60  # 1030: two blocks of queries (dense_top_k scores at most 1024 queries at once)
+
+
+@pytest.mark.parametrize("k", [1, 7, N_DOCS, N_DOCS + 15])
+@pytest.mark.parametrize("docs_per_block", [1, 7, N_DOCS])  # 7: blocks that do not divide the corpus
+def test_exact_search_equals_the_full_matrix(k, docs_per_block):
+    """Small integer vectors: scores are exact (float32 sums of small integers, whatever the block), so any
+    difference is the merge's, not rounding's; and scores from -12 to 12 over 60 documents tie everywhere,
+    at the k-th place too. k > number of documents returns every document."""
+    rng = np.random.default_rng(k * 100 + docs_per_block)
+    q = rng.integers(-2, 3, (N_QUERIES, 6)).astype(np.float32)
+    d = rng.integers(-1, 2, (N_DOCS, 6)).astype(np.float32)
+    doc_ids, query_ids = [f"d{j}" for j in range(N_DOCS)], [f"q{i}" for i in range(N_QUERIES)]
+    run = exact_search(q, d, doc_ids, query_ids, k=k, block_scores=docs_per_block * 1024)
+    expected = full_matrix_search(q, d, doc_ids, query_ids, k)
+    assert list(run) == query_ids
+    for query_id in query_ids:
+        assert list(run[query_id]) == list(expected[query_id])  # the same documents in the same order
+        assert list(run[query_id].values()) == pytest.approx(list(expected[query_id].values()), abs=1e-6)
+    ranked = -np.sort(-(q @ d.T), axis=1)
+    if k < N_DOCS:  # the case the merge must get right is common here: a tie across the cut at the k-th place
+        assert np.sum(ranked[:, k - 1] == ranked[:, k]) > N_QUERIES // 3
+
+
+def test_exact_search_memory_stays_far_below_the_score_matrix():
+    """The point of the blocks: numpy's peak allocation (tracemalloc) is a few blocks, not the 160 MB matrix.
+    Prints the peak; time is not asserted."""
+    n_queries, n_docs = 1024, 40_000
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((n_queries, 16), dtype=np.float32)
+    d = rng.standard_normal((n_docs, 16), dtype=np.float32)
+    doc_ids, query_ids = [str(j) for j in range(n_docs)], [str(i) for i in range(n_queries)]
+    tracemalloc.start()
+    try:
+        run = exact_search(q, d, doc_ids, query_ids, k=10, block_scores=1 << 20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    matrix = n_queries * n_docs * 4
+    print(f"\nexact_search {n_queries} x {n_docs}: peak {peak / 2**20:.0f} MiB, the whole matrix "
+          f"{matrix / 2**20:.0f} MiB")
+    assert len(run) == n_queries and all(len(hits) == 10 for hits in run.values())
+    assert peak < matrix / 4
 
 
 def test_ties_are_ranked_as_trec_eval_ranks_them():
