@@ -1,12 +1,17 @@
 """The ColBERT multi-vector head (PyLate format): backbone -> Dense projection (to 128) -> L2 norm per token.
 
+Texts are first stripped of leading and trailing whitespace (``str.strip``), then lower-cased if the model says so:
+what sentence-transformers 5.3's Transformer module does under PyLate 1.6 (6.x no longer strips; a document ending in
+a newline would get a token PyLate never made). Stanford checkpoints follow the same rule (PyLate strips them too):
+colbert-ai does not strip, but their BERT tokenizer drops edge whitespace itself, so its ids are the same.
 Queries: "[Q]" token after [CLS], truncated to query_length, then expanded with [MASK] up to query_length; the
 [MASK]s read the query but are not read (attend_to_expansion_tokens=False), and their vectors are kept.
 Documents: "[D]" after [CLS], truncated to document_length, and the tokens of the skiplist (punctuation) dropped.
 Output: one (n_tokens, dim) float32 array per text, never padded.
 
 ``ColBERT.from_token_embeddings`` runs any encoder's own token states as a multi-vector model (no projection, no
-marker token, no expansion, no skiplist) through the same class: only its spec and settings differ.
+marker token, no expansion, no skiplist, no stripping: transformers' own tokenization) through the same class: only
+its spec and settings differ.
 """
 
 from __future__ import annotations
@@ -42,9 +47,10 @@ class ColBERT(nn.Module):
     kind: Kind = "colbert"
 
     def __init__(self, spec: STFolder, device: torch.device, dtype: torch.dtype, query_length: int | None = None,
-                 document_length: int | None = None):
+                 document_length: int | None = None, strip: bool = True):
         super().__init__()
         self.spec = spec
+        self.strip = strip  # texts lose their edge whitespace before tokenizing (PyLate 1.6); see the module doc
         self.backbone = load_backbone(spec.transformer, device, dtype)
         self.dense = nn.ModuleList(spec.dense).to(device)
         settings = spec.settings
@@ -104,7 +110,7 @@ class ColBERT(nn.Module):
         settings = {"query_prefix": None, "document_prefix": None, "query_length": limit, "document_length": limit,
                     "do_query_expansion": False, "skiplist_words": []}
         spec = replace(spec, pooling=None, dense=[], normalize=None, settings=settings)
-        return cls(spec, device, dtype, query_length, document_length)
+        return cls(spec, device, dtype, query_length, document_length, strip=False)
 
     @classmethod
     def from_base(cls, name_or_path: str | Path, dim: int = 128, device: str | torch.device = "cpu",
@@ -168,10 +174,13 @@ class ColBERT(nn.Module):
         return {"query_length": self.query_length, "document_length": self.document_length}
 
     def tokenize(self, texts: Sequence[str], is_query: bool) -> list[list[int]]:
-        """Token ids as PyLate makes them: [CLS] prefix text [SEP] (no prefix when the model has none), then [MASK]
-        expansion for queries."""
+        """Token ids as PyLate 1.6 makes them: the text stripped, then lower-cased if the model says so (the order
+        of sentence-transformers 5.3's Transformer module, which PyLate runs on), [CLS] prefix text [SEP] cut at the
+        length (no prefix when the model has none), then [MASK] expansion for queries."""
         check_texts(texts)
-        if self.spec.do_lower_case:  # as sentence-transformers' Transformer module (which PyLate uses) does
+        if self.strip:
+            texts = [t.strip() for t in texts]
+        if self.spec.do_lower_case:
             texts = [t.lower() for t in texts]
         tokenizer = self.backbone.tokenizer
         limit = self.query_length if is_query else self.document_length

@@ -23,7 +23,7 @@ from modernretrieval.errors import SettingsError
 
 from .backbones import load_backbone
 from .base import Kind
-from .formats import STFolder, write_folder
+from .formats import STFolder, strips_text_edges, write_folder
 from .layers import Normalize, Pooling, pool_all
 
 Output = Literal["numpy", "torch"]
@@ -49,6 +49,7 @@ class BiEncoder(nn.Module):
         self.normalizer = spec.normalize
         self.max_length = spec.max_seq_length or self.backbone.tokenizer.model_max_length
         self.truncate_dim = truncate_dim
+        self.strip = strips_text_edges(spec.settings)  # as the sentence-transformers that saved it
         self.eval()
 
     @classmethod
@@ -108,8 +109,10 @@ class BiEncoder(nn.Module):
         return vectors.numpy() if output == "numpy" else vectors
 
     def tokenize(self, texts: Sequence[str], is_query: bool = False, prompt: str | None = None) -> list[list[int]]:
-        """Token ids as sentence-transformers makes them: the prompt (the model's query or document prompt, unless
-        ``prompt`` is given) before each text, lower-cased if the model says so, truncated at ``max_length``."""
+        """Token ids as the sentence-transformers that saved the checkpoint makes them: the prompt (the model's query
+        or document prompt, unless ``prompt`` is given) before each text, the whole stripped of edge whitespace when
+        that version did (up to 5.x; see ``strips_text_edges``), lower-cased if the model says so, truncated at
+        ``max_length``."""
         if prompt is None:
             prompt = self.query_prompt if is_query else self.document_prompt
         return self._token_ids(texts, prompt)
@@ -117,6 +120,8 @@ class BiEncoder(nn.Module):
     def _token_ids(self, texts: Sequence[str], prompt: str) -> list[list[int]]:
         check_texts(texts)
         texts = [prompt + t for t in texts]
+        if self.strip:
+            texts = [t.strip() for t in texts]
         if self.spec.do_lower_case:
             texts = [t.lower() for t in texts]
         return self.backbone.tokenizer.encode(texts, self.max_length)
@@ -221,4 +226,4 @@ class BiEncoder(nn.Module):
         settings = {k: v for k, v in self.spec.settings.items() if k != "__version__"}
         write_folder(Path(folder), self.backbone, self.max_length, self.spec.do_lower_case, layers,
                      {"prompts": self.spec.prompts, "default_prompt_name": None, "similarity_fn_name": "cosine",
-                      **settings})
+                      **settings, "strip_text_edges": self.strip})

@@ -99,6 +99,18 @@ def _transformer_settings(path: Path) -> tuple[int | None, bool]:
     return None, False
 
 
+def strips_text_edges(settings: dict[str, Any]) -> bool:
+    """Whether a sentence-transformers checkpoint reads its texts stripped of edge whitespace: versions up to 5.x
+    stripped every text before tokenizing, 6.x does not. A checkpoint was trained, and its published figures made,
+    with the version that saved it (``__version__`` in config_sentence_transformers.json), so it is read that way;
+    our own saves record the choice as ``strip_text_edges``. No record: 6.x's way (a bare transformer)."""
+    if "strip_text_edges" in settings:
+        return bool(settings["strip_text_edges"])
+    version = str((settings.get("__version__") or {}).get("sentence_transformers") or "")
+    major = version.split(".")[0]
+    return major.isdigit() and int(major) < 6
+
+
 def write_folder(folder: Path, backbone: Saves, max_seq_length: int, do_lower_case: bool, layers: Sequence[Layer],
                  settings: dict[str, Any]) -> None:
     """A sentence-transformers (or PyLate) folder: the backbone saves itself in the root (the Transformer module,

@@ -96,11 +96,29 @@ def test_classic_layout_loads_and_round_trips(tmp_path, tokenizer_dir):
     ours = BiEncoder.from_pretrained(folder)
     assert ours.normalizer is None and ours.pooling.modes == ["cls"]
     vectors = ours.encode_documents(TEXTS)
-    assert cosines(vectors, SentenceTransformer(str(folder), device="cpu").encode(TEXTS)).min() >= 0.99999
+    # saved by sentence-transformers 3.3.1, which stripped each text: 6.x gives that on the stripped texts
+    stripped = [t.strip() for t in TEXTS]
+    assert cosines(vectors, SentenceTransformer(str(folder), device="cpu").encode(stripped)).min() >= 0.99999
 
-    ours.save(tmp_path / "saved")
+    ours.save(tmp_path / "saved")  # records strip_text_edges: the saved model reads texts as it was trained
     assert cosines(BiEncoder.from_pretrained(tmp_path / "saved").encode_documents(TEXTS), vectors).min() >= 0.99999
-    assert cosines(SentenceTransformer(str(tmp_path / "saved"), device="cpu").encode(TEXTS), vectors).min() >= 0.99999
+    assert cosines(SentenceTransformer(str(tmp_path / "saved"), device="cpu").encode(stripped), vectors).min() >= 0.99999
+
+
+@pytest.mark.parametrize("version,strips", [("3.3.1", True), ("5.3.0", True), ("6.2.0", False), (None, False)])
+def test_text_edges_are_read_as_the_saving_version_did(tmp_path, tokenizer_dir, version, strips):
+    """Up to 5.x sentence-transformers stripped every text before tokenizing, 6.x does not: a checkpoint is
+    tokenized as the version that saved it (trained it, and made its published figures) did."""
+    folder = tmp_path / "model"
+    random_encoder("tiny", seed=12, tokenizer_dir=tokenizer_dir, mlm_head=False).save_pretrained(folder)
+    for name, content in GTE_LAYOUT.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(json.dumps(content))
+    config = {**GTE_LAYOUT["config_sentence_transformers.json"], "__version__": {"sentence_transformers": version}}
+    (folder / "config_sentence_transformers.json").write_text(json.dumps(config))
+    model = BiEncoder.from_pretrained(folder)
+    edged = "  def add(a, b):\n    return a + b\n"
+    assert (model.tokenize([edged]) == model.tokenize([edged.strip()])) is strips  # BPE: edges are tokens
 
 
 def test_save_round_trip_with_dense_and_normalize(tmp_path, tokenizer_dir):
