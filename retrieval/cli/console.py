@@ -33,9 +33,13 @@ def fail(message: str) -> NoReturn:
 
 def message_for(error: ModernRetrievalError) -> str:
     """The line a user reads for an error they can fix."""
+    from indexes import IndexCorruptError  # here: faiss is not loaded for `mret --help`
+
     if isinstance(error, ModelLoadError):
         return (f"{error} Pass a local model folder with --model (a sentence-transformers folder for --kind dense, "
                 "a PyLate one for --kind colbert).")
+    if isinstance(error, IndexCorruptError):  # (mret search/status/index/remove name the exact command)
+        return f"{error}; the index is damaged: `mret index --rebuild PATH` builds it again from the files of PATH"
     return str(error)
 
 

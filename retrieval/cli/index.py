@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -29,6 +32,27 @@ def _open(index_dir: Optional[Path]):
     return Retriever.open(folder)
 
 
+def rebuild_command(retriever) -> str:
+    """The command that rebuilds this retriever's index, to paste as it is."""
+    from ..codebase.config import INDEX_DIR_NAME
+
+    command = f"mret index --rebuild {shlex.quote(str(retriever.root))}"
+    if Path(retriever.index_dir).resolve() != Path(retriever.root) / INDEX_DIR_NAME:
+        command += f" --index-dir {shlex.quote(str(Path(retriever.index_dir).resolve()))}"
+    return command
+
+
+@contextmanager
+def damage_named(retriever) -> Iterator[None]:
+    """A damaged index as one line that names the damaged file and the exact command that rebuilds it."""
+    from indexes import IndexCorruptError
+
+    try:
+        yield
+    except IndexCorruptError as error:
+        fail(f"{error}; the index is damaged: `{rebuild_command(retriever)}` builds it again from the files")
+
+
 def index_command(
     path: Path = typer.Argument(Path("."), help="The folder to index (the root: paths are stored relative to it)."),
     index_dir: Optional[Path] = typer.Option(None, "--index-dir", help=INDEX_DIR_HELP),
@@ -42,8 +66,13 @@ def index_command(
         "Index exactly the files listed in this file (one path per line, relative to PATH; '-' reads stdin) "
         "instead of walking PATH; indexed files not in the list are removed.")),
     max_file_kb: int = typer.Option(1024, "--max-file-kb", help="Skip files larger than this."),
+    rebuild: bool = typer.Option(False, "--rebuild", help=(
+        "Index everything again into a new index beside the current one, with its settings, and swap it in when "
+        "complete (the way back from a damaged index; the current one serves searches until then).")),
 ) -> None:
-    """Index a folder (incremental: only new and changed files are encoded; safe to interrupt and run again)."""
+    """Index a folder (incremental: only new and changed files are encoded; safe to interrupt and run again).
+    Inside a git work tree the files are the ones git lists (its ignore files, .git/info/exclude and your global
+    excludes apply); .mretignore files exclude more."""
     from ..codebase.retriever import Retriever
 
     if not path.is_dir():
@@ -57,14 +86,17 @@ def index_command(
         fail("--max-file-kb must be at least 1")
     retriever = Retriever(path, index_dir, model, kind.value if kind else None, max_length,
                           max_file_bytes=max_file_kb * 1024)
-    with retriever:
-        summary = retriever.index(files)
+    if rebuild and retriever.config is not None:
+        err.print(f"rebuilding {escape(str(retriever.index_dir))} beside the current index, which stays in use until "
+                  "the new one is complete", highlight=False, soft_wrap=True)
+    with retriever, damage_named(retriever):
+        summary = retriever.index(files, rebuild=rebuild)
     err.print(f"[bold]{summary.files:,} files, {summary.chunks:,} chunks[/bold] indexed in "
               f"{escape(str(retriever.index_dir))}; "
               f"this run: {summary.encoded_files:,} files encoded ({summary.encoded_chunks:,} chunks, "
               f"{summary.encoded_tokens:,} tokens, {summary.encoded_tokens / max(summary.encode_seconds, 1e-9):,.0f} tokens/s encoding), "
-              f"{summary.unchanged_files:,} unchanged, {summary.removed_files:,} removed, {summary.seconds:.1f} s",
-              highlight=False, soft_wrap=True)
+              f"{summary.unchanged_files:,} unchanged, {summary.removed_files:,} removed, {summary.seconds:.1f} s"
+              + ("; files as git lists them" if summary.lister == "git" else ""), highlight=False, soft_wrap=True)
     if summary.skipped:
         err.print("skipped: " + ", ".join(f"{reason} {count:,}" for reason, count in summary.skipped.items()),
                   highlight=False, soft_wrap=True)
@@ -84,7 +116,7 @@ def search_command(
     """Search an index: the best chunks as path:start-end, score and a snippet."""
     if k < 1:
         fail("-k must be at least 1")
-    with _open(index_dir) as retriever:
+    with _open(index_dir) as retriever, damage_named(retriever):
         hits = retriever.search(query, k=k, path_glob=path_glob, file_type=file_type)
     if as_json:
         out.print_json(json.dumps([hit.to_json() for hit in hits]))
@@ -105,7 +137,7 @@ def status_command(
     as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
 ) -> None:
     """What an index holds: its root, model, files, chunks, tokens, languages, size on disk, last run."""
-    with _open(index_dir) as retriever:
+    with _open(index_dir) as retriever, damage_named(retriever):
         status = retriever.status()
     if as_json:
         out.print_json(json.dumps(status))
@@ -131,7 +163,7 @@ def remove_command(
     index_dir: Optional[Path] = typer.Option(None, "--index-dir", help=INDEX_DIR_HELP),
 ) -> None:
     """Remove a file, or everything under a folder, from the index (add it to .mretignore to keep it out)."""
-    with _open(index_dir) as retriever:
+    with _open(index_dir) as retriever, damage_named(retriever):
         files, chunks = retriever.remove(path)
     err.print(f"removed {files:,} files ({chunks:,} chunks); `mret index` takes them back unless .gitignore or "
               ".mretignore excludes them", highlight=False, soft_wrap=True)

@@ -1,8 +1,9 @@
 """The codebase application: index a tree of files (code, docs, PDFs) incrementally and search it.
 
     config.py    what an index folder is built with (config.json), and where it is found
-    sources.py   the walk (gitignore rules) and reading files to text;  chunking.py  texts cut into chunks
+    sources.py   the walk (git's file list, or gitignore rules) and reading files to text;  chunking.py  chunks
     indexing.py  one indexing run: changed files -> chunks -> vectors -> one commit per batch
+    rebuild.py   a whole new index beside the current one, swapped in when complete (the way back from damage)
     snippets.py  the lines of a chunk shown for a query;  retriever.py  the ``Retriever`` facade
 """
 

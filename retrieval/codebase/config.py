@@ -1,13 +1,16 @@
 """An index folder's configuration: what it indexes and with which model, fixed when the index is created.
 
-An index folder (default ``ROOT/.mret``) holds ``config.json`` (this), ``index/`` (a FaissIndex flat for dense, a
-PlaidIndex for colbert, each with its SQLite store of chunks) and ``last_run.json`` (the last run's summary).
-``config.json`` is written last when an index is created: a folder that has it holds a whole (maybe empty) index.
+An index folder (default ``ROOT/.mret``) holds ``config.json`` (this), the vector folder it names (``index/`` as
+first created, ``index.<hex>/`` after a rebuild: a FaissIndex flat for dense, a PlaidIndex for colbert, each with its
+SQLite store of chunks) and ``last_run.json`` (the last run's summary). ``config.json`` is written last when an index
+is created: a folder that has it holds a whole (maybe empty) index. Rewriting it to name another vector folder is how
+a rebuild swaps its new index in (rebuild.py).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,7 @@ class IndexConfig:
     max_length: int  # tokens per chunk, as the model counts them
     max_length_setting: int  # what was asked for (0: the model's maximum)
     dim: int
+    index: str = INDEX  # the vector folder, inside the index folder (older configs have no key: "index")
 
     @classmethod
     def read(cls, index_dir: Path) -> "IndexConfig | None":
@@ -48,11 +52,14 @@ class IndexConfig:
             return None
         try:
             raw = json.loads(path.read_text())
-            config = cls(**{key: raw[key] for key in cls.__dataclass_fields__})
+            config = cls(**{key: raw[key] for key in cls.__dataclass_fields__ if key != "index"},
+                         index=raw.get("index", INDEX))
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise RetrieverError(f"{path} is not a modernretrieval index configuration ({error!r})") from None
         if config.kind not in KINDS:
             raise RetrieverError(f"{path} names an unknown kind {config.kind!r}")
+        if not is_vector_folder(config.index):  # a name, never a path: rebuilds delete the folders they replace
+            raise RetrieverError(f"{path} names {config.index!r} as its vector folder, not a folder of its own")
         return config
 
     def write(self, index_dir: Path) -> None:
@@ -75,12 +82,17 @@ class IndexConfig:
     def create_vectors(self, index_dir: Path) -> None:
         """The empty vector index this configuration calls for."""
         if self.kind == "dense":
-            FaissIndex.create(index_dir / INDEX, dim=self.dim, kind="flat").close()
+            FaissIndex.create(index_dir / self.index, dim=self.dim, kind="flat").close()
         else:
-            PlaidIndex.create(index_dir / INDEX, dim=self.dim, nbits=PLAID_NBITS).close()
+            PlaidIndex.create(index_dir / self.index, dim=self.dim, nbits=PLAID_NBITS).close()
 
     def open_vectors(self, index_dir: Path) -> FaissIndex | PlaidIndex:
-        return (FaissIndex if self.kind == "dense" else PlaidIndex).open(index_dir / INDEX)
+        return (FaissIndex if self.kind == "dense" else PlaidIndex).open(index_dir / self.index)
+
+
+def is_vector_folder(name: str) -> bool:
+    """Whether ``name`` is one of the names vector folders get: ``index``, or ``index.<hex>`` from a rebuild."""
+    return re.fullmatch(r"index(\.[0-9a-f]{8,32})?", name) is not None
 
 
 def model_name(model: str | Path) -> str:

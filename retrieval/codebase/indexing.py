@@ -47,6 +47,7 @@ class IndexSummary:
     encode_seconds: float = 0.0  # spent in the model
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
     seconds: float = 0.0
+    lister: str = "walk"  # where the file list came from: "git" (git ls-files), "walk" (the tree), "list" (given)
 
 
 @dataclass
@@ -78,7 +79,7 @@ def run_index(root: Path, index_dir: Path, vectors: FaissIndex | PlaidIndex, hea
     started = time.perf_counter()
     found = listed(root, files) if files is not None else walk(root, exclude=[index_dir])
     known = vectors.store.files()
-    summary = IndexSummary(skipped=dict(found.skipped))
+    summary = IndexSummary(skipped=dict(found.skipped), lister=found.lister)
     present = {f.path for f in found.files}
     gone = [path for path in known if path not in present]
     if gone:

@@ -1,5 +1,6 @@
 """``Retriever``: index a codebase or a document collection and search it, the facade behind
-``mret index/search/status/remove``. The configuration lives in config.py, the indexing run in indexing.py.
+``mret index/search/status/remove``. The configuration lives in config.py, the indexing run in indexing.py, the
+folder mechanics of ``index(rebuild=True)`` in rebuild.py.
 
 Safe to share between threads for reading: the model and the index are opened once, under a lock, on first use;
 searches from many threads run against the index's last commit while another process (or ``index()``) writes.
@@ -12,18 +13,19 @@ import shutil
 import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from indexes import FaissIndex, PlaidIndex
 from modernretrieval.errors import SettingsError
-from modernretrieval.files import folder_bytes
+from modernretrieval.files import folder_bytes, fsync_dir
 
 from ..heads import DEFAULT_MODELS, KINDS, Head, Kind, load_head, set_document_length
 from .config import CONFIG, FORMAT, INDEX, INDEX_DIR_NAME, IndexConfig, RetrieverError, find_index_dir, model_name, \
     read_last_run
 from .indexing import MIN_CHUNK_TOKENS, IndexSettings, IndexSummary, chunk_budget, run_index
+from .rebuild import REBUILD_WAIT, fresh_name, rebuild_lock, remove_folder, remove_leftovers
 from .snippets import best_lines, query_terms
 from .sources import DEFAULT_MAX_FILE_BYTES, files_under, language_of
 
@@ -132,11 +134,66 @@ class Retriever:
         self.close()
 
     # ----- indexing
-    def index(self, files: Iterable[str] | None = None) -> IndexSummary:
-        """Bring the index up to date with the tree (or with exactly the files listed, relative to the root)."""
+    def index(self, files: Iterable[str] | None = None, rebuild: bool = False) -> IndexSummary:
+        """Bring the index up to date with the tree (or with exactly the files listed, relative to the root).
+
+        ``rebuild``: index the tree into a new index beside the current one and swap it in when it is complete
+        (rebuild.py): the way back from a damaged index, which is never opened; the settings stay the index's own.
+        A rebuild killed midway leaves the current index as it was."""
         if self.config is None:
             self._create()
-        return run_index(self.root, self.index_dir, self.vectors, lambda: self.model, self.settings, files)
+        elif rebuild:
+            return self._rebuild(files)
+        else:
+            self._follow_rebuilds()
+        try:
+            return run_index(self.root, self.index_dir, self.vectors, lambda: self.model, self.settings, files)
+        except Exception:
+            if self._rebuilt_meanwhile():  # its folder was deleted under this run: not a damaged index
+                raise RetrieverError(f"{self.index_dir} was rebuilt by another process (`mret index --rebuild`) "
+                                     "while this run wrote to it; run `mret index` again") from None
+            raise
+
+    def _follow_rebuilds(self) -> None:
+        """Delete what killed rebuilds left (unless a rebuild is running), and follow a rebuild that another process
+        made since this object read config.json: the folder it names now, not the one it named then."""
+        with rebuild_lock(self.index_dir, timeout=0) as held:
+            current = IndexConfig.read(self.index_dir) or self.config
+            assert current is not None and self.config is not None
+            if held:
+                remove_leftovers(self.index_dir, current.index)
+        if current.index != self.config.index:
+            with self._lock:
+                self.config, self._index = current, None  # threads searching keep the index object they hold
+
+    def _rebuilt_meanwhile(self) -> bool:
+        try:
+            current = IndexConfig.read(self.index_dir)
+        except RetrieverError:
+            return False
+        return current is not None and self.config is not None and current.index != self.config.index
+
+    def _rebuild(self, files: Iterable[str] | None) -> IndexSummary:
+        with rebuild_lock(self.index_dir, timeout=REBUILD_WAIT) as held:
+            if not held:
+                raise RetrieverError(f"another rebuild of {self.index_dir} (`mret index --rebuild`) is running")
+            old = IndexConfig.read(self.index_dir) or self.config
+            assert old is not None
+            remove_leftovers(self.index_dir, old.index)  # a killed rebuild's partial folder
+            new = replace(old, index=fresh_name())
+            new.create_vectors(self.index_dir)
+            try:
+                with new.open_vectors(self.index_dir) as vectors:
+                    summary = run_index(self.root, self.index_dir, vectors, lambda: self.model, self.settings, files)
+            except BaseException:
+                shutil.rmtree(self.index_dir / new.index, ignore_errors=True)
+                raise
+            fsync_dir(self.index_dir)  # the new folder's entry, before config.json names it
+            new.write(self.index_dir)  # the swap: one atomic rename of config.json
+            with self._lock:
+                self.config, self._index = new, None  # threads searching keep the index object they hold
+            remove_folder(self.index_dir / old.index)
+        return summary
 
     def _create(self) -> None:
         model = self.model

@@ -1,6 +1,12 @@
-"""Which files of a tree are indexed, and their text: the walk (``.gitignore``/``.mretignore``, vendored and build
-folders, binary, huge, generated and undecodable files skipped with a counted reason) and the readers (plain text and
-code as is; HTML as its text on the same line numbers; PDF through pypdf when it is installed).
+"""Which files of a tree are indexed, and their text: the walk (git's file list or ``.gitignore`` files, then
+``.mretignore``, vendored and build folders, binary, huge, generated and undecodable files skipped with a counted
+reason) and the readers (plain text and code as is; HTML as its text on the same line numbers; PDF through pypdf when
+it is installed).
+
+Inside a git work tree the file list is git's own (``git ls-files --cached --others --exclude-standard``): every
+ignore source git honours applies (``.gitignore`` files, ``.git/info/exclude``, the user's ``core.excludesFile``),
+exactly as git, ripgrep and colgrep see the tree. Elsewhere, or when git is not installed or fails, the tree is walked
+and its ``.gitignore`` files read here. ``.mretignore`` files and the other filters apply on top either way.
 
 The walk only stats files; reading happens later, one file at a time, so that a tree of any size streams through.
 """
@@ -9,6 +15,8 @@ from __future__ import annotations
 
 import os
 import re
+import stat
+import subprocess
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -42,6 +50,13 @@ LANGUAGES = {
     ".htm": "html", ".xhtml": "html", ".pdf": "pdf", ".json": "json", ".yaml": "yaml", ".yml": "yaml",
     ".toml": "toml", ".ini": "ini", ".cfg": "ini", ".xml": "xml", ".css": "css", ".scss": "css", ".proto": "proto"}
 PROSE = frozenset({"markdown", "rst", "text", "tex", "html", "pdf"})
+IGNORED = "ignored (.gitignore/.mretignore)"
+EXCLUDED = "excluded folder (vendored, build, cache)"
+NOT_UTF8_NAME = "file name not UTF-8"
+# variables that point git at another repository than the one around the root (git sets them for its hooks, where
+# ``mret index`` may run): git is asked about the root's own repository
+GIT_REPOSITORY_ENV = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR", "GIT_OBJECT_DIRECTORY",
+                      "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_PREFIX", "GIT_IMPLICIT_WORK_TREE")
 SNIFF_BYTES = 8192
 DEFAULT_MAX_FILE_BYTES = 1 << 20  # 1 MiB: larger "source" files are almost always data or generated
 
@@ -64,6 +79,7 @@ class SourceFile:
 class Walk:
     files: list[SourceFile] = field(default_factory=list)
     skipped: Counter = field(default_factory=Counter)  # reason -> files (or folders, for excluded folders)
+    lister: str = "walk"  # where the file list came from: "git" (git ls-files), "walk" (os.walk), "list" (given)
 
 
 def language_of(path: str) -> str:
@@ -76,15 +92,16 @@ def is_code(path: str) -> bool:
 
 
 class _IgnoreRules:
-    """``.gitignore`` and ``.mretignore`` files, each applying below its own folder; as in git, the deepest file
-    with a matching pattern decides, and within a file the last matching pattern (``!`` re-includes)."""
+    """``.gitignore`` and ``.mretignore`` files (``names``), each applying below its own folder; as in git, the
+    deepest file with a matching pattern decides, and within a file the last matching pattern (``!`` re-includes)."""
 
-    def __init__(self) -> None:
+    def __init__(self, names: tuple[str, ...] = (".gitignore", ".mretignore")) -> None:
         self._specs: dict[str, list[pathspec.PathSpec]] = {}
+        self._names = names
 
     def load(self, folder: Path, relative: str) -> None:
         specs = []
-        for name in (".gitignore", ".mretignore"):
+        for name in self._names:
             try:
                 lines = (folder / name).read_text(encoding="utf-8", errors="replace").splitlines()
             except OSError:
@@ -106,10 +123,18 @@ class _IgnoreRules:
 
 
 def walk(root: Path, exclude: Iterable[Path] = ()) -> Walk:
-    """Every indexable-looking file under ``root`` in a fixed (sorted) order, without reading file contents.
-    Binary suffixes, generated files, size limits and encodings are judged later by ``read_source``."""
+    """Every indexable-looking file under ``root`` in a fixed order (the walk's: a folder's files sorted by name, then
+    its subfolders), without reading file contents. Inside a git work tree git lists the files (``git_paths``);
+    elsewhere the tree is walked. ``exclude``: folders passed silently (the index folder). Binary suffixes, generated
+    files, size limits and encodings are judged later by ``read_source``."""
     root = root.resolve()
     excluded = {Path(p).resolve() for p in exclude}
+    listing = git_paths(root)
+    return _tree_walk(root, excluded) if listing is None else _git_walk(root, listing, excluded)
+
+
+def _tree_walk(root: Path, excluded: set[Path]) -> Walk:
+    """The tree walked, ``.gitignore`` and ``.mretignore`` files read here, ignored and excluded folders pruned."""
     rules, out = _IgnoreRules(), Walk()
     for folder, dirnames, filenames in os.walk(root):
         here = Path(folder)
@@ -122,11 +147,11 @@ def walk(root: Path, exclude: Iterable[Path] = ()) -> Walk:
             if name == ".mret" or (here / name).resolve() in excluded:
                 continue  # our own index folders: not the user's content, not worth a line in the summary
             if name in EXCLUDED_DIRS or name.endswith(".egg-info"):
-                out.skipped["excluded folder (vendored, build, cache)"] += 1
+                out.skipped[EXCLUDED] += 1
             elif (here / name).is_symlink():
                 out.skipped["symlink"] += 1
             elif rules.ignored(path, is_dir=True):
-                out.skipped["ignored (.gitignore/.mretignore)"] += 1
+                out.skipped[IGNORED] += 1
             else:
                 keep.append(name)
         dirnames[:] = keep
@@ -138,7 +163,9 @@ def walk(root: Path, exclude: Iterable[Path] = ()) -> Walk:
             if absolute.is_symlink():
                 out.skipped["symlink"] += 1
             elif rules.ignored(path, is_dir=False):
-                out.skipped["ignored (.gitignore/.mretignore)"] += 1
+                out.skipped[IGNORED] += 1
+            elif not _utf8(path):
+                out.skipped[NOT_UTF8_NAME] += 1
             else:
                 found = stat_file(root, absolute)
                 if isinstance(found, str):
@@ -148,9 +175,111 @@ def walk(root: Path, exclude: Iterable[Path] = ()) -> Walk:
     return out
 
 
+def git_paths(folder: Path) -> list[str] | None:
+    """The files git shows under ``folder`` (tracked, and untracked but not ignored), relative to it; None when
+    ``folder`` is not in a git work tree, git is not installed or fails, or git ignores ``folder`` itself (a build
+    folder the user asked for by name: it is walked as a tree of its own). One ``git ls-files`` call for the whole
+    tree; a nested repository (a submodule, a clone inside the tree) is listed as one folder, ending in '/' when
+    untracked; tracked files deleted from the work tree are still listed."""
+    listing = _git(folder, "ls-files", "--cached", "--others", "--exclude-standard", "-z")
+    if listing is None:
+        return None
+    # unmerged files come once per stage; names are bytes (-z: never quoted), decoded as the file system does
+    paths = list(dict.fromkeys(os.fsdecode(name).rstrip("/") for name in listing.split(b"\0") if name))
+    if not paths and _git(folder, "check-ignore", "-q", ".") is not None:
+        return None
+    return paths
+
+
+def _git(folder: Path, *args: str) -> bytes | None:
+    """git's output, run in ``folder``; None when git is not installed or exits with an error."""
+    env = {key: value for key, value in os.environ.items() if key not in GIT_REPOSITORY_ENV}
+    try:
+        done = subprocess.run(["git", *args], cwd=folder, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                              check=False)
+    except OSError:  # no git on PATH (or not runnable)
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def _git_walk(root: Path, listing: list[str], excluded: set[Path]) -> Walk:
+    """The files git listed, through the filters the tree walk applies itself (git has applied every ignore file
+    but ``.mretignore``): our index folders, vendored and build folders, ``.mretignore``, symlinks, non-files.
+    Folder verdicts are cached, so each folder is judged (and counted) once, as the tree walk prunes it once."""
+    rules, out = _IgnoreRules(names=(".mretignore",)), Walk(lister="git")
+    silent = {p.relative_to(root).as_posix() for p in excluded if p != root and p.is_relative_to(root)}
+    rules.load(root, "")
+    taken: dict[str, bool] = {"": True}  # folder -> whether the files below it are taken
+
+    def folder_taken(folder: str) -> bool:
+        if folder not in taken:
+            parent, _, name = folder.rpartition("/")
+            ok = folder_taken(parent)
+            if ok and (name == ".mret" or folder in silent):
+                ok = False
+            elif ok and (name in EXCLUDED_DIRS or name.endswith(".egg-info")):
+                ok, out.skipped[EXCLUDED] = False, out.skipped[EXCLUDED] + 1
+            elif ok and rules.ignored(folder, is_dir=True):
+                ok, out.skipped[IGNORED] = False, out.skipped[IGNORED] + 1
+            elif ok:
+                rules.load(root / folder, folder)  # a .mretignore that git itself ignores still counts
+            taken[folder] = ok
+        return taken[folder]
+
+    pending = list(reversed(listing))
+    while pending:
+        path = pending.pop()
+        folder, _, name = path.rpartition("/")
+        if not folder_taken(folder) or name in (".gitignore", ".mretignore"):
+            continue
+        if rules.ignored(path, is_dir=False):
+            out.skipped[IGNORED] += 1
+            continue
+        absolute = root / path
+        try:
+            info = absolute.lstat()
+        except FileNotFoundError:
+            continue  # deleted from the work tree, still in git's index: not in the tree
+        except OSError:
+            out.skipped["missing or unreadable"] += 1
+            continue
+        if stat.S_ISLNK(info.st_mode):
+            out.skipped["symlink"] += 1
+        elif stat.S_ISDIR(info.st_mode):  # a nested repository (or a submodule that is not checked out: empty)
+            nested = git_paths(absolute) if os.path.lexists(absolute / ".git") else []
+            if nested is None:
+                out.skipped["nested repository that git cannot list"] += 1
+            else:
+                pending += [f"{path}/{p}" for p in reversed(nested)]
+        elif not stat.S_ISREG(info.st_mode):
+            out.skipped["not a regular file"] += 1
+        elif not _utf8(path):
+            out.skipped[NOT_UTF8_NAME] += 1
+        else:
+            out.files.append(SourceFile(path, absolute, info.st_size, info.st_mtime_ns))
+    out.files.sort(key=lambda f: walk_order(f.path))
+    return out
+
+
+def walk_order(path: str) -> tuple[tuple[int, str], ...]:
+    """The tree walk's order as a sort key: in each folder its files (by name) before its subfolders (by name)."""
+    *folders, name = path.split("/")
+    return (*((1, folder) for folder in folders), (0, name))
+
+
+def _utf8(path: str) -> bool:
+    """Whether a name read from the file system is UTF-8 (the store keeps paths as UTF-8 text; an undecodable byte
+    comes back from ``os.fsdecode`` as a lone surrogate, which SQLite cannot store)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def listed(root: Path, paths: Iterable[str]) -> Walk:
     """The files named in a list (``--files-from``), relative to ``root`` or absolute under it, in list order."""
-    root, out, seen = root.resolve(), Walk(), set()
+    root, out, seen = root.resolve(), Walk(lister="list"), set()
     for line in paths:
         name = line.strip()
         if not name or name.startswith("#"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -248,3 +249,56 @@ def test_default_model_without_the_hub_names_the_model_option(tmp_path):
     assert lines[0].startswith("error:") and sum(line.startswith("error:") for line in lines) == 1
     assert "--model" in result.stderr and "Traceback" not in result.stderr and result.stdout == ""
     assert not (root / ".mret" / "config.json").exists()
+
+
+def truncate_a_vector_file(index_dir: Path) -> Path:
+    config = json.loads((index_dir / "config.json").read_text())
+    path = max((index_dir / config.get("index", "index") / "files").iterdir(), key=lambda p: p.stat().st_size)
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+    return path
+
+
+def test_a_damaged_index_names_the_file_and_the_rebuild_command_which_brings_it_back(tmp_path, model_dir,
+                                                                                    monkeypatch):
+    root = make_tree(tmp_path / "tree")
+    ok(mret("index", root, "--model", model_dir, "--max-length", "128"))
+    monkeypatch.chdir(root / "docs")
+    before = json.loads(ok(mret("search", QUERY, "--json", "-k", "5")).stdout)
+    damaged = truncate_a_vector_file(root / ".mret")
+    command = f"mret index --rebuild {root.resolve()}"
+    for args in (["search", QUERY], ["status"], ["remove", "json/decoder.py"], ["index", root]):
+        assert_user_error(mret(*args), str(damaged), "truncated", command)  # the file, and the way back
+    result = ok(mret("index", root, "--rebuild"))
+    assert "rebuilding" in result.stderr and "8 files encoded" in " ".join(result.stderr.split())
+    assert json.loads(ok(mret("search", QUERY, "--json", "-k", "5")).stdout) == before
+    assert json.loads(ok(mret("status", "--json")).stdout)["files"] == 8
+
+    other = tmp_path / "indexes" / "tree"  # an index elsewhere: the command names its --index-dir too
+    ok(mret("index", root, "--index-dir", other, "--model", model_dir, "--max-length", "128"))
+    truncate_a_vector_file(other)
+    assert_user_error(mret("search", QUERY, "--index-dir", other), f"{command} --index-dir {other.resolve()}")
+    ok(mret("index", root, "--index-dir", other, "--rebuild"))
+    assert json.loads(ok(mret("search", QUERY, "--json", "-k", "5", "--index-dir", other)).stdout) == before
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_index_in_a_git_work_tree_takes_gits_file_list(tmp_path, model_dir, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    for name, value in {"HOME": home, "XDG_CONFIG_HOME": home, "GIT_CONFIG_NOSYSTEM": "1",
+                        "GIT_CEILING_DIRECTORIES": tmp_path}.items():
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.delenv("GIT_CONFIG_GLOBAL", raising=False)
+    root = make_tree(tmp_path / "repo")
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    (root / ".git" / "info" / "exclude").write_text("docs/\n")  # not in any .gitignore: git's own exclude file
+    result = ok(mret("index", root / "json", "--model", model_dir, "--max-length", "128"))
+    assert "files as git lists them" in " ".join(result.stderr.split())
+    status = json.loads(ok(mret("status", "--json", "--index-dir", root / "json" / ".mret")).stdout)
+    assert status["files"] == 5 and status["root"] == str((root / "json").resolve())
+    ok(mret("index", root, "--model", model_dir, "--max-length", "128"))
+    hits = json.loads(ok(mret("search", "draft notes guide", "--json", "-k", "100", "--index-dir",
+                              root / ".mret")).stdout)
+    assert {h["path"] for h in hits} == {"json/__init__.py", "json/decoder.py", "json/encoder.py",
+                                         "json/scanner.py", "json/tool.py", "sub/deep/tides.py"}

@@ -1,7 +1,8 @@
-"""The indexing child that test_retriever.py's kill test SIGKILLs:
+"""The indexing child that the kill tests (test_retriever.py, test_rebuild.py) SIGKILL:
 
     python tests/retrieval/indexing_child.py '{"root": ..., "index_dir": ..., "model": ..., "max_length": ...,
-                                               "batch_tokens": ..., "max_file_bytes": ..., "sleep": ...}'
+                                               "batch_tokens": ..., "max_file_bytes": ..., "sleep": ...,
+                                               "rebuild": false}'
 
 It prints one line ("encode N") before each batch it encodes, then sleeps ``sleep`` seconds, so that the parent can
 kill it at chosen points of a run (between commits, while encoding, while committing).
@@ -32,7 +33,7 @@ def _child(args: dict) -> None:
 
     model.encode_documents = slow_encode
     with retriever:
-        summary = retriever.index()
+        summary = retriever.index(rebuild=args.get("rebuild", False))
     print(f"done {summary.files} {summary.chunks}", flush=True)
 
 
