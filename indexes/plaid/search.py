@@ -119,9 +119,11 @@ def _top(scores: np.ndarray, n: int) -> np.ndarray:
 
 
 def search_segment(codec: ResidualCodec, segment: SegmentArrays, query: np.ndarray, centroid_scores: np.ndarray,
-                   k: int, settings: SearchSettings, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+                   k: int, settings: SearchSettings, allowed: np.ndarray | None,
+                   trace: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(local document indices, MaxSim scores) of the best ``k`` documents of one segment, best first.
-    ``centroid_scores``: query (n_q, dim) @ centroids.T, shared by all segments. ``allowed``: mask over local docs."""
+    ``centroid_scores``: query (n_q, dim) @ centroids.T, shared by all segments. ``allowed``: mask over local docs.
+    ``trace``: receives the documents that reach each stage (bench/plaid_fidelity.py measures each stage's loss)."""
     n_docs = len(segment.doc_offsets) - 1
     # 1. candidates
     probe = np.unique(np.argpartition(-centroid_scores, min(settings.n_ivf_probe, centroid_scores.shape[1]) - 1,
@@ -147,6 +149,8 @@ def search_segment(codec: ResidualCodec, segment: SegmentArrays, query: np.ndarr
     tokens, bounds = _token_ranges(segment.doc_offsets, stage2)
     approx = _maxsim_by_document(centroid_scores[:, segment.codes[tokens]], bounds)
     stage3 = np.sort(stage2[_top(approx, settings.n_full_scores)])
+    if trace is not None:
+        trace.update(candidates=np.flatnonzero(candidates), stage2=stage2, stage3=stage3)
     # 4. decompression and exact MaxSim
     tokens, bounds = _token_ranges(segment.doc_offsets, stage3)
     scores = codec.scores(query, centroid_scores, segment.codes[tokens], segment.residuals_of(stage3),
