@@ -99,10 +99,12 @@ def test_8192_tokens_match_transformers():
     assert max_diff(states, reference_states(hf, token_ids)) <= TOL
 
 
-@pytest.mark.parametrize("shape,lengths", [("base", [2100, 300, 130, 37]), ("large", [2050, 129, 40])])
-def test_real_shapes_match_transformers(shape, lengths):
-    """The real ModernBERT-base (22 layers, 768) and -large (28 layers, 1024) shapes, random weights."""
-    hf = hf_model(shape, mlm=False, seed=5)
+@pytest.mark.parametrize("shape,lengths,layers", [("base", [2100, 300, 130, 37], None), ("large", [2050, 129, 40], 6)])
+def test_real_shapes_match_transformers(shape, lengths, layers):
+    """The real ModernBERT-base (all 22 layers, 768: the error accumulated over the full depth) and -large (1024
+    wide, 16 heads; 6 of its 28 layers, two of them global: the width is what differs from base) shapes, random
+    weights."""
+    hf = hf_model(shape, mlm=False, seed=5, **({"num_hidden_layers": layers} if layers else {}))
     ours = ours_from(hf)
     token_ids = random_ids(lengths, seed=5)
     input_ids, cu_seqlens = pack(token_ids)

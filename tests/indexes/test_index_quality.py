@@ -1,6 +1,8 @@
-"""Index quality on real embeddings: a fixed SciFact subset encoded with all-MiniLM-L6-v2 (sentence vectors for
-FAISS, L2-normalized token vectors for PLAID), against exhaustive search on the same vectors and SciFact's qrels.
-The full-corpus figures, with latency and size, come from bench/index_bench.py."""
+"""PLAID's quality on real embeddings: a fixed SciFact subset encoded with all-MiniLM-L6-v2 (L2-normalized token
+vectors), against exhaustive MaxSim on the same vectors and SciFact's qrels, at the default 2 bits. FAISS on real
+vectors is checked by tests/eval/test_eval_runner.py (flat equals exact search, HNSW within 0.005 nDCG@10); the
+full-corpus figures of every index and width, with latency and size, come from bench/index_bench.py and
+bench/plaid_fidelity.py."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import pytest
 
 from eval.encode import encode_beir
 from eval.metrics import evaluate
-from indexes import FaissIndex, PlaidIndex
+from indexes import PlaidIndex
 
 ROOT = Path(__file__).resolve().parents[2]
 K = 10
@@ -24,10 +26,8 @@ def subset(scifact, minilm_folder):
     relevant = {d for q in query_ids for d in data.qrels[q]}
     doc_ids = [d for i, d in enumerate(data.corpus) if i < 700 or d in relevant]
     cache = ROOT / ".cache" / "embeddings"
-    folder = str(minilm_folder)
-    dense = encode_beir(data, folder, "dense", cache, doc_ids, query_ids)
-    tokens = encode_beir(data, folder, "colbert", cache, doc_ids, query_ids, token_embeddings=True)
-    return {q: data.qrels[q] for q in query_ids}, dense, tokens
+    tokens = encode_beir(data, str(minilm_folder), "colbert", cache, doc_ids, query_ids, token_embeddings=True)
+    return {q: data.qrels[q] for q in query_ids}, tokens
 
 
 def ndcg(ranked: list[list[str]], query_ids: list[str], qrels: dict) -> float:
@@ -59,8 +59,7 @@ def exhaustive_top(tokens) -> list[list[str]]:
     return out
 
 
-@pytest.mark.parametrize("nbits", [2, 4])
-def test_plaid_against_exhaustive_maxsim(subset, tmp_path, nbits):
+def test_plaid_against_exhaustive_maxsim(subset, tmp_path):
     """Two losses, measured apart: the search stages (against the same index with nothing pruned, i.e. exhaustive
     MaxSim over the decompressed vectors) and the residual codec (against exhaustive MaxSim over the originals).
     MiniLM's 384-d token vectors (never trained for late interaction) lose a share of the exact top-10 to the
@@ -68,7 +67,8 @@ def test_plaid_against_exhaustive_maxsim(subset, tmp_path, nbits):
     rotated codebooks (0.937 with per-dimension Lloyd-Max buckets, 0.91 with quantile buckets and half the
     centroids); nDCG@10 moves far less. The stages themselves keep >= 0.95 of what the codec allows (0.999
     measured)."""
-    qrels, _, tokens = subset
+    qrels, tokens = subset
+    nbits = 2  # the default; 1 and 4 bits on real vectors: bench/index_bench.py
     exact = exhaustive_top(tokens)
     index = PlaidIndex.create(tmp_path / "plaid", dim=tokens.docs.shape[1], nbits=nbits)
     index.add(tokens.doc_ids, [tokens.doc(i) for i in range(len(tokens.doc_ids))])
@@ -81,18 +81,4 @@ def test_plaid_against_exhaustive_maxsim(subset, tmp_path, nbits):
           f"exhaustive {exact_ndcg:.4f}, {index.stats()['bytes_per_token']:.1f} bytes/token on disk")
     assert recall(found, ceiling) >= 0.95  # the stages lose almost nothing
     assert abs(plaid_ndcg - exact_ndcg) <= 0.005
-    assert recall(found, exact) >= (0.975 if nbits == 4 else 0.95)  # the codec's share: see the docstring
-
-
-def test_faiss_flat_is_exact_and_hnsw_recall(subset, tmp_path):
-    qrels, dense, _ = subset
-    scores = dense.queries @ dense.docs.T
-    exact = [[dense.doc_ids[j] for j in np.argsort(-row)[:K]] for row in scores]
-    found = {}
-    for kind in ("flat", "hnsw"):
-        index = FaissIndex.create(tmp_path / kind, dim=dense.docs.shape[1], kind=kind)
-        index.add(dense.doc_ids, dense.docs)
-        found[kind] = [[d for d, _ in hits] for hits in index.search(dense.queries, k=K)]
-    assert found["flat"] == exact
-    assert recall(found["hnsw"], found["flat"]) >= 0.98
-    assert ndcg(found["flat"], dense.query_ids, qrels) > 0.6  # a real model: far above chance
+    assert recall(found, exact) >= 0.95  # the codec's share: see the docstring
