@@ -65,7 +65,7 @@ def test_plaid_against_exhaustive_maxsim(subset, tmp_path):
     MiniLM's 384-d token vectors (never trained for late interaction) lose a share of the exact top-10 to the
     codec alone, near-ties swapping: on this 800-document subset the ceiling is 0.960 at 2 bits and 0.986 at 4 with
     rotated codebooks (0.937 with per-dimension Lloyd-Max buckets, 0.91 with quantile buckets and half the
-    centroids); nDCG@10 moves far less. The stages themselves keep >= 0.95 of what the codec allows (0.999
+    centroids); nDCG@10 moves far less. The stages themselves keep >= 0.99 of what the codec allows (0.999
     measured)."""
     qrels, tokens = subset
     nbits = 2  # the default; 1 and 4 bits on real vectors: bench/index_bench.py
@@ -79,6 +79,6 @@ def test_plaid_against_exhaustive_maxsim(subset, tmp_path):
     print(f"\nPLAID nbits={nbits}: recall of exact top-10 {recall(found, exact):.3f} (codec ceiling "
           f"{recall(ceiling, exact):.3f}; stages keep {recall(found, ceiling):.3f}), nDCG@10 {plaid_ndcg:.4f} vs "
           f"exhaustive {exact_ndcg:.4f}, {index.stats()['bytes_per_token']:.1f} bytes/token on disk")
-    assert recall(found, ceiling) >= 0.95  # the stages lose almost nothing
+    assert recall(found, ceiling) >= 0.99  # the stages lose almost nothing
     assert abs(plaid_ndcg - exact_ndcg) <= 0.005
     assert recall(found, exact) >= 0.95  # the codec's share: see the docstring
