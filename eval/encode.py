@@ -86,6 +86,8 @@ def encode_beir(dataset: BeirDataset, model: Head | str | Path, kind: Kind,
         key = {"format": FORMAT_VERSION, "model": model_key, "dtype": _dtype(model), "lengths": model.settings(),
                "kind": kind, "dataset": str(dataset.folder.resolve()) if dataset.folder else None,
                "texts": _digest(doc_texts, query_texts), "doc_ids": doc_ids, "query_ids": query_ids}
+        if getattr(model, "strip", False):  # texts stripped of edge whitespace: entries made before are another encoding
+            key["strip_text_edges"] = True
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
         name = dataset.folder.name if dataset.folder else "dataset"
         path = Path(cache_dir) / f"{name}-{kind}-{digest[:20]}.npz"

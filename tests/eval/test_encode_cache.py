@@ -88,6 +88,9 @@ def test_second_call_reads_the_cache(subset, dense, colbert, tmp_path, monkeypat
                     model_key=f"minilm-{kind}", show_progress=False)
     with pytest.raises(AssertionError, match="cache was not used"):  # another model name: another key
         encode(subset, model, kind, tmp_path, model_key="another")
+    monkeypatch.setattr(model, "strip", not model.strip)
+    with pytest.raises(AssertionError, match="cache was not used"):  # text edges read otherwise: another key
+        encode(subset, model, kind, tmp_path)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "one byte flipped"])
