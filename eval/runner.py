@@ -22,6 +22,8 @@ import numpy as np
 
 from modernretrieval.errors import SettingsError
 from retrieval.heads.base import Head, Kind
+from indexes.lexical import TERMS_VERSION
+from retrieval.fusion import MODES, fuse
 from retrieval.scoring import dense_top_k, maxsim_top_k
 
 from .datasets.beir import BeirDataset
@@ -29,6 +31,8 @@ from .encode import EncodedBeir, encode_beir, model_cache_name
 from .metrics import evaluate, run_from_top_k, trec_order
 from .published import published_scores
 
+BM25 = "bm25"  # the lexical "model" in published.json and metrics.json
+BEIR_WEIGHTS = (1.0, 1.0, 1.2 / 0.9)  # body weight 4/3: FTS5's k1 of 1.2 becomes Pyserini's 0.9 (README, "Hybrid search")
 INDEXES = {"dense": ("flat", "hnsw", "ivfpq"), "colbert": ("flat", "plaid")}
 QUERY_BATCH = 32
 DOC_BATCH = 256  # documents per PLAID build batch
@@ -45,8 +49,11 @@ class EvalSettings:
     depth: int = 100  # documents retrieved per query (Recall@100 needs 100)
     nbits: int = 2  # PLAID residual bits
     index_options: dict[str, Any] = field(default_factory=dict)  # e.g. ef_search, n_ivf_probe, nprobe
+    mode: str = "semantic"  # semantic (the model), lexical (BM25, no model), hybrid (both fused: retrieval.fusion)
 
     def check(self) -> None:
+        if self.mode not in MODES:
+            raise SettingsError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.kind not in INDEXES:
             raise SettingsError(f"--kind must be dense or colbert, got {self.kind!r}")
         if self.index not in INDEXES[self.kind]:
@@ -62,6 +69,8 @@ def run_eval(dataset: BeirDataset, settings: EvalSettings, output: Path, cache_d
              show_progress: bool | None = None) -> dict[str, Any]:
     """Evaluate, write ``output``/run.trec and ``output``/metrics.json, and return the metrics record."""
     settings.check()
+    if settings.mode == "lexical":
+        return run_lexical_eval(dataset, settings, output, cache_dir)
     started = time.perf_counter()
     model, key = load_model(settings)
     encoded = encode_beir(dataset, model, settings.kind, cache_dir / "embeddings", model_key=key,
@@ -72,11 +81,13 @@ def run_eval(dataset: BeirDataset, settings: EvalSettings, output: Path, cache_d
     index_seconds = time.perf_counter() - index_started
     search_started = time.perf_counter()
     run = searcher(settings.depth + 1)  # one extra: a query's own id is dropped from its results, as BEIR does
+    if settings.mode == "hybrid":
+        lexical = lexical_run(dataset, encoded.query_ids, settings.depth + 1, cache_dir / "indexes")
+        run = {q: dict(fuse(sorted(run[q].items(), key=lambda item: -item[1]), lexical[q], settings.depth + 1))
+               for q in run}
     search_seconds = time.perf_counter() - search_started
 
     metrics = evaluate(run, dataset.qrels)
-    output.mkdir(parents=True, exist_ok=True)
-    write_trec_run(run, output / "run.trec", tag=f"mret-{settings.kind}-{settings.index}")
     record = {
         **metrics,
         "dataset": {"name": dataset.name, "folder": str(dataset.folder) if dataset.folder else None,
@@ -93,10 +104,66 @@ def run_eval(dataset: BeirDataset, settings: EvalSettings, output: Path, cache_d
         "embeddings_cache": str(encoded.path) if encoded.path else None,
         "device": device_description(),
         "versions": versions(),
-        "published": published_scores(settings.model, dataset.name, settings.kind),
+        "published": published_scores(settings.model, dataset.name, settings.kind)
+        + (published_scores(BM25, dataset.name, "lexical") if settings.mode == "hybrid" else []),
     }
-    (output / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+    _write_outputs(record, run, output, settings)
     return record
+
+
+def _write_outputs(record: dict[str, Any], run: dict[str, dict[str, float]], output: Path,
+                   settings: EvalSettings) -> None:
+    output.mkdir(parents=True, exist_ok=True)
+    tag = "mret-bm25" if settings.mode == "lexical" else f"mret-{settings.kind}-{settings.index}"
+    write_trec_run(run, output / "run.trec", tag=tag + ("-hybrid" if settings.mode == "hybrid" else ""))
+    (output / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def run_lexical_eval(dataset: BeirDataset, settings: EvalSettings, output: Path, cache_dir: Path) -> dict[str, Any]:
+    """``--mode lexical``: BM25 over the store's lexical table (indexes/lexical.py), no model loaded."""
+    started = time.perf_counter()
+    query_ids = list(dataset.queries)
+    run = {q: dict(hits) for q, hits in lexical_run(dataset, query_ids, settings.depth + 1, cache_dir / "indexes").items()}
+    seconds = time.perf_counter() - started
+    record = {
+        **evaluate(run, dataset.qrels),
+        "dataset": {"name": dataset.name, "folder": str(dataset.folder) if dataset.folder else None,
+                    "documents": len(dataset.corpus), "queries": len(dataset.queries)},
+        "settings": asdict(settings) | {"model": BM25, "kind": "lexical", "index": "fts5"},
+        "model": {"name": BM25, "terms_version": TERMS_VERSION},
+        "timings": {"total_s": round(seconds, 2), "search_ms_per_query": round(1000 * seconds / max(1, len(query_ids)), 2)},
+        "device": device_description(),
+        "versions": versions(),
+        "published": published_scores(BM25, dataset.name, "lexical"),
+    }
+    _write_outputs(record, run, output, settings)
+    return record
+
+
+def lexical_run(dataset: BeirDataset, query_ids: list[str], depth: int, cache: Path) -> dict[str, list[tuple[str, float]]]:
+    """BM25's top ``depth`` for each query, from a lexical store of the corpus (title and text as one field, as
+    Pyserini's "flat" index) kept in ``cache`` under a digest of the texts and the terms' version."""
+    from indexes import DocumentStore
+    from indexes.store import Document
+
+    doc_ids = list(dataset.corpus)
+    texts = dataset.document_texts(doc_ids)
+    digest = hashlib.sha256(json.dumps([TERMS_VERSION, doc_ids, texts]).encode()).hexdigest()[:20]
+    folder = cache / f"lexical-{dataset.name or 'dataset'}-{digest}"
+    complete = folder / "complete"
+    if not complete.exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        store = DocumentStore(folder / "store.sqlite")
+        for start in range(0, len(doc_ids), 10_000):
+            store.put([Document(i, text=t) for i, t in zip(doc_ids[start:start + 10_000], texts[start:start + 10_000])])
+        store.close()
+        complete.touch()
+    store = DocumentStore(folder / "store.sqlite")
+    try:
+        return {q: store.lexical_search(dataset.queries[q], depth, weights=BEIR_WEIGHTS) for q in query_ids}
+    finally:
+        store.close()
 
 
 def evaluate_head(head: Head, dataset: BeirDataset, depth: int = TRAINING_DEPTH) -> dict[str, float]:

@@ -5,6 +5,7 @@ from .errors import IndexBusyError, IndexCorruptError, IndexInputError
 from .faiss_index import FaissIndex
 from .plaid import PlaidIndex
 from .state import Batch
+from . import lexical
 from .store import Document, DocumentStore, FileRecord
 
 __all__ = ["Batch", "Document", "DocumentStore", "FaissIndex", "FileRecord", "IndexBusyError", "IndexCorruptError",

@@ -34,11 +34,11 @@ from filelock import FileLock, Timeout
 
 from modernretrieval.files import folder_bytes, fsync_dir
 
-from . import files
+from . import files, lexical
 from .errors import IndexBusyError, IndexCorruptError, IndexInputError
 from .files import FileEntry
 from .state import Batch, ExpectedTokens, Pending, Segment, Snapshot
-from .store import Document, DocumentStore, Filter, is_sql_filter
+from .store import Document, DocumentStore, Filter, delete_documents, is_sql_filter, write_documents
 
 STORE, FILES, LOCK = "store.sqlite", "files", "write.lock"
 INDEX_SCHEMA = """
@@ -376,6 +376,7 @@ class VectorIndex:
             base = pending.base
             if len(base.segments) > 1 or base.dead_rows:
                 self._merge(pending, list(base.segments.values()))
+            self.store.optimize_lexical()  # staged: the lexical table's b-trees are merged in the same commit
 
     def _present(self, pending: Pending, doc_id: str) -> bool:
         if doc_id in pending.documents:
@@ -451,9 +452,9 @@ class VectorIndex:
         with self.store.transaction() as db:
             if json.loads(db.execute("SELECT value FROM meta WHERE key='generation'").fetchone()[0]) != base.generation:
                 raise IndexBusyError(f"{self.path} was changed by another writer during this commit")
-            for doc_id in pending.removed:
-                db.execute("DELETE FROM rows WHERE doc_id = ?", (doc_id,))
-                db.execute("DELETE FROM documents WHERE doc_id = ?", (doc_id,))
+            removed = list(pending.removed)
+            db.executemany("DELETE FROM rows WHERE doc_id = ?", [(doc_id,) for doc_id in removed])
+            delete_documents(db, removed)
             for old, new in pending.moved.items():
                 db.execute("UPDATE rows SET segment = ? WHERE segment = ?", (new, old))
             for segment_id in pending.dropped:
@@ -465,8 +466,7 @@ class VectorIndex:
                     segment.id, json.dumps({k: v.to_json() for k, v in segment.files.items()}), json.dumps(segment.info)))
                 db.executemany("INSERT INTO rows VALUES (?, ?, ?)", [
                     (int(row), doc_id, segment.id) for row, doc_id in zip(segment.rows, ids) if doc_id is not None])
-            db.executemany("INSERT OR REPLACE INTO documents VALUES (?, ?, ?, ?, ?, ?, ?)",
-                           [d.row() for d in pending.documents.values()])
+            write_documents(db, list(pending.documents.values()))
             for write in pending.store_writes:  # after the documents: they may update the ones just added
                 write(db)
             if pending.shared is not None:
@@ -552,6 +552,11 @@ class VectorIndex:
         result = self.store.db.execute("PRAGMA integrity_check").fetchone()[0]
         if result != "ok":
             raise IndexCorruptError(f"{self.path / STORE} fails SQLite's integrity check: {result}")
+        if self.store.lexical_ready:
+            with self.store.read_transaction() as db:
+                problem = lexical.check(db)
+            if problem:
+                raise IndexCorruptError(f"{self.path / STORE}: {problem}")
 
     # ----- what subclasses provide
     def _open_shared(self, shared: dict[str, FileEntry], settings: dict[str, Any]) -> Any:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import lexical
 from .errors import IndexCorruptError, IndexInputError
 
 SCHEMA = """
@@ -38,6 +39,7 @@ CREATE TABLE IF NOT EXISTS documents (
 CREATE INDEX IF NOT EXISTS documents_source ON documents(source);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+LEXICAL_VERSION = "lexical_version"  # meta key: the lexical.TERMS_VERSION the lexical rows were written with
 Filter = str | tuple[str, Sequence[Any]] | Iterable[str] | None
 Write = Callable[[sqlite3.Connection], None]  # one staged write: runs inside the transaction that commits it
 
@@ -86,10 +88,26 @@ class DocumentStore:
             db = self.db
             if not readonly:
                 db.executescript(SCHEMA)
+                self._upgrade_lexical()
             db.execute("SELECT count(*) FROM documents").fetchone()
         except sqlite3.DatabaseError as error:
             self.close()
             raise IndexCorruptError(f"{self.path} is not a readable document store ({error})") from None
+
+    def _upgrade_lexical(self) -> None:
+        """Give a store written before the lexical side (or by an older ``lexical.TERMS_VERSION``) its rows, once,
+        in one transaction: an old index gains lexical search the first time a writable store opens it."""
+        if self.get_meta(LEXICAL_VERSION) == lexical.TERMS_VERSION and lexical.exists(self.db):
+            return
+        with self.transaction() as db:
+            if self.get_meta(LEXICAL_VERSION) != lexical.TERMS_VERSION or not lexical.exists(db):
+                lexical.rebuild(db)
+                db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (LEXICAL_VERSION, lexical.TERMS_VERSION))
+
+    @property
+    def lexical_ready(self) -> bool:
+        """Whether lexical search can run (False only for an old store opened read-only, before any writer)."""
+        return self.get_meta(LEXICAL_VERSION) == lexical.TERMS_VERSION and lexical.exists(self.db)
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -196,8 +214,8 @@ class DocumentStore:
     # documents
     def put(self, documents: Iterable[Document]) -> None:
         """Insert or replace documents by id."""
-        rows = [d.row() for d in documents]
-        self._write(lambda db: db.executemany("INSERT OR REPLACE INTO documents VALUES (?, ?, ?, ?, ?, ?, ?)", rows))
+        documents = list(documents)
+        self._write(lambda db: write_documents(db, documents))
 
     def get(self, doc_ids: Sequence[str]) -> list[Document | None]:
         """Documents in the order asked, None where an id is unknown (all read from one committed state)."""
@@ -211,8 +229,8 @@ class DocumentStore:
         return [found.get(i) for i in doc_ids]
 
     def delete(self, doc_ids: Iterable[str]) -> None:
-        rows = [(i,) for i in doc_ids]
-        self._write(lambda db: db.executemany("DELETE FROM documents WHERE doc_id = ?", rows))
+        ids = list(doc_ids)
+        self._write(lambda db: delete_documents(db, ids))
 
     def ids(self, filter: Filter = None) -> list[str]:
         """Ids of the documents matching ``filter`` (all when None)."""
@@ -228,6 +246,31 @@ class DocumentStore:
                                       f"(columns: doc_id, source, start_line, end_line, content_hash, metadata, "
                                       f"text): {error}") from None
         return list(filter)
+
+    def lexical_search(self, query: str, k: int, filter: Filter = None,
+                       weights: Sequence[float] = lexical.DEFAULT_WEIGHTS) -> list[tuple[str, float]]:
+        """The ``k`` best documents for ``query`` by BM25 over their path, symbols and text (lexical.py), best first,
+        among those ``filter`` lets through; ``weights``: one per field (path, symbols, body)."""
+        if not self.lexical_ready:
+            raise IndexInputError(f"{self.path} has no lexical index yet (written by an older version and opened "
+                                  "read-only): open it once for writing (`mret index`) to add it")
+        if filter is None:
+            where, params = "", ()
+        elif is_sql_filter(filter):
+            where, params = (filter, ()) if isinstance(filter, str) else filter  # type: ignore[misc]
+        else:
+            where, params = "doc_id IN (SELECT value FROM json_each(?))", (json.dumps(list(filter)),)  # type: ignore[arg-type]
+        try:
+            return lexical.search(self.db, query, k, where, tuple(params), weights)
+        except sqlite3.OperationalError as error:
+            if is_sql_filter(filter) and "fts5" not in str(error):
+                raise IndexInputError(f"the filter {where!r} is not a valid SQL predicate over documents: "
+                                      f"{error}") from None
+            raise
+
+    def optimize_lexical(self) -> None:
+        """Merge the lexical table's b-trees (compaction); staged like every write (see ``staged``)."""
+        self._write(lexical.optimize)
 
     def __len__(self) -> int:
         """The number of documents."""
@@ -324,6 +367,19 @@ class DocumentStore:
     def data_version(self) -> int:
         """Changes when another connection commits (this thread's connection): a cheap check for whether to reload."""
         return self.db.execute("PRAGMA data_version").fetchone()[0]
+
+
+def write_documents(db: sqlite3.Connection, documents: Sequence[Document]) -> None:
+    """Insert or replace documents and their lexical rows, inside the caller's transaction: the one way documents
+    are written (the store's ``put`` and an index's commit), so that the two sides never disagree."""
+    db.executemany("INSERT OR REPLACE INTO documents VALUES (?, ?, ?, ?, ?, ?, ?)", [d.row() for d in documents])
+    lexical.write_rows(db, [(d.doc_id, d.source, d.metadata, d.text) for d in documents])
+
+
+def delete_documents(db: sqlite3.Connection, doc_ids: Sequence[str]) -> None:
+    """Delete documents and their lexical rows (unknown ids are ignored), inside the caller's transaction."""
+    db.executemany("DELETE FROM documents WHERE doc_id = ?", [(i,) for i in doc_ids])
+    lexical.delete_rows(db, doc_ids)
 
 
 def is_sql_filter(filter: Filter) -> bool:

@@ -15,12 +15,15 @@ from rich.markup import escape
 
 from encoder.errors import ModelLoadError
 from modernretrieval.errors import ModernRetrievalError
+from retrieval.fusion import MODES
 from retrieval.heads.base import KINDS
 
 err = Console(stderr=True)
 
 KindChoice = Enum("KindChoice", {kind: kind for kind in KINDS}, type=str)  # --kind, from the heads' one list
 KindChoice.__doc__ = "dense: one vector per text; colbert: one per token."
+ModeChoice = Enum("ModeChoice", {mode: mode for mode in MODES}, type=str)  # --mode, from fusion.py's one list
+ModeChoice.__doc__ = "hybrid: embeddings and BM25 fused; semantic: embeddings; lexical: BM25."
 
 Command = TypeVar("Command", bound=Callable[..., object])
 

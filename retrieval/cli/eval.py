@@ -6,10 +6,11 @@ from __future__ import annotations
 import re
 from enum import Enum
 from pathlib import Path
+from typing import Optional
 
 import typer
 
-from .console import KindChoice, err, fail
+from .console import KindChoice, ModeChoice, err, fail
 
 
 class Target(str, Enum):
@@ -34,7 +35,10 @@ def eval_command(
     dataset: str = typer.Option(..., "--dataset", "-d", help=(
         "A local folder, or a name to download: a BEIR dataset (scifact, nfcorpus, ...), an MLDR language (en), "
         "a CoIR task (codesearchnet: cosqa, apps, ...).")),
-    model: str = typer.Option(..., "--model", "-m", help="Model folder or hub id."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model folder or hub id (not used by --mode "
+                                        "lexical)."),
+    mode: ModeChoice = typer.Option(ModeChoice.semantic, "--mode", help=(
+        "semantic: the model; lexical: BM25 (no model); hybrid: both, fused by reciprocal rank.")),
     kind: KindChoice = typer.Option("dense", "--kind", help="dense: one vector per text; colbert: one per token."),
     index: IndexKind = typer.Option(IndexKind.flat, "--index", help=(
         "flat = exact (FAISS flat, or exhaustive MaxSim for colbert); hnsw, ivfpq (dense); plaid (colbert).")),
@@ -60,14 +64,21 @@ def eval_command(
     cache = cache_dir or cache_root()
     if nbits not in (1, 2, 4):
         fail(f"--nbits must be 1, 2 or 4, got {nbits}")
+    if model is None and mode is not ModeChoice.lexical:
+        fail(f"--model is needed for --mode {mode.value}")
+    model = model or "bm25"
     data = load_target(target, dataset, split, language, cache)
     if max_length is None and target is Target.mldr:
         max_length = 0  # long documents: never cut at the model's short default
     settings = EvalSettings(model=model, kind=kind.value, index=index.value, max_length=max_length,
-                            token_embeddings=token_embeddings, depth=depth, nbits=nbits)
-    output = output or Path("runs") / _slug(f"{data.name}-{Path(model.rstrip('/')).name}-{kind.value}-{index.value}")
-    err.print(f"{data.name} ({split}): {len(data.queries):,} queries, {len(data.corpus):,} documents; "
-              f"model {model}, {kind.value}, index {index.value}", highlight=False)
+                            token_embeddings=token_embeddings, depth=depth, nbits=nbits, mode=mode.value)
+    name = "bm25" if mode is ModeChoice.lexical else f"{Path(model.rstrip('/')).name}-{kind.value}-{index.value}"
+    suffix = "-hybrid" if mode is ModeChoice.hybrid else ""
+    output = output or Path("runs") / _slug(f"{data.name}-{name}{suffix}")
+    what = "BM25 (lexical)" if mode is ModeChoice.lexical else f"model {model}, {kind.value}, index {index.value}" + (
+        ", fused with BM25" if mode is ModeChoice.hybrid else "")
+    err.print(f"{data.name} ({split}): {len(data.queries):,} queries, {len(data.corpus):,} documents; {what}",
+              highlight=False)
     record = run_eval(data, settings, output, cache, show_progress=True)
     print_report(record, output)
 
@@ -113,17 +124,19 @@ def print_report(record: dict, output: Path) -> None:
     table.add_column("ours", justify="right")
     table.add_column("published", justify="right")
     table.add_column("source of the published number")
-    published = {p["metric"]: p for p in record["published"]}
     for key, label in METRICS:
-        reference = published.get(key)
-        table.add_row(label, f"{record[key]:.4f}", f"{reference['value']:.4f}" if reference else "-",
-                      f"{reference['source']} ({reference['setting']})" if reference else "")
+        references = [p for p in record["published"] if p["metric"] == key] or [None]
+        for number, reference in enumerate(references):
+            table.add_row(label if number == 0 else "", f"{record[key]:.4f}" if number == 0 else "",
+                          f"{reference['value']:.4f}" if reference else "-",
+                          f"{reference['source']} ({reference['setting']})" if reference else "")
     console = Console()
     console.print(table)
     timings = record["timings"]
     speed = f" ({record['tokens_per_s']:,.0f} tokens/s)" if record.get("tokens_per_s") else ""
-    console.print(f"encoding {timings['encoding_total_s']} s{speed}, index {timings['index_s']} s, search "
-                  f"{timings['search_ms_per_query']} ms/query; wrote {output / 'run.trec'} and "
+    work = (f"encoding {timings['encoding_total_s']} s{speed}, index {timings['index_s']} s, "
+            if "encoding_total_s" in timings else "")
+    console.print(f"{work}search {timings['search_ms_per_query']} ms/query; wrote {output / 'run.trec'} and "
                   f"{output / 'metrics.json'}", highlight=False)
 
 

@@ -30,6 +30,7 @@ from ..heads import Head
 from .chunking import Chunk, chunk_text
 from .config import LAST_RUN
 from .sources import SkippedFile, SourceFile, is_code, language_of, listed, read_source, walk
+from .symbols import Symbol, definitions, rows, symbols_in
 
 MARGIN_TOKENS = 8  # a chunk re-tokenized alone may take a token or two more than its share of the whole file
 MIN_CHUNK_TOKENS = 16  # chunk_text refuses smaller budgets
@@ -66,7 +67,8 @@ def chunk_budget(head: Head) -> int:
 
 @dataclass
 class _Batch:
-    files: list[tuple[SourceFile, str, list[Chunk]]] = field(default_factory=list)  # file, content hash, chunks
+    # file, content hash, chunks, the file's definitions (symbols.py; none for prose)
+    files: list[tuple[SourceFile, str, list[Chunk], list[Symbol]]] = field(default_factory=list)
     old_ids: list[str] = field(default_factory=list)
     tokens: int = 0
     bytes: int = 0
@@ -129,7 +131,8 @@ class _Run:
                         progress.advance(file.size, 1, 0)
                         continue
                     chunks = self._chunk(text, file.path)
-                    batch.files.append((file, content_hash, chunks))
+                    symbols = definitions(file.path, text) if is_code(file.path) else []
+                    batch.files.append((file, content_hash, chunks, symbols))
                     batch.old_ids += old.doc_ids if old is not None else []
                     batch.tokens += sum(c.tokens for c in chunks)
                     batch.bytes += file.size
@@ -176,15 +179,17 @@ class _Run:
 
 def _documents(batch: _Batch) -> tuple[list[str], list[Document]]:
     ids, documents = [], []
-    for file, content_hash, chunks in batch.files:
+    for file, content_hash, chunks, symbols in batch.files:
         for i, chunk in enumerate(chunks):
             doc_id = f"{file.path}#{i}"
             ids.append(doc_id)
+            metadata = {"lang": language_of(file.path), "chunk": i, "chunks": len(chunks), "tokens": chunk.tokens,
+                        "mtime_ns": file.mtime_ns, "size": file.size}
+            if is_code(file.path):  # the definitions that start in the chunk: [[name, kind, start, end, parent]]
+                metadata["symbols"] = rows(symbols_in(symbols, chunk.start_line, chunk.end_line))
             documents.append(Document(
                 doc_id, source=file.path, start_line=chunk.start_line, end_line=chunk.end_line,
-                content_hash=content_hash, text=chunk.text,
-                metadata={"lang": language_of(file.path), "chunk": i, "chunks": len(chunks), "tokens": chunk.tokens,
-                          "mtime_ns": file.mtime_ns, "size": file.size}))
+                content_hash=content_hash, text=chunk.text, metadata=metadata))
     return ids, documents
 
 

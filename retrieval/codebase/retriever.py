@@ -13,9 +13,10 @@ import shutil
 import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from indexes import FaissIndex, PlaidIndex
 from modernretrieval.errors import SettingsError
@@ -26,8 +27,17 @@ from .config import CONFIG, FORMAT, INDEX, INDEX_DIR_NAME, IndexConfig, Retrieve
     read_last_run
 from .indexing import MIN_CHUNK_TOKENS, IndexSettings, IndexSummary, chunk_budget, run_index
 from .rebuild import REBUILD_WAIT, fresh_name, rebuild_lock, remove_folder, remove_leftovers
+from ..fusion import MODES, fuse
+from .ranking import Rules, rerank
 from .snippets import best_lines, query_terms
+from .spans import best_span
 from .sources import DEFAULT_MAX_FILE_BYTES, files_under, language_of
+
+
+Mode = Literal["hybrid", "semantic", "lexical"]
+CANDIDATES = 50  # documents taken from each side before fusion and the ranking rules (at least 3 k)
+FUSION = "rrf"  # fusion.py; chosen on the code benchmark's dev split and SciFact (README, "Hybrid search")
+LEXICAL_WEIGHTS = (1.0, 1.0, 1.0)  # BM25 field weights: path, symbols, body (README, "Hybrid search")
 
 
 @dataclass
@@ -39,6 +49,8 @@ class Hit:
     snippet: str
     snippet_line: int  # the line number of the snippet's first line
     text: str  # the whole chunk
+    chunk_start_line: int = 0  # the whole chunk's lines (start_line-end_line is its best-matching part)
+    chunk_end_line: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {"path": self.path, "start_line": self.start_line, "end_line": self.end_line,
@@ -80,6 +92,7 @@ class Retriever:
         self._lock = threading.Lock()  # the model and the index are loaded once, whichever thread asks first
         self._model: Head | None = None
         self._index: FaissIndex | PlaidIndex | None = None
+        self._executor: ThreadPoolExecutor | None = None  # hybrid search's lexical side, started on first use
 
     @classmethod
     def open(cls, index_dir: str | Path, **kwargs: Any) -> "Retriever":
@@ -123,6 +136,9 @@ class Retriever:
 
     def close(self) -> None:
         with self._lock:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
             if self._index is not None:
                 self._index.close()
                 self._index = None
@@ -215,28 +231,64 @@ class Retriever:
 
     # ----- searching
     def search(self, query: str, k: int = 10, path_glob: str | Sequence[str] | None = None,
-               file_type: str | Sequence[str] | None = None) -> list[Hit]:
+               file_type: str | Sequence[str] | None = None, mode: Mode = "hybrid",
+               rules: Rules | None = None) -> list[Hit]:
         """The ``k`` best chunks for ``query``, best first. ``path_glob``: gitignore-style patterns over paths
-        relative to the root ("*.py", "src/**/test_*.py"); ``file_type``: languages or extensions ("python", "md")."""
+        relative to the root ("*.py", "src/**/test_*.py"); ``file_type``: languages or extensions ("python", "md").
+
+        ``mode``: "hybrid" (default) fuses the embedding ranking with BM25 over paths, defined names and text
+        (fusion.py); "semantic" and "lexical" use one side. ``rules``: the code-aware ranking (ranking.py; default
+        all on, ``Rules.off()`` for none). Each hit's lines are its best-matching part (spans.py); ``text`` is the
+        whole chunk, whose lines are ``chunk_start_line``-``chunk_end_line``."""
         if not isinstance(query, str) or not query.strip():
             raise RetrieverError("the query is empty")
         if k < 1:
             raise RetrieverError(f"k must be at least 1, got {k}")
+        if mode not in MODES:
+            raise RetrieverError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        rules = Rules() if rules is None else rules
         index = self.vectors
         allowed = self._allowed(path_glob, file_type)
         if allowed is not None and not allowed:
             return []
-        found = index.search(self.model.encode_queries([query]), k=k, filter=allowed)[0]
+        if mode != "semantic" and not index.store.lexical_ready:
+            mode = "semantic"  # an old index opened read-only: the next `mret index` adds the lexical side
+        depth = max(CANDIDATES, 3 * k) if mode == "hybrid" or rules.any else k
+        found = self._ranking(query, mode, depth, allowed)
         documents = index.documents([doc_id for doc_id, _ in found])
+        candidates = [(doc, score) for doc, (_, score) in zip(documents, found) if doc is not None]
         terms = query_terms(query)
         hits = []
-        for (_, score), doc in zip(found, documents):
-            if doc is None:  # removed between the search and the lookup
-                continue
-            offset, lines = best_lines(doc.text or "", terms)
-            hits.append(Hit(doc.source or "", doc.start_line or 1, doc.end_line or 1, float(score), "\n".join(lines),
-                            (doc.start_line or 1) + offset, doc.text or ""))
+        for doc, score in rerank(query, candidates, rules, k):
+            start, end = best_span(doc, query)
+            text = doc.text or ""
+            first = doc.start_line or 1
+            span_text = "\n".join(text.split("\n")[start - first:end - first + 1])
+            offset, lines = best_lines(span_text, terms)
+            hits.append(Hit(doc.source or "", start, end, float(score), "\n".join(lines), start + offset, text,
+                            first, doc.end_line or first))
         return hits
+
+    def _ranking(self, query: str, mode: Mode, depth: int, allowed: list[str] | None) -> list[tuple[str, float]]:
+        """(doc_id, score) best first: the semantic, lexical or fused ranking, ``depth`` long. In hybrid mode the
+        lexical search runs in a worker thread while the query is encoded (SQLite works without the GIL)."""
+        store = self.vectors.store
+        if mode == "lexical":
+            return store.lexical_search(query, depth, filter=allowed, weights=LEXICAL_WEIGHTS)
+        lexical = None
+        if mode == "hybrid":
+            lexical = self._worker().submit(store.lexical_search, query, depth, allowed, LEXICAL_WEIGHTS)
+        semantic = self.vectors.search(self.model.encode_queries([query]), k=depth, filter=allowed)[0]
+        if lexical is None:
+            return semantic
+        return fuse(semantic, lexical.result(), depth, method=FUSION)
+
+    def _worker(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            with self._lock:
+                if self._executor is None:
+                    self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mret-lexical")
+        return self._executor
 
     def _allowed(self, path_glob: str | Sequence[str] | None, file_type: str | Sequence[str] | None) -> list[str] | None:
         """The chunk ids that the filters let through (None: no filter)."""

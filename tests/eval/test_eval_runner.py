@@ -136,3 +136,42 @@ def test_mistakes_end_in_one_clear_line(tmp_path, minilm_folder, setup, args, me
     result = runner.invoke(app, ["eval", *args, "--cache-dir", str(tmp_path / "cache"), "--output", str(tmp_path / "o")])
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split()) and "Traceback" not in result.output
+
+
+def read_run(path: Path) -> dict[str, dict[str, float]]:
+    run: dict[str, dict[str, float]] = {}
+    for line in path.read_text().splitlines():
+        query_id, _, doc_id, _, score, _ = line.split()
+        run.setdefault(query_id, {})[doc_id] = float(score)
+    return run
+
+
+def test_lexical_mode_is_bm25_over_the_store_and_hybrid_fuses_it_with_the_model(subset, dense_runs, minilm_folder,
+                                                                                 tmp_path):
+    """--mode lexical: no model, the store's BM25 (title and text as one field) with Pyserini's k1, the published
+    BM25 figures beside it; --mode hybrid: the flat run fused by reciprocal rank with that BM25 run."""
+    from indexes import Document, DocumentStore
+    from retrieval.fusion import fuse
+
+    lexical = run_eval(subset, EvalSettings("unused-model", mode="lexical"), tmp_path / "lexical", CACHE, False)
+    assert lexical["settings"]["model"] == "bm25" and lexical["num_queries"] == 60
+    from eval.published import published_scores
+
+    assert [p["value"] for p in published_scores("bm25", "scifact", "lexical")] == [0.679, 0.665]  # flat, multifield
+    store = DocumentStore(tmp_path / "reference.sqlite")
+    doc_ids = list(subset.corpus)
+    store.put([Document(i, text=t) for i, t in zip(doc_ids, subset.document_texts(doc_ids))])
+    expected = {q: dict(store.lexical_search(subset.queries[q], 101, weights=(1.0, 1.0, 1.2 / 0.9)))
+                for q in subset.queries}
+    assert lexical["ndcg@10"] == pytest.approx(evaluate(expected, subset.qrels)["ndcg@10"], abs=1e-9)
+    assert lexical["ndcg@10"] > 0.5  # BM25 is strong on SciFact (0.689 on the whole set)
+
+    hybrid = run_eval(subset, EvalSettings(str(minilm_folder), "dense", "flat", mode="hybrid"), tmp_path / "hybrid",
+                      CACHE, False)
+    semantic = read_run(dense_runs["flat"]["output"] / "run.trec")
+    fused = {q: dict(fuse(sorted(semantic[q].items(), key=lambda item: -item[1]),
+                          sorted(expected[q].items(), key=lambda item: -item[1]), 101)) for q in subset.queries}
+    assert hybrid["ndcg@10"] == pytest.approx(evaluate(fused, subset.qrels)["ndcg@10"], abs=1e-6)
+    assert hybrid["ndcg@10"] > max(lexical["ndcg@10"], dense_runs["flat"]["ndcg@10"]) - 0.02
+    with pytest.raises(Exception, match="--mode must be one of"):
+        run_eval(subset, EvalSettings(str(minilm_folder), mode="fuzzy"), tmp_path / "bad", CACHE, False)

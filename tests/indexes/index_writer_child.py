@@ -45,6 +45,11 @@ def batch(kind: str, seed: int, step: int) -> tuple[list[str], object]:
     return ids, docs
 
 
+def text_of(doc_id: str) -> str:
+    """The document text the child stores with each id: one term no other document has (the lexical side's check)."""
+    return f"document {doc_id.replace('-', 'x')} of the kill chain"
+
+
 def vectors_of(kind: str, seed: int, doc_id: str):
     step, j = doc_id[1:].split("-")
     ids, vectors = batch(kind, seed, int(step))
@@ -157,7 +162,7 @@ def log_line(fd: int, record: dict) -> None:
 
 
 def main(args: dict) -> None:
-    from indexes import FaissIndex, PlaidIndex
+    from indexes import Document, FaissIndex, PlaidIndex
 
     kind, seed = args["kind"], args["seed"]
     if args["mode"] == "run":
@@ -180,7 +185,7 @@ def main(args: dict) -> None:
     for step in range(start, start + args["steps"]):
         op = operation(kind, seed, step, present, args["compact"])
         if op[0] == "add":
-            ix.add(op[1], op[2])
+            ix.add(op[1], op[2], [Document(i, text=text_of(i)) for i in op[1]])
         elif op[0] == "remove":
             ix.remove(op[1])
         else:

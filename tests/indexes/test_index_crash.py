@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 import indexes
-from indexes import DocumentStore, FaissIndex, IndexBusyError, IndexCorruptError, IndexInputError, PlaidIndex
+from indexes import DocumentStore, FaissIndex, IndexBusyError, IndexCorruptError, IndexInputError, PlaidIndex, lexical
 
 ROOT = Path(__file__).resolve().parents[2]
 CHILD_PATH = Path(__file__).with_name("index_writer_child.py")
@@ -107,6 +107,13 @@ def check_contents(ix, kind: str, seed: int, present: set[str], absent: set[str]
         sample = sorted(rng.choice(sorted(absent), min(15, len(absent)), replace=False))
         for doc_id, hits in zip(sample, search_own(ix, kind, seed, sample, 10)):
             assert doc_id not in {d for d, _ in hits}
+    # the lexical side is at the same commit: one row per present document, each found by its own term
+    with ix.store.read_transaction() as db:
+        assert lexical.check(db) is None
+        assert {r[0] for r in db.execute("SELECT doc_id FROM lexical_ids")} == present
+    for doc_id in sorted(present)[:10] + sorted(absent)[:10]:
+        found = [d for d, _ in ix.store.lexical_search(doc_id.replace("-", "x"), 5)]
+        assert (found[:1] == [doc_id]) if doc_id in present else (doc_id not in found), (doc_id, found)
 
 
 def new_writer_collects_garbage(kind: str, path: Path) -> int:

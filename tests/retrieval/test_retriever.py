@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from retrieval.codebase.ranking import Rules
 from support import PYLATE_MODEL, TOKENIZER_DIR, copy_package, dense_model_folder, editor_lines, \
     single_torch_thread
 
@@ -218,7 +219,7 @@ def brute_force(retriever, query: str, allowed=None) -> list[tuple[str, float]]:
 
 def hit_ids(retriever, hits) -> list[str]:
     where = {(d["source"], d["start_line"], d["end_line"], d["text"]): i for i, d in documents(retriever).items()}
-    return [where[(h.path, h.start_line, h.end_line, h.text)] for h in hits]
+    return [where[(h.path, h.chunk_start_line, h.chunk_end_line, h.text)] for h in hits]
 
 
 def assert_equal_to_brute_force(retriever, hits, expected, k):
@@ -231,6 +232,7 @@ def assert_equal_to_brute_force(retriever, hits, expected, k):
         assert abs(exact[doc_id] - hit.score) <= 1e-4, doc_id
 
 
+SEMANTIC = {"mode": "semantic", "rules": Rules.off()}  # the embedding ranking alone: equal to brute-force cosine
 QUERIES = ["decode a JSON document into Python objects", "parse the address list of an email header",
            "MIME image subtype detection", "harbour tide tables"]
 
@@ -240,8 +242,8 @@ def test_search_equals_brute_force_cosine(odd, query):
     _, retriever, *_ = odd
     expected = brute_force(retriever, query)
     for k in (1, 7):
-        assert_equal_to_brute_force(retriever, retriever.search(query, k=k), expected, k)
-    everything = retriever.search(query, k=10_000)
+        assert_equal_to_brute_force(retriever, retriever.search(query, k=k, **SEMANTIC), expected, k)
+    everything = retriever.search(query, k=10_000, **SEMANTIC)
     assert_equal_to_brute_force(retriever, everything, expected, 10_000)
     assert len(everything) == len(documents(retriever))
 
@@ -297,7 +299,7 @@ def test_filters_by_path_glob_and_file_type(odd):
     for path_glob, file_type, allowed in cases:
         expected = brute_force(retriever, query, allowed)
         assert expected, (path_glob, file_type)
-        hits = retriever.search(query, k=5, path_glob=path_glob, file_type=file_type)
+        hits = retriever.search(query, k=5, path_glob=path_glob, file_type=file_type, **SEMANTIC)
         assert all(allowed(h.path) for h in hits)
         assert_equal_to_brute_force(retriever, hits, expected, 5)
     assert retriever.search(query, path_glob="nowhere/**") == []

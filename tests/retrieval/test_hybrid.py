@@ -1,0 +1,180 @@
+"""Hybrid search: fusion (retrieval/fusion.py), the code-aware rules (codebase/ranking.py), hit spans
+(codebase/spans.py), and ``Retriever.search(mode=...)`` / ``mret search --mode`` over a real index."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from indexes import Document
+from retrieval.codebase.ranking import Rules, is_secondary, queried_names, rerank
+from retrieval.codebase.spans import MAX_SPAN_LINES, best_span
+from retrieval.fusion import fuse
+from support import TOKENIZER_DIR, dense_model_folder, single_torch_thread
+
+
+# ----- fusion
+def test_rrf_sums_reciprocal_ranks_and_a_lexical_only_hit_can_win():
+    semantic = [("a", 0.9), ("b", 0.8), ("c", 0.7)]
+    lexical = [("x", 12.0), ("b", 3.0)]
+    fused = fuse(semantic, lexical, k=10)
+    scores = dict(fused)
+    assert scores["b"] == pytest.approx(1 / 62 + 1 / 62) and scores["x"] == pytest.approx(1 / 61)
+    assert [d for d, _ in fused] == ["b", "a", "x", "c"]  # a (1/61) before x (1/61): semantic first among ties
+    assert [d for d, _ in fuse(semantic, lexical, k=10, lexical_weight=2.0)][:2] == ["b", "x"]
+    assert fuse(semantic, [], k=2) == [("a", pytest.approx(1 / 61)), ("b", pytest.approx(1 / 62))]
+
+
+def test_blend_normalizes_each_list():
+    fused = dict(fuse([("a", 0.9), ("b", 0.5)], [("b", 30.0), ("c", 10.0)], k=3, method="blend"))
+    assert fused == {"a": pytest.approx(1.0), "b": pytest.approx(1.0), "c": pytest.approx(0.0)}
+    with pytest.raises(ValueError, match="rrf or blend"):
+        fuse([], [], k=1, method="max")
+
+
+# ----- the code-aware rules, each on and off
+def doc(doc_id: str, source: str, symbols=(), text: str = "") -> Document:
+    return Document(doc_id, source=source, start_line=1, end_line=max(1, text.count("\n") + 1), text=text,
+                    metadata={"symbols": [list(s) for s in symbols]})
+
+
+def order(query: str, candidates, rules: Rules, k: int = 10) -> list[str]:
+    return [d.doc_id for d, _ in rerank(query, candidates, rules, k)]
+
+
+def test_queried_names_are_identifier_shaped_words_or_a_single_word():
+    assert queried_names("where is getUserById called") == {"getuserbyid"}
+    assert queried_names("HTTPAdapter.send") == {"send"}
+    assert queried_names("max_retries default") == {"max_retries"}
+    assert queried_names("retries") == {"retries"}
+    assert queried_names("how are retries configured") == set()
+
+
+def test_the_definition_of_a_queried_symbol_comes_first():
+    caller = doc("caller", "src/views.py", text="user = getUserById(uid)")
+    definer = doc("definer", "src/users.py", symbols=[("getUserById", "function", 1, 3, None)])
+    candidates = [(caller, 1.0), (definer, 0.7)]
+    assert order("getUserById", candidates, Rules()) == ["definer", "caller"]
+    assert order("getUserById", candidates, Rules(definitions=False)) == ["caller", "definer"]
+    assert order("fetch the user row", candidates, Rules()) == ["caller", "definer"]  # no name asked for
+
+
+def test_tests_and_vendored_files_are_pushed_down_unless_asked_for():
+    assert is_secondary("tests/test_http.py") and is_secondary("pkg/vendor/six.py") and is_secondary("a/b.test.js")
+    assert is_secondary("src/foo_test.go") and not is_secondary("src/testing_utils_real.py".replace("testing_", ""))
+    test_file = doc("test", "tests/test_retry.py")
+    source = doc("source", "src/retry.py")
+    candidates = [(test_file, 1.0), (source, 0.8)]
+    assert order("retry backoff", candidates, Rules(path_match=False)) == ["source", "test"]
+    assert order("retry backoff", candidates, Rules(path_match=False, demote_tests=False)) == ["test", "source"]
+    assert order("retry backoff test", candidates, Rules(path_match=False)) == ["test", "source"]
+
+
+def test_a_file_named_by_the_query_is_lifted():
+    named = doc("named", "src/retry_policy.py")
+    other = doc("other", "src/client.py")
+    candidates = [(other, 1.0), (named, 0.95)]
+    assert order("retry policy", candidates, Rules()) == ["named", "other"]
+    assert order("retry policy", candidates, Rules(path_match=False)) == ["other", "named"]
+
+
+def test_at_most_n_chunks_of_one_file_in_the_top():
+    long_file = [(doc(f"long#{i}", "src/long.py"), 1.0 - i / 100) for i in range(6)]
+    others = [(doc(f"o{i}", f"src/o{i}.py"), 0.5 - i / 100) for i in range(3)]
+    candidates = long_file + others
+    top = order("anything at all", candidates, Rules(per_file=2), k=5)
+    assert top == ["long#0", "long#1", "o0", "o1", "o2"]
+    assert order("anything at all", candidates, Rules(per_file=0), k=5) == [f"long#{i}" for i in range(5)]
+    assert order("anything at all", candidates[:3], Rules(per_file=2), k=5) == ["long#0", "long#1", "long#2"]
+
+
+def test_with_every_rule_off_the_fused_ranking_is_kept_as_it_is():
+    candidates = [(doc("t", "tests/test_a.py"), 0.9), (doc("a", "a.py", [("a", "function", 1, 1, None)]), -0.2)]
+    assert rerank("a", candidates, Rules.off(), 5) == candidates
+
+
+# ----- spans
+def long_chunk() -> Document:
+    lines = [f"# filler line {i}" for i in range(1, 301)]
+    lines[99:104] = ["def parse_header(raw):", "    fields = raw.split(':')", "    return fields", "", ""]
+    lines[199:204] = ["def retry_later(delay):", "    backoff = delay * 2", "    schedule(backoff)", "", ""]
+    return Document("big#0", source="big.py", start_line=11, end_line=310, text="\n".join(lines),
+                    metadata={"symbols": [["parse_header", "function", 110, 112, None],
+                                          ["retry_later", "function", 210, 212, None]]})
+
+
+def test_span_is_the_queried_definition_or_the_best_matching_part():
+    chunk = long_chunk()
+    assert best_span(chunk, "parse_header") == (110, 112)
+    assert best_span(chunk, "exponential backoff schedule for a retry") == (210, 212)
+    start, end = best_span(chunk, "nothing in common whatsoever")
+    assert (start, end) == (11, 11 + MAX_SPAN_LINES - 1)
+    no_symbols = Document("x", source="x.txt", start_line=1, end_line=300, text=chunk.text, metadata={})
+    start, end = best_span(no_symbols, "backoff schedule")
+    assert start <= 201 <= 203 <= end and end - start + 1 <= MAX_SPAN_LINES
+    short = Document("s", source="s.py", start_line=5, end_line=30, text="\n".join(["x"] * 26), metadata={})
+    assert best_span(short, "anything") == (5, 30)
+
+
+# ----- Retriever and CLI over a real (tiny random model) index
+pytestmark = pytest.mark.skipif(not (TOKENIZER_DIR / "tokenizer.json").exists(),
+                                reason=f"the ModernBERT tokenizer is not at {TOKENIZER_DIR}")
+
+TREE = {f"pkg/module_{i}.py": f"def helper_{i}(value):\n    return value * {i} + len(str(value))\n" for i in range(12)}
+TREE["pkg/frobnicate.py"] = "def zqxFrobnicateWidget(widget):\n    widget.spin()\n    return widget\n"
+TREE["tests/test_frob.py"] = "from pkg.frobnicate import zqxFrobnicateWidget\n\ndef test_it():\n    zqxFrobnicateWidget(1)\n"
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory):
+    from retrieval.codebase.retriever import Retriever
+
+    gen = single_torch_thread()
+    next(gen)
+    folder = tmp_path_factory.mktemp("hybrid")
+    model = dense_model_folder(folder / "model")
+    root = folder / "tree"
+    for path, text in TREE.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+    with Retriever(root, model=str(model), kind="dense", max_length=128, show_progress=False) as retriever:
+        retriever.index()
+    yield root
+    next(gen, None)
+
+
+def test_hybrid_finds_a_symbol_that_the_embeddings_miss(indexed):
+    from retrieval.codebase.retriever import Retriever, RetrieverError
+
+    with Retriever.open(indexed / ".mret") as retriever:
+        query = "zqxFrobnicateWidget"
+        semantic = [h.path for h in retriever.search(query, k=20, mode="semantic", rules=Rules.off())]
+        assert semantic.index("pkg/frobnicate.py") > 0  # the random model does not rank it first
+        lexical = [h.path for h in retriever.search(query, k=5, mode="lexical", rules=Rules.off())]
+        assert set(lexical) == {"pkg/frobnicate.py", "tests/test_frob.py"}  # only the two files that name it
+        hybrid = retriever.search(query, k=5)
+        assert hybrid[0].path == "pkg/frobnicate.py" and hybrid[0].start_line == 1
+        assert "tests/test_frob.py" in [h.path for h in hybrid]
+        assert retriever.search(query, k=3, mode="lexical", path_glob="tests/**")[0].path == "tests/test_frob.py"
+        with pytest.raises(RetrieverError, match="mode must be one of"):
+            retriever.search(query, mode="fuzzy")
+
+
+def test_cli_search_mode_and_full(indexed):
+    from retrieval.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["search", "zqxFrobnicateWidget", "--index-dir", str(indexed / ".mret"), "--mode",
+                                 "lexical", "--json", "-k", "3"])
+    assert result.exit_code == 0, result.output
+    hits = json.loads(result.stdout)
+    assert [h["path"] for h in hits][:1] == ["pkg/frobnicate.py"] and set(hits[0]) == {
+        "path", "start_line", "end_line", "score", "snippet"}
+    full = runner.invoke(app, ["search", "zqxFrobnicateWidget", "--index-dir", str(indexed / ".mret"), "--full",
+                               "-k", "1"])
+    assert full.exit_code == 0 and "widget.spin()" in full.stdout and "pkg/frobnicate.py:1-3" in full.stdout
+    bad = runner.invoke(app, ["search", "x", "--index-dir", str(indexed / ".mret"), "--mode", "fuzzy"])
+    assert bad.exit_code == 2
