@@ -2,12 +2,16 @@
 
     files (walk) -> text (read_source) -> chunks (chunk_text) -> vectors (the head) -> index + store
 
+Lexical first, vectors as they come: the run first reads, chunks and commits the texts of every new and changed file
+(their old chunks out in the same commit), marked "pending": the lexical side of the whole tree is searchable after
+this pass, which costs no model call. Then the pending chunks are encoded, a file's chunks together, in batches of
+about ``batch_tokens`` tokens, each batch one commit (``add_stream(..., commit="each")``; a PLAID index without a
+codec holds batches back until they make its training sample). A search in between ranks the encoded chunks by both
+sides and the pending ones lexically (hybrid mode).
+
 Incremental and safe to kill: a file whose size and mtime are unchanged is not read; one whose text is unchanged is
-not encoded; changed files are encoded in batches of about ``batch_tokens`` tokens, and each batch is one commit
-(old chunks out, new ones in: ``add_stream(..., commit="each")``; a PLAID index without a codec holds batches back
-until they make its training sample). A killed run leaves the index at its last commit; the next run starts from
-there and, because files are taken in a fixed order and batched greedily, makes the same commits an uninterrupted
-run would.
+not chunked again; a killed run leaves the index at its last commit, and the next run encodes whatever is still
+pending, whichever run wrote it.
 
 Each chunk is a document of the store: id ``path#i``, its path relative to the root, line span, the file's content
 hash, and metadata (language, chunk number and count, tokens, the file's mtime and size), and its text (snippets).
@@ -34,6 +38,9 @@ from .symbols import Symbol, definitions, rows, symbols_in
 
 MARGIN_TOKENS = 8  # a chunk re-tokenized alone may take a token or two more than its share of the whole file
 MIN_CHUNK_TOKENS = 16  # chunk_text refuses smaller budgets
+TEXT_BATCH_BYTES = 4 << 20  # file bytes per commit of the texts (the lexical side)
+PENDING = "pending"  # metadata of a chunk whose text is committed and whose vector is not yet
+PENDING_FILTER = (f"json_extract(metadata, '$.{PENDING}') = 1", ())
 
 
 @dataclass
@@ -76,8 +83,9 @@ class _Batch:
 
 def run_index(root: Path, index_dir: Path, vectors: FaissIndex | PlaidIndex, head: Callable[[], Head],
               settings: IndexSettings, files: Iterable[str] | None = None) -> IndexSummary:
-    """Index ``root`` (or exactly ``files``, relative to it) into ``vectors``. ``head`` gives the model when a file
-    needs encoding: a run where nothing changed never loads it."""
+    """Index ``root`` (or exactly ``files``, relative to it) into ``vectors``: first the texts of new and changed
+    files (the lexical side: searchable at once), then their vectors. ``head`` gives the model when a file needs
+    chunking or encoding: a run where nothing changed never loads it."""
     started = time.perf_counter()
     found = listed(root, files) if files is not None else walk(root, exclude=[index_dir])
     known = vectors.store.files()
@@ -85,94 +93,136 @@ def run_index(root: Path, index_dir: Path, vectors: FaissIndex | PlaidIndex, hea
     present = {f.path for f in found.files}
     gone = [path for path in known if path not in present]
     if gone:
-        vectors.remove([i for path in gone for i in known[path].doc_ids])
+        with vectors.transaction():
+            _drop(vectors, [i for path in gone for i in known[path].doc_ids])
     summary.removed_files = len(gone)
     todo = [f for f in found.files if f.path not in known or
             (known[f.path].metadata.get("mtime_ns"), known[f.path].metadata.get("size")) != (f.mtime_ns, f.size)]
     summary.unchanged_files = len(found.files) - len(todo)
-    _Run(vectors, head, settings, summary).index(todo, known)
+    run = _Run(vectors, head, settings, summary)
+    run.write_texts(todo, known)
+    run.encode_pending()
     summary.files, summary.chunks = vectors.store.count_sources(), len(vectors.store)
     summary.seconds = time.perf_counter() - started
     atomic_write_json(index_dir / LAST_RUN, {"finished": time.time(), **asdict(summary)})
     return summary
 
 
+def pending_chunks(vectors: FaissIndex | PlaidIndex) -> int:
+    """Chunks whose text is indexed but whose vector is not yet (a run in progress, or killed before encoding)."""
+    return len(vectors.store.ids(PENDING_FILTER))
+
+
+def _drop(vectors: FaissIndex | PlaidIndex, ids: list[str]) -> None:
+    """Remove chunks inside the caller's index transaction: encoded ones from the index (vectors, documents and
+    lexical rows), pending ones (text only) from the store."""
+    encoded = [i for i in ids if i in vectors]
+    if encoded:
+        vectors.remove(encoded)
+    waiting = [i for i in ids if i not in set(encoded)]
+    if waiting:
+        vectors.store.delete(waiting)
+
+
 class _Run:
-    """The files to (re-)encode, as a stream of commits."""
+    """The files to (re-)index: their texts as one stream of commits, then their vectors as another."""
 
     def __init__(self, vectors: FaissIndex | PlaidIndex, head: Callable[[], Head], settings: IndexSettings,
                  summary: IndexSummary):
         self.vectors, self.head, self.settings, self.summary = vectors, head, settings, summary
         self.budget: int | None = None
-        self.committed_tokens = self.committed_bytes = 0  # what the batches handed to the index hold so far
 
-    def index(self, todo: list[SourceFile], known: dict) -> None:
+    def write_texts(self, todo: list[SourceFile], known: dict) -> None:
+        """New and changed files read, chunked and committed as pending chunks (their old chunks out in the same
+        commit), ``TEXT_BATCH_BYTES`` of files per commit: the lexical side of the whole tree lands first."""
         summary = self.summary
         skipped, touched = Counter(summary.skipped), []
-        with _Progress(sum(f.size for f in todo), len(todo), self.settings.show_progress) as progress:
-
-            def batches() -> Iterator[_Batch]:
-                batch = _Batch()
-                for file in todo:
-                    old = known.get(file.path)
-                    try:
-                        text = read_source(file, self.settings.max_file_bytes)
-                    except SkippedFile as skip:
-                        skipped[skip.reason] += 1
-                        if old is not None:  # indexed before, now binary, empty, too large...
-                            batch.old_ids += old.doc_ids
-                            summary.removed_files += 1
-                        progress.advance(file.size, 1, 0)
-                        continue
-                    content_hash = hashlib.sha256(text.encode()).hexdigest()
-                    if old is not None and old.content_hash == content_hash:
-                        touched.append(file)
-                        summary.unchanged_files += 1
-                        progress.advance(file.size, 1, 0)
-                        continue
-                    chunks = self._chunk(text, file.path)
-                    symbols = definitions(file.path, text) if is_code(file.path) else []
-                    batch.files.append((file, content_hash, chunks, symbols))
-                    batch.old_ids += old.doc_ids if old is not None else []
-                    batch.tokens += sum(c.tokens for c in chunks)
-                    batch.bytes += file.size
-                    if batch.tokens >= self.settings.batch_tokens:
-                        yield batch
-                        batch = _Batch()
-                if batch.files or batch.old_ids:
-                    yield batch
-
-            def expected_tokens() -> int:
-                """The whole run's tokens, from the sample's tokens per byte (it sizes PLAID's centroids)."""
-                ratio = progress.total_bytes / max(1, self.committed_bytes)
-                return int(self.committed_tokens * max(1.0, ratio))
-
-            changes = (self._encoded(batch, progress) for batch in batches())
-            self.vectors.add_stream(changes, expected_tokens=expected_tokens, commit="each")
+        with _Progress("reading", sum(f.size for f in todo), len(todo), self.settings.show_progress) as progress:
+            batch = _Batch()
+            for file in todo:
+                old = known.get(file.path)
+                try:
+                    text = read_source(file, self.settings.max_file_bytes)
+                except SkippedFile as skip:
+                    skipped[skip.reason] += 1
+                    if old is not None:  # indexed before, now binary, empty, too large...
+                        batch.old_ids += old.doc_ids
+                        summary.removed_files += 1
+                    progress.advance(file.size, 1, 0)
+                    continue
+                content_hash = hashlib.sha256(text.encode()).hexdigest()
+                if old is not None and old.content_hash == content_hash:
+                    touched.append(file)
+                    summary.unchanged_files += 1
+                    progress.advance(file.size, 1, 0)
+                    continue
+                chunks = self._chunk(text, file.path)
+                symbols = definitions(file.path, text) if is_code(file.path) else []
+                batch.files.append((file, content_hash, chunks, symbols))
+                batch.old_ids += old.doc_ids if old is not None else []
+                batch.tokens += sum(c.tokens for c in chunks)
+                batch.bytes += file.size
+                progress.advance(file.size, 1, 0)
+                if batch.bytes >= TEXT_BATCH_BYTES:
+                    self._commit_texts(batch)
+                    batch = _Batch()
+            if batch.files or batch.old_ids:
+                self._commit_texts(batch)
         if touched:  # touched but not changed: remember the new mtime so that the next run does not read them
             with self.vectors.transaction():  # under the index's write lock, as every change
                 self.vectors.store.set_file_metadata({f.path: {"mtime_ns": f.mtime_ns, "size": f.size}
                                                       for f in touched})
         summary.skipped = dict(sorted(skipped.items(), key=lambda item: -item[1]))
 
-    def _encoded(self, batch: _Batch, progress: "_Progress") -> Batch:
-        """A batch of files as one change of the index: their old chunks out, the new ones in."""
-        ids, documents = _documents(batch)
+    def _commit_texts(self, batch: _Batch) -> None:
+        _, documents = _documents(batch)
+        for document in documents:
+            document.metadata[PENDING] = True
+        with self.vectors.transaction():
+            _drop(self.vectors, batch.old_ids)
+            self.vectors.store.put(documents)
+
+    def encode_pending(self) -> None:
+        """Vectors for every pending chunk (this run's, and any a killed run left), a file's chunks together,
+        about ``batch_tokens`` tokens per commit."""
+        store = self.vectors.store
+        waiting = [record for record in store.files().values() if record.metadata.get(PENDING)]
+        if not waiting:
+            return
+        total = sum(len(r.doc_ids) for r in waiting)
+        tokens_after = int(store.metadata_sum("tokens"))  # what the index holds once every pending chunk is in
+
+        def batches() -> Iterator[Batch]:
+            documents: list[Document] = []
+            for number, record in enumerate(waiting):
+                documents += [d for d in store.get(list(record.doc_ids)) if d is not None]
+                tokens = sum(int(d.metadata.get("tokens", 0)) for d in documents)
+                if number + 1 == len(waiting) or tokens >= self.settings.batch_tokens:
+                    yield self._encoded(documents, progress)
+                    documents = []
+
+        with _Progress("encoding", total, len(waiting), self.settings.show_progress) as progress:
+            self.vectors.add_stream(batches(), expected_tokens=tokens_after, commit="each")
+
+    def _encoded(self, documents: list[Document], progress: "_Progress") -> Batch:
+        """Pending chunks as one change of the index: their vectors in, the pending mark off."""
+        for document in documents:
+            document.metadata.pop(PENDING, None)
         texts = [d.text or "" for d in documents]
+        tokens = sum(int(d.metadata.get("tokens", 0)) for d in documents)
         started = time.perf_counter()
         vectors = encode_texts(self.head(), texts, is_query=False).rows if texts else []
         summary = self.summary
         summary.encode_seconds += time.perf_counter() - started
-        summary.encoded_files += len(batch.files)
+        files = len({d.source for d in documents})
+        summary.encoded_files += files
         summary.encoded_chunks += len(texts)
-        summary.encoded_tokens += batch.tokens
-        self.committed_tokens += batch.tokens
-        self.committed_bytes += batch.bytes
-        progress.advance(batch.bytes, len(batch.files), batch.tokens)
-        return Batch(ids, vectors, documents, remove=batch.old_ids)
+        summary.encoded_tokens += tokens
+        progress.advance(len(documents), files, tokens)
+        return Batch([d.doc_id for d in documents], vectors, documents)
 
     def _chunk(self, text: str, path: str) -> list[Chunk]:
-        if self.budget is None:  # the model is loaded only when a file needs encoding (not on a no-change run)
+        if self.budget is None:  # the model is loaded only when a file needs chunking (not on a no-change run)
             self.budget = chunk_budget(self.head())
         return chunk_text(text, self.head().tokenizer.backend, self.budget, is_code(path))
 
@@ -196,26 +246,27 @@ def _documents(batch: _Batch) -> tuple[list[str], list[Document]]:
 class _Progress:
     """A rich progress bar over the bytes to index, with files and tokens done and the time left."""
 
-    def __init__(self, total_bytes: int, total_files: int, show: bool | None):
+    def __init__(self, label: str, total: int, total_files: int, show: bool | None):
         from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
         console = Console(stderr=True)
-        self.total_files, self.total_bytes = total_files, total_bytes
+        self.total_files = total_files
         self.files = self.tokens = 0
         self.progress = Progress(
-            TextColumn("indexing"), BarColumn(), TextColumn("{task.fields[files]}"),
+            TextColumn(label), BarColumn(), TextColumn("{task.fields[files]}"),
             TextColumn("{task.fields[tokens]} tokens"), TimeRemainingColumn(), console=console,
             disable=(not console.is_terminal) if show is None else not show, transient=False)
-        self.task = self.progress.add_task("indexing", total=max(total_bytes, 1), files=self._files(), tokens="0")
+        self.task = self.progress.add_task(label, total=max(total, 1), files=self._files(), tokens="0")
 
     def _files(self) -> str:
         return f"{self.files:,}/{self.total_files:,} files"
 
-    def advance(self, nbytes: int, files: int, tokens: int) -> None:
+    def advance(self, amount: int, files: int, tokens: int) -> None:
+        """``amount``: of the bar's total (bytes read, or chunks encoded)."""
         self.files += files
         self.tokens += tokens
-        self.progress.update(self.task, advance=nbytes, files=self._files(), tokens=f"{self.tokens:,}")
+        self.progress.update(self.task, advance=amount, files=self._files(), tokens=f"{self.tokens:,}")
 
     def __enter__(self) -> "_Progress":
         self.progress.start()

@@ -25,7 +25,7 @@ from modernretrieval.files import folder_bytes, fsync_dir
 from ..heads import DEFAULT_MODELS, KINDS, Head, Kind, load_head, set_document_length
 from .config import CONFIG, FORMAT, INDEX, INDEX_DIR_NAME, IndexConfig, RetrieverError, find_index_dir, model_name, \
     read_last_run
-from .indexing import MIN_CHUNK_TOKENS, IndexSettings, IndexSummary, chunk_budget, run_index
+from .indexing import MIN_CHUNK_TOKENS, IndexSettings, IndexSummary, chunk_budget, pending_chunks, run_index
 from .rebuild import REBUILD_WAIT, fresh_name, rebuild_lock, remove_folder, remove_leftovers
 from ..fusion import MODES, fuse
 from .ranking import Rules, rerank
@@ -332,7 +332,8 @@ class Retriever:
         raise RetrieverError(f"{path} is not under the indexed root {self.root}")
 
     def status(self) -> dict[str, Any]:
-        """What is indexed: root, model, counts by language, tokens, size on disk, the last run."""
+        """What is indexed: root, model, counts by language, tokens, size on disk, the last run; ``pending_chunks``:
+        chunks searchable by their text only, their vectors not computed yet (a run in progress, or killed)."""
         config = self.config
         if config is None:
             raise RetrieverError(f"no index at {self.index_dir} (run `mret index PATH` first)")
@@ -341,6 +342,6 @@ class Retriever:
         size = folder_bytes(self.index_dir)  # while another process may be committing to it
         return {"root": config.root, "index_dir": str(self.index_dir.resolve()), "model": config.model,
                 "kind": config.kind, "max_length": config.max_length, "files": store.count_sources(),
-                "chunks": len(store), "tokens": store.metadata_sum("tokens"),
+                "chunks": len(store), "pending_chunks": pending_chunks(self.vectors), "tokens": store.metadata_sum("tokens"),
                 "languages": dict(languages.most_common()), "bytes_on_disk": size, "index": self.vectors.stats(),
                 "last_run": read_last_run(self.index_dir)}

@@ -178,3 +178,43 @@ def test_cli_search_mode_and_full(indexed):
     assert full.exit_code == 0 and "widget.spin()" in full.stdout and "pkg/frobnicate.py:1-3" in full.stdout
     bad = runner.invoke(app, ["search", "x", "--index-dir", str(indexed / ".mret"), "--mode", "fuzzy"])
     assert bad.exit_code == 2
+
+
+def test_texts_land_before_vectors_and_pending_chunks_are_searchable(tmp_path, monkeypatch):
+    """A run stopped after its first pass (the texts) leaves every file searchable lexically and in hybrid mode,
+    status counts the chunks still waiting for vectors, and the next run encodes exactly those without reading the
+    files again."""
+    from retrieval.codebase import indexing
+    from retrieval.codebase.retriever import Retriever
+
+    gen = single_torch_thread()
+    next(gen)
+    model = dense_model_folder(tmp_path / "model")
+    root = tmp_path / "tree"
+    for path, text in TREE.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+
+    def stopped(self):
+        raise KeyboardInterrupt  # what a kill between the two passes leaves
+
+    monkeypatch.setattr(indexing._Run, "encode_pending", stopped)
+    with Retriever(root, model=str(model), kind="dense", max_length=128, show_progress=False) as retriever:
+        with pytest.raises(KeyboardInterrupt):
+            retriever.index()
+    monkeypatch.undo()
+    with Retriever.open(root / ".mret") as retriever:
+        status = retriever.status()
+        assert status["chunks"] == status["pending_chunks"] == len(TREE) and len(retriever.vectors) == 0
+        assert retriever.search("zqxFrobnicateWidget", k=3)[0].path == "pkg/frobnicate.py"  # lexical only, so far
+        assert retriever.search("zqxFrobnicateWidget", k=3, mode="semantic") == []
+    read = []
+    original = indexing.read_source
+    monkeypatch.setattr(indexing, "read_source", lambda *a: read.append(a[0].path) or original(*a))
+    with Retriever(root, show_progress=False) as retriever:
+        summary = retriever.index()
+        assert read == [] and summary.encoded_files == len(TREE) and summary.encoded_chunks == len(TREE)
+        assert retriever.status()["pending_chunks"] == 0 and len(retriever.vectors) == len(TREE)
+        assert "pending" not in retriever.vectors.documents(["pkg/frobnicate.py#0"])[0].metadata
+        assert retriever.search("zqxFrobnicateWidget", k=3)[0].path == "pkg/frobnicate.py"
+    next(gen, None)
