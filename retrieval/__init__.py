@@ -9,14 +9,21 @@ format, ColBERT in the PyLate and Stanford formats), MaxSim, and the codebase ``
     repo = Retriever("path/to/repo"); repo.index(); hits = repo.search("where are retries configured", k=5)
 """
 
-from .heads import BiEncoder, ColBERT
-from .scoring import maxsim
-
 __all__ = ["BiEncoder", "ColBERT", "Retriever", "maxsim"]
 
 
 def __getattr__(name: str):
-    if name == "Retriever":  # imported on use: it pulls in the indexes (faiss), which the heads alone do not need
+    """Each name imported on first use: the heads pull in torch, the Retriever faiss too, and the command line
+    (a subpackage, which imports this package first) must start without either."""
+    if name in ("BiEncoder", "ColBERT"):
+        from . import heads
+
+        return getattr(heads, name)
+    if name == "maxsim":
+        from .scoring import maxsim
+
+        return maxsim
+    if name == "Retriever":
         from .codebase import Retriever
 
         return Retriever

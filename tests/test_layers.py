@@ -18,10 +18,13 @@ LAYER_OF = {
     "indexes": "indexes",
     "eval.datasets": "datasets",
     "retrieval.scoring": "scoring",
+    "retrieval.fusion": "scoring",  # fusing rankings: pure arithmetic over (id, score) lists, beside MaxSim
+    "retrieval.kinds": "scoring",  # the kinds of model: constants the command line reads without torch
     "retrieval.heads": "heads",
     "retrieval.encoding": "pipeline",
     "retrieval.codebase": "codebase",
     "retrieval.training": "training",
+    "retrieval.serve": "serve",
     "eval": "harness",
     "retrieval.cli": "cli",
     "retrieval": "facade",  # retrieval/__init__.py: the public names, re-exported
@@ -38,6 +41,7 @@ ALLOWED = {
     "codebase": BOTTOM | {"encoder", "scoring", "heads", "pipeline", "indexes"},
     "training": BOTTOM | {"encoder", "scoring", "heads", "pipeline", "indexes", "datasets"},
     "harness": BOTTOM | {"encoder", "scoring", "heads", "pipeline", "indexes", "datasets"},
+    "serve": BOTTOM | {"encoder", "scoring", "heads", "pipeline", "indexes", "codebase"},
     "facade": {"heads", "scoring", "codebase"},
     "cli": set(LAYER_OF.values()),
 }

@@ -17,6 +17,7 @@ def build_app() -> typer.Typer:
     from .embed import embed_command
     from .eval import DATASETS_HELP, eval_command, manpages_command, pycode_command
     from .index import index_command, remove_command, search_command, status_command
+    from .serve import mcp_command, serve_command, stop_command, watch_command
     from .train import train_command
 
     app = typer.Typer(help="modernretrieval: ModernBERT embeddings and retrieval.", no_args_is_help=True,
@@ -28,6 +29,9 @@ def build_app() -> typer.Typer:
     datasets = typer.Typer(help=DATASETS_HELP, no_args_is_help=True)
     datasets.command("pycode")(command(pycode_command))
     datasets.command("manpages")(command(manpages_command))
+    for name, function in (("serve", serve_command), ("watch", watch_command), ("mcp", mcp_command),
+                           ("stop", stop_command)):
+        app.command(name)(command(function))
     app.add_typer(datasets, name="datasets")
     return app
 

@@ -16,7 +16,7 @@ from rich.markup import escape
 from encoder.errors import ModelLoadError
 from modernretrieval.errors import ModernRetrievalError
 from retrieval.fusion import MODES
-from retrieval.heads.base import KINDS
+from retrieval.kinds import KINDS
 
 err = Console(stderr=True)
 

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .console import KindChoice, err, fail
+from .console import KindChoice, ModeChoice, err, fail
 from ..codebase.snippets import highlight_markup, query_terms
 
 out = Console(highlight=False, soft_wrap=True)
@@ -112,12 +112,27 @@ def search_command(
         "Only paths matching this gitignore-style pattern ('*.py', 'src/**'); repeat for several.")),
     file_type: Optional[list[str]] = typer.Option(None, "--type", "-t", help=(
         "Only this language or extension (python, md, ...); repeat for several.")),
+    mode: ModeChoice = typer.Option(ModeChoice.hybrid, "--mode", help=(
+        "hybrid: the embedding ranking fused with BM25 over paths, defined names and text; semantic or lexical: "
+        "one of them.")),
+    full: bool = typer.Option(False, "--full", help=(
+        "Print each hit's whole chunk (its lines in the file) instead of its best-matching part and a snippet.")),
+    keep_warm: bool = typer.Option(False, "--keep-warm", help=(
+        "Leave a server running in the background for this index, so that the next searches answer at once "
+        "(it stops after 15 idle minutes; `mret stop` ends it).")),
 ) -> None:
     """Search an index: the best chunks as path:start-end, score and a snippet."""
     if k < 1:
         fail("-k must be at least 1")
-    with _open(index_dir) as retriever, damage_named(retriever):
-        hits = retriever.search(query, k=k, path_glob=path_glob, file_type=file_type)
+    from ..serve.warm import start_background, warm_search  # standard library only
+
+    # a server running for this index answers (--full needs whole chunks, which it does not send)
+    hits = None if full else warm_search(index_dir, query, k, path_glob, file_type, mode.value)
+    if hits is None:
+        with _open(index_dir) as retriever, damage_named(retriever):
+            hits = retriever.search(query, k=k, path_glob=path_glob, file_type=file_type, mode=mode.value)
+        if keep_warm:
+            start_background(retriever.index_dir)
     if as_json:
         out.print_json(json.dumps([hit.to_json() for hit in hits]))
         return
@@ -126,9 +141,10 @@ def search_command(
         return
     terms = query_terms(query)
     for hit in hits:
-        out.print(f"[bold cyan]{escape(hit.path)}[/bold cyan]:{hit.start_line}-{hit.end_line}  "
-                  f"[green]{hit.score:.4f}[/green]")
-        for number, line in enumerate(hit.snippet.split("\n"), start=hit.snippet_line):
+        first, last = (hit.chunk_start_line, hit.chunk_end_line) if full else (hit.start_line, hit.end_line)
+        out.print(f"[bold cyan]{escape(hit.path)}[/bold cyan]:{first}-{last}  [green]{hit.score:.4f}[/green]")
+        lines = hit.text.split("\n")[:last - first + 1] if full else hit.snippet.split("\n")
+        for number, line in enumerate(lines, start=first if full else hit.snippet_line):
             out.print(f"  [dim]{number:>5}[/dim]  {highlight_markup(line, terms)}")
 
 
@@ -147,7 +163,9 @@ def status_command(
     rows = {
         "root": status["root"], "index": status["index_dir"], "model": f"{status['model']} ({status['kind']}, "
         f"chunks up to {status['max_length']:,} tokens)",
-        "indexed": f"{status['files']:,} files, {status['chunks']:,} chunks, {status['tokens']:,} tokens",
+        "indexed": f"{status['files']:,} files, {status['chunks']:,} chunks, {status['tokens']:,} tokens"
+                   + (f"; {status['chunks'] - status['pending_chunks']:,} chunks encoded, {status['pending_chunks']:,} "
+                      "searchable by text only until `mret index` encodes them" if status["pending_chunks"] else ""),
         "languages": ", ".join(f"{lang} {n:,}" for lang, n in list(status["languages"].items())[:8]) or "-",
         "on disk": f"{status['bytes_on_disk'] / 2**20:,.1f} MiB",
         "last run": (f"{last.get('encoded_files', 0):,} files encoded, {last.get('unchanged_files', 0):,} unchanged, "

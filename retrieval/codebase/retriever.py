@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from indexes import FaissIndex, PlaidIndex
+from indexes import Document, FaissIndex, PlaidIndex
 from modernretrieval.errors import SettingsError
 from modernretrieval.files import folder_bytes, fsync_dir
 
@@ -254,9 +254,7 @@ class Retriever:
         if mode != "semantic" and not index.store.lexical_ready:
             mode = "semantic"  # an old index opened read-only: the next `mret index` adds the lexical side
         depth = max(CANDIDATES, 3 * k) if mode == "hybrid" or rules.any else k
-        found = self._ranking(query, mode, depth, allowed)
-        documents = index.documents([doc_id for doc_id, _ in found])
-        candidates = [(doc, score) for doc, (_, score) in zip(documents, found) if doc is not None]
+        candidates = self._candidates(query, mode, depth, allowed)
         terms = query_terms(query)
         hits = []
         for doc, score in rerank(query, candidates, rules, k):
@@ -269,19 +267,23 @@ class Retriever:
                             first, doc.end_line or first))
         return hits
 
-    def _ranking(self, query: str, mode: Mode, depth: int, allowed: list[str] | None) -> list[tuple[str, float]]:
-        """(doc_id, score) best first: the semantic, lexical or fused ranking, ``depth`` long. In hybrid mode the
-        lexical search runs in a worker thread while the query is encoded (SQLite works without the GIL)."""
-        store = self.vectors.store
-        if mode == "lexical":
-            return store.lexical_search(query, depth, filter=allowed, weights=LEXICAL_WEIGHTS)
+    def _candidates(self, query: str, mode: Mode, depth: int,
+                    allowed: list[str] | None) -> list[tuple[Document, float]]:
+        """(document, score) best first: the semantic, lexical or fused ranking, ``depth`` long. The vector search and
+        the documents' lookup read one commit; in hybrid mode the lexical search runs in a worker thread (its own
+        connection: it may see a newer commit, whose removed documents are then left out) while the query is
+        encoded (SQLite works without the GIL)."""
+        index, store = self.vectors, self.vectors.store
         lexical = None
-        if mode == "hybrid":
+        if mode != "semantic":
             lexical = self._worker().submit(store.lexical_search, query, depth, allowed, LEXICAL_WEIGHTS)
-        semantic = self.vectors.search(self.model.encode_queries([query]), k=depth, filter=allowed)[0]
-        if lexical is None:
-            return semantic
-        return fuse(semantic, lexical.result(), depth, method=FUSION)
+        encoded = self.model.encode_queries([query]) if mode != "lexical" else None
+        with store.read_transaction():
+            semantic = index.search(encoded, k=depth, filter=allowed)[0] if encoded is not None else []
+            found = (lexical.result() if mode == "lexical" else semantic if lexical is None
+                     else fuse(semantic, lexical.result(), depth, method=FUSION))
+            documents = index.documents([doc_id for doc_id, _ in found])
+        return [(doc, score) for doc, (_, score) in zip(documents, found) if doc is not None]
 
     def _worker(self) -> ThreadPoolExecutor:
         if self._executor is None:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Protocol, get_args, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
 from encoder.tokenizer import Tokenizer
 
-Kind = Literal["dense", "colbert"]
-KINDS: tuple[Kind, ...] = get_args(Kind)  # dense: one vector per text; colbert: one vector per token
+from ..kinds import KINDS, Kind  # noqa: F401  (the heads' kinds, defined where the command line can read them)
 
 
 @runtime_checkable

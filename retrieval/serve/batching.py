@@ -1,0 +1,121 @@
+"""Dynamic batching of query encodings: concurrent searches each ask for one query vector; one thread gathers the
+requests that arrive within a few milliseconds and encodes them in a single encoder call.
+
+Why: on CPU a query costs mostly fixed per-call work (tokenizer, Python, kernel launches over a tiny tensor), so 16
+queries encoded together cost little more than one. The encoder is unpadded (one packed sequence), so a query's
+vector does not depend on the queries batched with it (up to float rounding).
+
+``BatchingHead`` wraps a head so that ``Retriever.search`` (which calls ``encode_queries([query])``) batches without
+knowing it: every search mode and filter of the retriever stays exactly its own.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+MAX_WAIT_S = 0.002  # how long the first request of a batch waits for others
+MAX_BATCH = 64  # queries per encoder call
+
+
+@dataclass
+class BatchStats:
+    """How the batcher has grouped requests (for /status-like introspection, the bench and the tests)."""
+
+    calls: int = 0  # encoder calls
+    queries: int = 0  # queries encoded
+    largest: int = 0  # the largest batch
+
+    def record(self, size: int) -> None:
+        self.calls += 1
+        self.queries += size
+        self.largest = max(self.largest, size)
+
+
+class QueryBatcher:
+    """Encode single queries from many threads in batches: ``encode(text)`` blocks until its vector is ready."""
+
+    def __init__(self, head: Any, max_wait: float = MAX_WAIT_S, max_batch: int = MAX_BATCH):
+        self.head = head
+        self.max_wait = max_wait
+        self.max_batch = max_batch
+        self.stats = BatchStats()
+        self._closed = False
+        self._queue: queue.SimpleQueue[tuple[str, Future] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="query-batcher", daemon=True)
+        self._thread.start()
+
+    def encode(self, text: str) -> Any:
+        """The query's encoding (a vector for a dense head, a token matrix for ColBERT)."""
+        if self._closed:
+            raise RuntimeError("the query batcher is closed")
+        future: Future = Future()
+        self._queue.put((text, future))
+        return future.result()
+
+    def close(self) -> None:
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            deadline = time.perf_counter() + self.max_wait
+            while len(batch) < self.max_batch:
+                try:  # what is queued already, then what arrives before the deadline
+                    item = self._queue.get(timeout=max(0.0, deadline - time.perf_counter()))
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                batch.append(item)
+            self._run(batch)
+
+    def _run(self, batch: list[tuple[str, Future]]) -> None:
+        try:
+            encoded = self.head.encode_queries([text for text, _ in batch], show_progress=False)
+        except BaseException as error:  # every waiting search gets the error, the loop lives on
+            for _, future in batch:
+                future.set_exception(error)
+            return
+        self.stats.record(len(batch))
+        for (_, future), row in zip(batch, encoded):
+            future.set_result(row)
+
+
+class BatchingHead:
+    """A head whose single-query ``encode_queries`` goes through a ``QueryBatcher``; everything else (documents,
+    tokenizer, settings) is the wrapped head's own."""
+
+    def __init__(self, head: Any, max_wait: float = MAX_WAIT_S, max_batch: int = MAX_BATCH):
+        self.head = head
+        self.batcher = QueryBatcher(head, max_wait, max_batch)
+
+    def encode_queries(self, texts: Sequence[str], show_progress: bool | None = None) -> Any:
+        if len(texts) != 1:
+            return self.head.encode_queries(texts, show_progress=show_progress)
+        row = self.batcher.encode(texts[0])
+        return _stack([row])
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.head, name)
+
+
+def _stack(rows: list[Any]) -> Any:
+    """Rows back in the shape the head returns: a matrix for vectors (numpy/torch), a list for token matrices."""
+    import numpy as np
+
+    first = rows[0]
+    if getattr(first, "ndim", None) == 1:
+        return np.stack([np.asarray(r) for r in rows])
+    return rows

@@ -1,0 +1,176 @@
+"""The client side of a running server, standard library only (``mret search`` imports it before anything heavy):
+the server file, the fast search through a running server, starting a background one, stopping it.
+
+A server (``mret serve``, or the background one that ``mret search --keep-warm`` leaves) writes ``server.json`` in
+its index folder: pid, address, port and a random token, readable by the owner only (0600). Anyone who can read the
+index folder's file may use the server; the token keeps other local users off the loopback port. Finding a server is
+one small file read and one ``kill(pid, 0)``; a stale file (a killed server) costs one refused connection at most,
+after which ``mret search`` does the work itself, as it always did.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+SERVER_FILE = "server.json"
+STARTING_FILE = "server.starting"  # a background server being started: no second one meanwhile
+STARTING_GRACE_S = 120.0
+INDEX_DIR_NAME, CONFIG = ".mret", "config.json"  # as in codebase/config.py, which imports faiss
+DEFAULT_IDLE_S = 900.0
+
+
+@dataclass
+class ServerInfo:
+    pid: int
+    host: str  # where to connect (loopback when the server listens on every address)
+    port: int
+    token: str
+
+
+@dataclass
+class RemoteHit:
+    """A search result from a server, as ``Hit`` (retriever.py) prints it."""
+
+    path: str
+    start_line: int
+    end_line: int
+    score: float
+    snippet: str
+    snippet_line: int
+    text: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "start_line": self.start_line, "end_line": self.end_line,
+                "score": round(self.score, 6), "snippet": self.snippet}
+
+
+def find_index_dir(start: str | Path = ".") -> Path | None:
+    """The nearest ``.mret`` at or above ``start`` (codebase.config.find_index_dir, without its imports)."""
+    here = Path(start).resolve()
+    for folder in (here, *here.parents):
+        if (folder / INDEX_DIR_NAME / CONFIG).exists():
+            return folder / INDEX_DIR_NAME
+    return None
+
+
+def write_server_file(index_dir: Path, info: ServerInfo) -> None:
+    """Atomically, owner-only: the token in it is a key to the server."""
+    temporary = Path(index_dir) / f".{SERVER_FILE}.{os.getpid()}.tmp"
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        json.dump(asdict(info), file)
+    os.replace(temporary, Path(index_dir) / SERVER_FILE)
+    (Path(index_dir) / STARTING_FILE).unlink(missing_ok=True)
+
+
+def remove_server_file(index_dir: Path, pid: int) -> None:
+    """Remove the server file if it is still this process's (another server may have replaced it)."""
+    info = read_server(index_dir, check_alive=False)
+    if info is not None and info.pid == pid:
+        (Path(index_dir) / SERVER_FILE).unlink(missing_ok=True)
+
+
+def read_server(index_dir: Path, check_alive: bool = True) -> ServerInfo | None:
+    """The server recorded for ``index_dir``, if its process is alive."""
+    try:
+        info = ServerInfo(**json.loads((Path(index_dir) / SERVER_FILE).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    if check_alive:
+        try:
+            os.kill(info.pid, 0)
+        except (ProcessLookupError, PermissionError, OverflowError):
+            return None
+    return info
+
+
+def call(info: ServerInfo, method: str, path: str, body: Any = None, timeout: float = 60.0) -> tuple[int, Any]:
+    """(status, decoded JSON) of one request to the server; OSError when it cannot be reached."""
+    connection = http.client.HTTPConnection(info.host, info.port, timeout=timeout)
+    try:
+        headers = {"Authorization": f"Bearer {info.token}", "Content-Type": "application/json"}
+        connection.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
+        response = connection.getresponse()
+        data = response.read()
+        try:
+            return response.status, json.loads(data)
+        except ValueError:
+            return response.status, None
+    except http.client.HTTPException as error:
+        raise OSError(str(error)) from None
+    finally:
+        connection.close()
+
+
+def warm_search(index_dir: Path | None, query: str, k: int, path_glob: list[str] | None, file_type: list[str] | None,
+                mode: str | None = None) -> list[RemoteHit] | None:
+    """The results of a running server for this index, or None (no server, or it could not answer: the caller
+    searches itself, and reports any error as it always has)."""
+    folder = index_dir or find_index_dir()
+    info = read_server(folder) if folder is not None else None
+    if info is None:
+        return None
+    body: dict[str, Any] = {"query": query, "k": k}
+    for key, value in (("path_glob", path_glob), ("type", file_type), ("mode", mode)):
+        if value:
+            body[key] = value
+    try:
+        status, answer = call(info, "POST", "/search", body)
+    except OSError:
+        return None
+    if status != 200 or not isinstance(answer, dict):
+        return None
+    return [RemoteHit(r["path"], r["start_line"], r["end_line"], r["score"], r["snippet"],
+                      r.get("snippet_line", r["start_line"])) for r in answer["results"]]
+
+
+def start_background(index_dir: Path, idle_seconds: float = DEFAULT_IDLE_S) -> bool:
+    """Start a background server for ``index_dir`` unless one runs or is starting; it exits after ``idle_seconds``
+    without a search. Returns whether one was started."""
+    index_dir = Path(index_dir).resolve()
+    if read_server(index_dir) is not None:
+        return False
+    starting = index_dir / STARTING_FILE
+    try:
+        if time.time() - starting.stat().st_mtime < STARTING_GRACE_S:
+            return False
+        starting.unlink()
+    except FileNotFoundError:
+        pass
+    try:
+        os.close(os.open(starting, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        return False
+    log = open(index_dir / "server.log", "ab")
+    subprocess.Popen([sys.executable, "-m", "retrieval.cli", "serve", "--index-dir", str(index_dir), "--port", "0",
+                      "--idle-exit", str(idle_seconds)], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                     start_new_session=True, close_fds=True)
+    log.close()
+    return True
+
+
+def stop(index_dir: Path, timeout: float = 10.0) -> bool:
+    """Ask the server of ``index_dir`` to exit (through /shutdown and its token, never a signal to a pid that may
+    have been reused); True once it has. False when none runs."""
+    info = read_server(index_dir)
+    if info is None:
+        return False
+    try:
+        call(info, "POST", "/shutdown", timeout=timeout)
+    except OSError:
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:  # the server removes its file as it exits
+        current = read_server(index_dir)
+        if current is None or current.pid != info.pid:
+            return True
+        time.sleep(0.05)
+    return False

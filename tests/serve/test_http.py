@@ -1,0 +1,191 @@
+"""The HTTP API on a real server (uvicorn, an ephemeral loopback port): every endpoint, the same results as
+`mret search --json`, auth, bounded and malformed inputs, and the fast path of `mret search` through a running
+server."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from serving import live_server
+
+QUERIES = ["decode a JSON document from a string", "HTTP retries backoff", "remember results of a function"]
+
+
+@pytest.fixture(scope="module")
+def service(indexed_tree):
+    from retrieval.serve.service import open_service
+
+    service = open_service(root=indexed_tree)
+    yield service
+    service.close()
+
+
+def cli(*args: str) -> str:
+    from retrieval.cli import build_app
+
+    result = CliRunner().invoke(build_app(), list(args))
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def test_endpoints_give_what_the_command_line_prints(service, indexed_tree):
+    index_dir = str(indexed_tree / ".mret")
+    expected = {q: json.loads(cli("search", q, "-k", "5", "--json", "--index-dir", index_dir)) for q in QUERIES}
+    globbed = json.loads(cli("search", QUERIES[0], "--json", "--index-dir", index_dir, "-g", "json/*.py"))
+    typed = json.loads(cli("search", QUERIES[1], "--json", "--index-dir", index_dir, "-t", "markdown"))
+    status = json.loads(cli("status", "--json", "--index-dir", index_dir))
+    with live_server(service) as live, live.client() as client:  # (no index_dir: no server file, the CLI searched)
+        health = client.get("/health")
+        assert health.status_code == 200 and health.json()["kind"] == "tree"
+        for query, hits in expected.items():
+            answer = client.post("/search", json={"query": query, "k": 5})
+            assert answer.status_code == 200
+            results = [{key: r[key] for key in ("path", "start_line", "end_line", "score", "snippet")}
+                       for r in answer.json()["results"]]
+            assert results == hits and answer.json()["took_ms"] >= 0
+        answer = client.post("/search", json={"query": QUERIES[0], "path_glob": "json/*.py"}).json()["results"]
+        assert [r["path"] for r in answer] == [h["path"] for h in globbed]
+        assert {r["path"] for r in answer} <= {p.relative_to(indexed_tree).as_posix()
+                                               for p in (indexed_tree / "json").glob("*.py")}
+        answer = client.post("/search", json={"query": QUERIES[1], "type": ["markdown"]}).json()["results"]
+        assert [r["path"] for r in answer] == [h["path"] for h in typed] == ["notes/retries.md"]
+        served = client.get("/status").json()
+        for key in ("root", "index_dir", "model", "kind", "max_length", "files", "chunks", "tokens", "languages",
+                    "last_run"):
+            assert served[key] == status[key]
+        assert "/search" in client.get("/openapi.json").json()["paths"]
+        assert client.get("/docs").status_code == 200
+        for response in (client.post("/documents", json={"documents": [{"id": "a", "text": "b"}]}),
+                         client.delete("/documents/a")):  # a tree's documents are its files
+            assert response.status_code == 409 and "tree" in response.json()["error"]
+
+
+BAD = [
+    (b'{"query": "x"', "not valid JSON"),
+    (b"", "JSON body is required"),
+    (b"[1, 2]", "JSON object"),
+    (b'{"query": 5}', "query"),
+    (b'{"query": "x", "k": "5"}', "k"),
+    (b'{"query": "x", "k": 1000000000}', "k"),
+    (b'{"query": "x", "k": 0}', "k"),
+    (b'{"query": "x", "unknown": 1}', "unknown"),
+    (b'{"query": ""}', "query"),
+    (b'{"query": "   "}', "empty"),
+    (b'{"query": "' + b"y" * 5000 + b'"}', "query"),
+    (b'{"query": "x", "mode": "fuzzy"}', "mode"),
+    (b'{"query": "\xff\xfe"}', "UTF-8"),
+    (b'{"query": "x", "filter": {"lang": "en"}}', "filter"),
+]
+
+
+def test_bad_inputs_are_one_line_4xx_and_the_server_keeps_serving(service):
+    with live_server(service) as live, live.client() as client:
+        for body, words in BAD:
+            response = client.post("/search", content=body, headers={"content-type": "application/json"})
+            assert 400 <= response.status_code < 500, (body[:40], response.text)
+            message = response.json()["error"]
+            assert words.lower() in message.lower() and "\n" not in message and "Traceback" not in message
+        huge = client.post("/search", content=b"{" + b" " * (10 << 20) + b"}")
+        assert huge.status_code == 413 and "body" in huge.json()["error"]
+
+        def chunks():  # no Content-Length: counted as it arrives
+            for _ in range(20):
+                yield b" " * (1 << 20)
+
+        assert client.post("/search", content=chunks()).status_code == 413
+        assert client.get("/nowhere").status_code == 404 and "error" in client.get("/nowhere").json()
+        assert client.post("/search", json={"query": QUERIES[0]}).status_code == 200
+
+
+def test_api_key(service):
+    with live_server(service, api_key="s3cret") as live, live.client() as client:
+        assert client.get("/health").status_code == 200
+        for path in ("/status", "/docs", "/openapi.json"):
+            assert client.get(path).status_code == 401
+        assert client.post("/search", json={"query": "x"}).status_code == 401
+        wrong = client.post("/search", json={"query": "x"}, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and "API key" in wrong.json()["error"]
+        right = {"Authorization": "Bearer s3cret"}
+        assert client.get("/status", headers=right).status_code == 200
+        assert client.post("/search", json={"query": "x"}, headers=right).status_code == 200
+        assert client.post("/shutdown", headers=right).status_code == 403  # the API key does not stop the server
+
+
+def test_no_public_address_without_a_key(indexed_tree, monkeypatch):
+    from retrieval.cli import build_app
+    from retrieval.serve.runner import check_bind
+
+    monkeypatch.delenv("MRET_API_KEY", raising=False)
+    result = CliRunner().invoke(build_app(), ["serve", str(indexed_tree), "--host", "0.0.0.0"])
+    assert result.exit_code == 2 and "API key" in result.output
+    check_bind("0.0.0.0", "key")  # with a key it may
+    check_bind("::1", None)
+
+
+def test_mret_search_uses_a_running_server_and_stop_ends_it(service, indexed_tree):
+    index_dir = indexed_tree / ".mret"
+    local = json.loads(cli("search", QUERIES[0], "--json", "--index-dir", str(index_dir)))
+    with live_server(service, index_dir=index_dir) as live, live.client() as client:
+        while not (index_dir / "server.json").exists():  # written once uvicorn listens
+            time.sleep(0.01)
+        assert json.loads((index_dir / "server.json").read_text())["port"] == live.server.port
+        assert (index_dir / "server.json").stat().st_mode & 0o077 == 0  # the token is the owner's only
+        before = client.get("/health").json()["searches"]
+        remote = json.loads(cli("search", QUERIES[0], "--json", "--index-dir", str(index_dir)))
+        assert remote == local
+        assert client.get("/health").json()["searches"] == before + 1  # the server answered, not this process
+        printed = cli("search", QUERIES[1], "--index-dir", str(index_dir))
+        assert "notes/retries.md" in printed
+        from retrieval.cli import build_app
+
+        stopped = CliRunner().invoke(build_app(), ["stop", "--index-dir", str(index_dir)])
+        assert stopped.exit_code == 0 and "stopped" in stopped.output
+        live.thread.join(timeout=30)
+        assert not live.thread.is_alive() and not (index_dir / "server.json").exists()
+
+
+def test_a_stale_server_file_falls_back_to_a_local_search(indexed_tree, tmp_path):
+    from retrieval.serve.warm import ServerInfo, write_server_file
+
+    index_dir = indexed_tree / ".mret"
+    local = json.loads(cli("search", QUERIES[2], "--json", "--index-dir", str(index_dir)))
+    import os
+
+    write_server_file(index_dir, ServerInfo(os.getpid(), "127.0.0.1", 9, "x"))  # alive pid, nothing listening
+    try:
+        assert json.loads(cli("search", QUERIES[2], "--json", "--index-dir", str(index_dir))) == local
+    finally:
+        (index_dir / "server.json").unlink()
+
+
+def test_concurrent_searches_are_batched_and_equal_single_ones(service):
+    from retrieval.serve.batching import BatchingHead
+
+    head = service.retriever.model
+    assert isinstance(head, BatchingHead)
+    texts = [f"query number {i} about parsing" for i in range(12)]
+    alone = head.head.encode_queries(texts)
+    batched = BatchingHead(head.head, max_wait=0.2)
+    start = threading.Barrier(len(texts))
+    out: dict[int, object] = {}
+
+    def one(i: int) -> None:
+        start.wait()
+        out[i] = batched.encode_queries([texts[i]])[0]
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(texts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    batched.batcher.close()
+    import numpy as np
+
+    assert np.allclose(np.stack([out[i] for i in range(len(texts))]), alone, atol=1e-5)
+    assert batched.batcher.stats.queries == len(texts) and batched.batcher.stats.calls < len(texts)

@@ -1,0 +1,133 @@
+"""`mret watch` (the watcher behind it and `mret serve --watch`): edits, deletes, renames and ignored files; and
+`mret mcp` through a real MCP client of the SDK over stdio."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import MAX_LENGTH, make_tree
+from serving import ROOT, child_env
+
+WAIT_S = 60.0  # a bound on waiting for the watcher, not a speed check
+
+
+def wait_until(condition, what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.fixture()
+def tree_service(tmp_path, model_dir):
+    from retrieval.codebase.retriever import Retriever
+    from retrieval.serve.service import open_service
+
+    root = make_tree(tmp_path / "tree")
+    (root / ".mretignore").write_text("scratch.txt\n")
+    with Retriever(root, model=model_dir, max_length=MAX_LENGTH, show_progress=False) as retriever:
+        retriever.index()
+    service = open_service(root=root)
+    yield service
+    service.close()
+
+
+def chunk_texts(service, path: str) -> str:
+    store = service.retriever.vectors.store
+    ids = store.ids_of_sources([path])
+    return "".join(doc.text for doc in store.get(ids) if doc is not None)
+
+
+def test_watch_follows_edits_deletes_renames_and_ignores_ignored_files(tree_service):
+    from retrieval.serve.watch import TreeWatcher
+
+    root = Path(tree_service.retriever.root)
+    watcher = TreeWatcher(tree_service)
+    watcher.start()
+    try:
+        wait_until(watcher.ready.is_set, "the watcher to start")
+        runs = watcher.runs
+        with (root / "src/cache.py").open("a") as file:  # an edit
+            file.write("\ndef zebra_quux():\n    return 'striped'\n")
+        wait_until(lambda: "zebra_quux" in chunk_texts(tree_service, "src/cache.py"), "the edit")
+        hits = tree_service.search("zebra quux striped", k=50)  # searchable through the service at once
+        assert any("zebra_quux" in chunk_texts(tree_service, h["path"]) for h in hits)
+        (root / "notes/retries.md").unlink()  # a delete
+        wait_until(lambda: "notes/retries.md" not in tree_service.retriever.vectors.store.sources(), "the delete")
+        (root / "json/tool.py").rename(root / "json/renamed_tool.py")  # a rename
+        wait_until(lambda: "json/renamed_tool.py" in tree_service.retriever.vectors.store.sources(), "the rename")
+        assert "json/tool.py" not in tree_service.retriever.vectors.store.sources()
+        with tree_service.index_lock:  # the run that committed the rename has finished (and counted itself)
+            done = watcher.runs
+        assert done >= runs + 3
+        (root / "scratch.txt").write_text("ignored by .mretignore\n")  # ignored: no run at all
+        (root / "node_modules").mkdir()
+        (root / "node_modules/x.js").write_text("module.exports = 1;\n")
+        time.sleep(1.5)  # several quiet periods: a run would have started
+        assert watcher.runs == done
+        assert "scratch.txt" not in tree_service.retriever.vectors.store.sources()
+    finally:
+        watcher.stop()
+
+
+def test_burst_of_changes_is_one_run(tree_service):
+    from retrieval.serve.watch import TreeWatcher
+
+    root = Path(tree_service.retriever.root)
+    watcher = TreeWatcher(tree_service, quiet_ms=400)
+    watcher.start()
+    try:
+        wait_until(watcher.ready.is_set, "the watcher to start")
+        runs = watcher.runs
+        for i in range(10):  # ten files in a burst
+            (root / f"src/new_{i}.py").write_text(f"def new_{i}():\n    return {i}\n")
+        wait_until(lambda: all(f"src/new_{i}.py" in tree_service.retriever.vectors.store.sources()
+                               for i in range(10)), "the burst")
+        time.sleep(1.0)  # a second run would have started by now
+        with tree_service.index_lock:
+            assert watcher.runs == runs + 1
+    finally:
+        watcher.stop()
+
+
+def test_mcp_tools_over_stdio(tmp_path, model_dir):
+    import anyio
+    from mcp import ClientSession, StdioServerParameters
+    from mcp.client.stdio import stdio_client
+
+    from retrieval.codebase.retriever import Retriever
+
+    root = make_tree(tmp_path / "tree")
+    with Retriever(root, model=model_dir, max_length=MAX_LENGTH, show_progress=False) as retriever:
+        retriever.index()
+        query = "decode a JSON document from a string"
+        expected = retriever.search(query, k=3)
+        files = len(retriever.vectors.store.sources()) + 1
+    (root / "src/fresh.py").write_text("def fresh():\n    return 'written after mret index'\n")
+    parameters = StdioServerParameters(command=sys.executable, args=["-m", "retrieval.cli", "mcp", str(root)],
+                                       cwd=str(ROOT), env=child_env())
+
+    async def session_run() -> tuple:
+        async with stdio_client(parameters) as (read, write), ClientSession(read, write) as session:
+            await session.initialize()
+            tools = {tool.name: tool for tool in (await session.list_tools()).tools}
+            found = await session.call_tool("search", {"query": query, "k": 3})
+            status = await session.call_tool("status", {})
+            related = await session.call_tool("related", {"path": "json/decoder.py", "start_line": 1,
+                                                          "end_line": 40, "k": 3})
+            return tools, found, status, related
+
+    tools, found, status, related = anyio.run(session_run)
+    assert set(tools) == {"search", "status", "related"}
+    assert "natural language" in tools["search"].description
+    text = found.content[0].text
+    assert not getattr(found, "is_error", getattr(found, "isError", False)) and text.splitlines()[0].startswith(
+        f"{expected[0].path}:{expected[0].start_line}-{expected[0].end_line}")
+    assert [line.split(":")[0] for line in text.splitlines() if not line.startswith(" ")] == [h.path for h in expected]
+    assert f"{files} files" in status.content[0].text  # the search brought the new file in first
+    lines = [line for line in related.content[0].text.splitlines() if not line.startswith(" ")]
+    assert lines and not any(line.startswith("json/decoder.py:1-") for line in lines)
