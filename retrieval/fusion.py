@@ -1,6 +1,7 @@
 """Fusion of rankings: one list from the semantic (embedding) and the lexical (BM25) ranking of the same query.
 
-Two methods, chosen by measurement (README, "Hybrid search"):
+Two methods; the default, ``blend`` with the lexical list weighted 2, was chosen on the code benchmark's dev split
+(bench/tune_hybrid.py) and agrees with SciFact (README, "Hybrid search"):
 - ``rrf``: reciprocal rank fusion (Cormack et al. 2009), score = sum over lists of weight / (constant + rank). It
   needs no score calibration, which matters here: BM25 scores are unbounded and vary with the query's length, while
   cosines sit in a narrow band that differs by model.
@@ -18,13 +19,18 @@ from typing import Literal
 MODES: tuple[str, ...] = ("hybrid", "semantic", "lexical")  # what a search ranks by: both sides fused, or one
 Ranking = Sequence[tuple[str, float]]  # (document id, score), best first
 Method = Literal["rrf", "blend"]
-RRF_CONSTANT = 60  # Cormack et al.'s k; the harness measured flat nDCG@10 between 20 and 100 (README)
+RRF_CONSTANT = 60  # Cormack et al.'s k
+METHOD: Method = "blend"  # the defaults of fuse() (read when it is called)
+LEXICAL_WEIGHT = 2.0
 
 
-def fuse(semantic: Ranking, lexical: Ranking, k: int, method: Method = "rrf", lexical_weight: float = 1.0,
-         constant: int = RRF_CONSTANT) -> list[tuple[str, float]]:
+def fuse(semantic: Ranking, lexical: Ranking, k: int, method: Method | None = None,
+         lexical_weight: float | None = None, constant: int = RRF_CONSTANT) -> list[tuple[str, float]]:
     """The ``k`` best documents of the fused ranking, best first (ties: the order of first appearance, semantic
-    first). ``lexical_weight``: the lexical list's weight relative to the semantic list's 1."""
+    first). ``lexical_weight``: the lexical list's weight relative to the semantic list's 1 (default
+    ``LEXICAL_WEIGHT``); ``method``: default ``METHOD``."""
+    method = METHOD if method is None else method
+    lexical_weight = LEXICAL_WEIGHT if lexical_weight is None else lexical_weight
     if method == "rrf":
         scores = _rrf([semantic, lexical], [1.0, lexical_weight], constant)
     elif method == "blend":

@@ -115,6 +115,8 @@ def search_command(
     mode: ModeChoice = typer.Option(ModeChoice.hybrid, "--mode", help=(
         "hybrid: the embedding ranking fused with BM25 over paths, defined names and text; semantic or lexical: "
         "one of them.")),
+    per_file: int = typer.Option(0, "--per-file", help=(
+        "At most this many chunks of one file in the results (0: no limit).")),
     full: bool = typer.Option(False, "--full", help=(
         "Print each hit's whole chunk (its lines in the file) instead of its best-matching part and a snippet.")),
     keep_warm: bool = typer.Option(False, "--keep-warm", help=(
@@ -124,13 +126,19 @@ def search_command(
     """Search an index: the best chunks as path:start-end, score and a snippet."""
     if k < 1:
         fail("-k must be at least 1")
+    if per_file < 0:
+        fail("--per-file must be 0 (no limit) or more")
     from ..serve.warm import start_background, warm_search  # standard library only
 
-    # a server running for this index answers (--full needs whole chunks, which it does not send)
-    hits = None if full else warm_search(index_dir, query, k, path_glob, file_type, mode.value)
+    # a server running for this index answers (--full needs whole chunks, which it does not send; --per-file a rule
+    # it does not take)
+    hits = None if full or per_file else warm_search(index_dir, query, k, path_glob, file_type, mode.value)
     if hits is None:
         with _open(index_dir) as retriever, damage_named(retriever):
-            hits = retriever.search(query, k=k, path_glob=path_glob, file_type=file_type, mode=mode.value)
+            from ..codebase.ranking import Rules
+
+            hits = retriever.search(query, k=k, path_glob=path_glob, file_type=file_type, mode=mode.value,
+                                    rules=Rules(per_file=per_file))
         if keep_warm:
             start_background(retriever.index_dir)
     if as_json:

@@ -36,8 +36,9 @@ from .sources import DEFAULT_MAX_FILE_BYTES, files_under, language_of
 
 Mode = Literal["hybrid", "semantic", "lexical"]
 CANDIDATES = 50  # documents taken from each side before fusion and the ranking rules (at least 3 k)
-FUSION = "rrf"  # fusion.py; chosen on the code benchmark's dev split and SciFact (README, "Hybrid search")
-LEXICAL_WEIGHTS = (1.0, 1.0, 1.0)  # BM25 field weights: path, symbols, body (README, "Hybrid search")
+# BM25 field weights (path, symbols, body): a name in a path or a definition counts 3 times one in the text
+# (bench/tune_hybrid.py on the code benchmark's dev split; README, "Hybrid search")
+LEXICAL_WEIGHTS = (3.0, 3.0, 1.0)
 
 
 @dataclass
@@ -281,7 +282,7 @@ class Retriever:
         with store.read_transaction():
             semantic = index.search(encoded, k=depth, filter=allowed)[0] if encoded is not None else []
             found = (lexical.result() if mode == "lexical" else semantic if lexical is None
-                     else fuse(semantic, lexical.result(), depth, method=FUSION))
+                     else fuse(semantic, lexical.result(), depth))
             documents = index.documents([doc_id for doc_id, _ in found])
         return [(doc, score) for doc, (_, score) in zip(documents, found) if doc is not None]
 

@@ -149,7 +149,7 @@ def read_run(path: Path) -> dict[str, dict[str, float]]:
 def test_lexical_mode_is_bm25_over_the_store_and_hybrid_fuses_it_with_the_model(subset, dense_runs, minilm_folder,
                                                                                  tmp_path):
     """--mode lexical: no model, the store's BM25 (title and text as one field) with Pyserini's k1, the published
-    BM25 figures beside it; --mode hybrid: the flat run fused by reciprocal rank with that BM25 run."""
+    BM25 figures beside it; --mode hybrid: the flat run fused with that BM25 run (retrieval.fusion's default)."""
     from indexes import Document, DocumentStore
     from retrieval.fusion import fuse
 

@@ -20,17 +20,19 @@ from support import TOKENIZER_DIR, dense_model_folder, single_torch_thread
 def test_rrf_sums_reciprocal_ranks_and_a_lexical_only_hit_can_win():
     semantic = [("a", 0.9), ("b", 0.8), ("c", 0.7)]
     lexical = [("x", 12.0), ("b", 3.0)]
-    fused = fuse(semantic, lexical, k=10)
+    fused = fuse(semantic, lexical, k=10, method="rrf", lexical_weight=1.0)
     scores = dict(fused)
     assert scores["b"] == pytest.approx(1 / 62 + 1 / 62) and scores["x"] == pytest.approx(1 / 61)
     assert [d for d, _ in fused] == ["b", "a", "x", "c"]  # a (1/61) before x (1/61): semantic first among ties
-    assert [d for d, _ in fuse(semantic, lexical, k=10, lexical_weight=2.0)][:2] == ["b", "x"]
-    assert fuse(semantic, [], k=2) == [("a", pytest.approx(1 / 61)), ("b", pytest.approx(1 / 62))]
+    assert [d for d, _ in fuse(semantic, lexical, k=10, method="rrf", lexical_weight=2.0)][:2] == ["b", "x"]
+    assert fuse(semantic, [], k=2, method="rrf") == [("a", pytest.approx(1 / 61)), ("b", pytest.approx(1 / 62))]
 
 
-def test_blend_normalizes_each_list():
-    fused = dict(fuse([("a", 0.9), ("b", 0.5)], [("b", 30.0), ("c", 10.0)], k=3, method="blend"))
+def test_blend_normalizes_each_list_and_is_the_default_with_lexical_weight_2():
+    fused = dict(fuse([("a", 0.9), ("b", 0.5)], [("b", 30.0), ("c", 10.0)], k=3, method="blend", lexical_weight=1.0))
     assert fused == {"a": pytest.approx(1.0), "b": pytest.approx(1.0), "c": pytest.approx(0.0)}
+    assert dict(fuse([("a", 0.9), ("b", 0.5)], [("b", 30.0), ("c", 10.0)], k=3)) == {
+        "b": pytest.approx(2.0), "a": pytest.approx(1.0), "c": pytest.approx(0.0)}
     with pytest.raises(ValueError, match="rrf or blend"):
         fuse([], [], k=1, method="max")
 
@@ -178,6 +180,8 @@ def test_cli_search_mode_and_full(indexed):
     assert full.exit_code == 0 and "widget.spin()" in full.stdout and "pkg/frobnicate.py:1-3" in full.stdout
     bad = runner.invoke(app, ["search", "x", "--index-dir", str(indexed / ".mret"), "--mode", "fuzzy"])
     assert bad.exit_code == 2
+    negative = runner.invoke(app, ["search", "x", "--index-dir", str(indexed / ".mret"), "--per-file", "-1"])
+    assert negative.exit_code == 2 and "--per-file" in negative.output
 
 
 def test_texts_land_before_vectors_and_pending_chunks_are_searchable(tmp_path, monkeypatch):
