@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import typer
 
 from .console import KindChoice, err, fail
@@ -58,6 +57,8 @@ def embed_command(
     head = load_head(model, kind.value)
     vectors = (head.encode_queries if query else head.encode_documents)(texts, show_progress=True)
     output.parent.mkdir(parents=True, exist_ok=True)
+    import numpy as np  # here: the command line starts without it
+
     if kind.value == "dense":
         np.save(output, vectors)
         shape = vectors.shape

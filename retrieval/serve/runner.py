@@ -42,6 +42,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock = socket.create_server((host.strip("[]"), port), family=family, reuse_port=False)
     except OSError as error:
         raise RetrieverError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 
 
