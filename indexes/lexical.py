@@ -138,6 +138,10 @@ def check(db: sqlite3.Connection) -> str | None:
     """None when the table is sound and holds exactly one row per document; else what is wrong."""
     try:
         db.execute(f"INSERT INTO {TABLE} ({TABLE}, rank) VALUES ('integrity-check', 1)")
+    except sqlite3.OperationalError as error:
+        if "locked" in str(error) or "busy" in str(error):
+            raise  # a writer holds the database: not damage (the caller reports it as busy)
+        return f"the lexical table fails FTS5's integrity check ({error})"
     except sqlite3.DatabaseError as error:
         return f"the lexical table fails FTS5's integrity check ({error})"
     documents = db.execute("SELECT count(*) FROM documents").fetchone()[0]

@@ -371,7 +371,9 @@ class DocumentStore:
 
 def write_documents(db: sqlite3.Connection, documents: Sequence[Document]) -> None:
     """Insert or replace documents and their lexical rows, inside the caller's transaction: the one way documents
-    are written (the store's ``put`` and an index's commit), so that the two sides never disagree."""
+    are written (the store's ``put`` and an index's commit), so that the two sides never disagree. An id given
+    twice keeps its last document."""
+    documents = list({d.doc_id: d for d in documents}.values())
     db.executemany("INSERT OR REPLACE INTO documents VALUES (?, ?, ?, ?, ?, ?, ?)", [d.row() for d in documents])
     lexical.write_rows(db, [(d.doc_id, d.source, d.metadata, d.text) for d in documents])
 

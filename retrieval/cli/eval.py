@@ -38,7 +38,7 @@ def eval_command(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model folder or hub id (not used by --mode "
                                         "lexical)."),
     mode: ModeChoice = typer.Option(ModeChoice.semantic, "--mode", help=(
-        "semantic: the model; lexical: BM25 (no model); hybrid: both, fused by reciprocal rank.")),
+        "semantic: the model; lexical: BM25 (no model); hybrid: both, fused as `mret search` fuses them.")),
     kind: KindChoice = typer.Option("dense", "--kind", help="dense: one vector per text; colbert: one per token."),
     index: IndexKind = typer.Option(IndexKind.flat, "--index", help=(
         "flat = exact (FAISS flat, or exhaustive MaxSim for colbert); hnsw, ivfpq (dense); plaid (colbert).")),

@@ -94,7 +94,7 @@ def run_index(root: Path, index_dir: Path, vectors: FaissIndex | PlaidIndex, hea
     gone = [path for path in known if path not in present]
     if gone:
         with vectors.transaction():
-            _drop(vectors, [i for path in gone for i in known[path].doc_ids])
+            drop_chunks(vectors, [i for path in gone for i in known[path].doc_ids])
     summary.removed_files = len(gone)
     todo = [f for f in found.files if f.path not in known or
             (known[f.path].metadata.get("mtime_ns"), known[f.path].metadata.get("size")) != (f.mtime_ns, f.size)]
@@ -110,16 +110,18 @@ def run_index(root: Path, index_dir: Path, vectors: FaissIndex | PlaidIndex, hea
 
 def pending_chunks(vectors: FaissIndex | PlaidIndex) -> int:
     """Chunks whose text is indexed but whose vector is not yet (a run in progress, or killed before encoding)."""
-    return len(vectors.store.ids(PENDING_FILTER))
+    with vectors.store.read_transaction():  # every chunk has a document; the encoded ones have a vector too
+        return max(0, len(vectors.store) - len(vectors))
 
 
-def _drop(vectors: FaissIndex | PlaidIndex, ids: list[str]) -> None:
+def drop_chunks(vectors: FaissIndex | PlaidIndex, ids: list[str]) -> None:
     """Remove chunks inside the caller's index transaction: encoded ones from the index (vectors, documents and
     lexical rows), pending ones (text only) from the store."""
     encoded = [i for i in ids if i in vectors]
     if encoded:
         vectors.remove(encoded)
-    waiting = [i for i in ids if i not in set(encoded)]
+    done = set(encoded)
+    waiting = [i for i in ids if i not in done]
     if waiting:
         vectors.store.delete(waiting)
 
@@ -179,13 +181,15 @@ class _Run:
         for document in documents:
             document.metadata[PENDING] = True
         with self.vectors.transaction():
-            _drop(self.vectors, batch.old_ids)
+            drop_chunks(self.vectors, batch.old_ids)
             self.vectors.store.put(documents)
 
     def encode_pending(self) -> None:
         """Vectors for every pending chunk (this run's, and any a killed run left), a file's chunks together,
         about ``batch_tokens`` tokens per commit."""
         store = self.vectors.store
+        if not pending_chunks(self.vectors):  # a no-change run: one count, not a read of every chunk's metadata
+            return
         waiting = [record for record in store.files().values() if record.metadata.get(PENDING)]
         if not waiting:
             return
@@ -214,9 +218,16 @@ class _Run:
         vectors = encode_texts(self.head(), texts, is_query=False).rows if texts else []
         summary = self.summary
         summary.encode_seconds += time.perf_counter() - started
+        # another writer (a watcher, a second `mret index`) may have replaced or encoded some of these chunks while
+        # they were being encoded: only the ones still pending with the same text are committed
+        current = {d.doc_id: d for d in self.vectors.store.get([d.doc_id for d in documents]) if d is not None}
+        keep = [i for i, d in enumerate(documents) if (now := current.get(d.doc_id)) is not None
+                and now.metadata.get(PENDING) and now.text == d.text and now.content_hash == d.content_hash]
+        if len(keep) < len(documents):
+            documents, vectors = [documents[i] for i in keep], [vectors[i] for i in keep]
         files = len({d.source for d in documents})
         summary.encoded_files += files
-        summary.encoded_chunks += len(texts)
+        summary.encoded_chunks += len(documents)
         summary.encoded_tokens += tokens
         progress.advance(len(documents), files, tokens)
         return Batch([d.doc_id for d in documents], vectors, documents)

@@ -1,8 +1,8 @@
 """Code-aware ranking: rules applied to the fused candidates of a codebase search, each one switchable (``Rules``)
 so that its effect is measured on its own (bench/code_search.py, the ablation table in the README).
 
-Scores enter normalized to [0, 1] as a share of the best one (fused and BM25 scores are positive; cosines are
-min-max normalized over the candidates) and the rules move them by fixed amounts (with every rule off the candidates
+Scores enter normalized to [0, 1] as a share of the best one (fused, BM25 and most cosine scores are positive; a
+list holding a negative score is min-max normalized instead) and the rules move them by fixed amounts (with every rule off the candidates
 keep their own scores and order):
 - ``definitions``: a chunk that defines a name the query asks for (an identifier-shaped query word, or a one-word
   query) gets ``DEFINITION_BONUS``, which puts definitions above chunks that only use the name;

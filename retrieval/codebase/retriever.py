@@ -25,7 +25,8 @@ from modernretrieval.files import folder_bytes, fsync_dir
 from ..heads import DEFAULT_MODELS, KINDS, Head, Kind, load_head, set_document_length
 from .config import CONFIG, FORMAT, INDEX, INDEX_DIR_NAME, IndexConfig, RetrieverError, find_index_dir, model_name, \
     read_last_run
-from .indexing import MIN_CHUNK_TOKENS, IndexSettings, IndexSummary, chunk_budget, pending_chunks, run_index
+from .indexing import MIN_CHUNK_TOKENS, IndexSettings, IndexSummary, chunk_budget, drop_chunks, pending_chunks, \
+    run_index
 from .rebuild import REBUILD_WAIT, fresh_name, rebuild_lock, remove_folder, remove_leftovers
 from ..fusion import MODES, fuse
 from .ranking import Rules, rerank
@@ -321,7 +322,8 @@ class Retriever:
         if not paths:
             raise RetrieverError(f"nothing indexed at {relative or '.'}")
         ids = [i for p in paths for i in known[p].doc_ids]
-        self.vectors.remove(ids)
+        with self.vectors.transaction():  # encoded chunks and those still waiting for vectors alike
+            drop_chunks(self.vectors, ids)
         return len(paths), len(ids)
 
     def _relative(self, path: str | Path) -> str:

@@ -112,6 +112,16 @@ def test_fields_are_weighted_and_identifiers_match_either_way(tmp_path):
         store.lexical_search("x1", 3, weights=(1.0,))
 
 
+def test_an_id_given_twice_in_one_put_keeps_its_last_document(tmp_path):
+    store = DocumentStore(tmp_path / "store.sqlite")
+    store.put([Document("a", text="first words"), Document("b", text="other"), Document("a", text="second words")])
+    assert [d.text for d in store.get(["a"])] == ["second words"]
+    assert [d for d, _ in store.lexical_search("second", 5)] == ["a"] and store.lexical_search("first", 5) == []
+    with store.read_transaction() as db:
+        assert lexical.check(db) is None
+    store.close()
+
+
 def test_filters_restrict_lexical_hits(tmp_path):
     store = store_with(tmp_path, CORPUS)
     assert {d for d, _ in store.lexical_search("forest", 10)} == {"d2", "d4", "d6"}

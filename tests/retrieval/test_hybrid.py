@@ -210,6 +210,9 @@ def test_texts_land_before_vectors_and_pending_chunks_are_searchable(tmp_path, m
     with Retriever.open(root / ".mret") as retriever:
         status = retriever.status()
         assert status["chunks"] == status["pending_chunks"] == len(TREE) and len(retriever.vectors) == 0
+        assert retriever.remove("pkg/module_0.py") == (1, 1)  # a file whose chunks wait for vectors
+        assert retriever.status()["pending_chunks"] == len(TREE) - 1
+        (root / "pkg" / "module_0.py").unlink()
         assert retriever.search("zqxFrobnicateWidget", k=3)[0].path == "pkg/frobnicate.py"  # lexical only, so far
         assert retriever.search("zqxFrobnicateWidget", k=3, mode="semantic") == []
     read = []
@@ -217,8 +220,43 @@ def test_texts_land_before_vectors_and_pending_chunks_are_searchable(tmp_path, m
     monkeypatch.setattr(indexing, "read_source", lambda *a: read.append(a[0].path) or original(*a))
     with Retriever(root, show_progress=False) as retriever:
         summary = retriever.index()
-        assert read == [] and summary.encoded_files == len(TREE) and summary.encoded_chunks == len(TREE)
-        assert retriever.status()["pending_chunks"] == 0 and len(retriever.vectors) == len(TREE)
+        assert read == [] and summary.encoded_files == len(TREE) - 1 and summary.encoded_chunks == len(TREE) - 1
+        assert retriever.status()["pending_chunks"] == 0 and len(retriever.vectors) == len(TREE) - 1
         assert "pending" not in retriever.vectors.documents(["pkg/frobnicate.py#0"])[0].metadata
         assert retriever.search("zqxFrobnicateWidget", k=3)[0].path == "pkg/frobnicate.py"
+    next(gen, None)
+
+
+def test_a_chunk_rewritten_by_another_writer_while_it_is_encoded_keeps_the_new_text(tmp_path, monkeypatch):
+    """Pending chunks are read, encoded (slow), then committed: one that another writer replaced meanwhile is left
+    to the next run instead of being overwritten with the old text and its vector."""
+    from indexes import Document
+    from retrieval.codebase import indexing
+    from retrieval.codebase.retriever import Retriever
+
+    gen = single_torch_thread()
+    next(gen)
+    model = dense_model_folder(tmp_path / "model")
+    root = tmp_path / "tree"
+    for path, text in TREE.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+    original = indexing.encode_texts
+    with Retriever(root, model=str(model), kind="dense", max_length=128, show_progress=False) as retriever:
+        store = retriever.vectors.store if retriever.config else None
+
+        def racing(head, texts, **kwargs):
+            newer = retriever.vectors.store.get(["pkg/frobnicate.py#0"])[0]
+            newer.text = "def replacedByAnotherWriter():\n    pass\n"
+            retriever.vectors.store.put([newer])  # still pending, new text: what a concurrent run commits
+            return original(head, texts, **kwargs)
+
+        monkeypatch.setattr(indexing, "encode_texts", racing)
+        summary = retriever.index()
+        assert store is None and summary.encoded_chunks == len(TREE) - 1
+        doc = retriever.vectors.documents(["pkg/frobnicate.py#0"])[0]
+        assert doc.text.startswith("def replacedByAnotherWriter") and doc.metadata.get("pending")
+        assert "pkg/frobnicate.py#0" not in retriever.vectors and retriever.status()["pending_chunks"] == 1
+        monkeypatch.undo()
+        assert retriever.index().encoded_chunks == 1 and retriever.status()["pending_chunks"] == 0
     next(gen, None)
