@@ -29,7 +29,7 @@ def _need(module: str) -> None:
 def _tree_service(path: Optional[Path], index_dir: Optional[Path], model: Optional[str] = None,
                   kind: Optional[KindChoice] = None, create: bool = False):
     """The service for a tree: PATH (its index created when ``create``), or an existing index found from here."""
-    from ..codebase.config import find_index_dir
+    from ..codebase.location import find_index_dir
     from ..serve.service import ServedRetriever, TreeService
 
     if path is not None:

@@ -20,9 +20,8 @@ from modernretrieval.errors import ModernRetrievalError
 from modernretrieval.files import atomic_write_json
 
 from ..heads import KINDS, Kind
+from .location import CONFIG, INDEX, INDEX_DIR_NAME, LAST_RUN, find_index_dir  # noqa: F401  (re-exported)
 
-CONFIG, INDEX, LAST_RUN = "config.json", "index", "last_run.json"
-INDEX_DIR_NAME = ".mret"
 FORMAT = 1
 PLAID_NBITS = 2
 
@@ -99,15 +98,6 @@ def model_name(model: str | Path) -> str:
     """A local folder by its absolute path (so that the index finds it from anywhere), a hub id as is."""
     local = Path(model).expanduser()
     return str(local.resolve()) if local.is_dir() else str(model)
-
-
-def find_index_dir(start: str | Path = ".") -> Path | None:
-    """The nearest ``.mret`` index folder at or above ``start`` (as git finds .git)."""
-    here = Path(start).resolve()
-    for folder in (here, *here.parents):
-        if (folder / INDEX_DIR_NAME / CONFIG).exists():
-            return folder / INDEX_DIR_NAME
-    return None
 
 
 def read_last_run(index_dir: Path) -> dict[str, Any] | None:

@@ -20,10 +20,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..codebase.location import find_index_dir
+
 SERVER_FILE = "server.json"
 STARTING_FILE = "server.starting"  # a background server being started: no second one meanwhile
 STARTING_GRACE_S = 120.0
-INDEX_DIR_NAME, CONFIG = ".mret", "config.json"  # as in codebase/config.py, which imports faiss
 DEFAULT_IDLE_S = 900.0
 
 
@@ -50,15 +51,6 @@ class RemoteHit:
     def to_json(self) -> dict[str, Any]:
         return {"path": self.path, "start_line": self.start_line, "end_line": self.end_line,
                 "score": round(self.score, 6), "snippet": self.snippet}
-
-
-def find_index_dir(start: str | Path = ".") -> Path | None:
-    """The nearest ``.mret`` at or above ``start`` (codebase.config.find_index_dir, without its imports)."""
-    here = Path(start).resolve()
-    for folder in (here, *here.parents):
-        if (folder / INDEX_DIR_NAME / CONFIG).exists():
-            return folder / INDEX_DIR_NAME
-    return None
 
 
 def write_server_file(index_dir: Path, info: ServerInfo) -> None:

@@ -130,6 +130,13 @@ TREE["pkg/frobnicate.py"] = "def zqxFrobnicateWidget(widget):\n    widget.spin()
 TREE["tests/test_frob.py"] = "from pkg.frobnicate import zqxFrobnicateWidget\n\ndef test_it():\n    zqxFrobnicateWidget(1)\n"
 
 
+def write_tree(root: Path) -> Path:
+    for path, text in TREE.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+    return root
+
+
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory):
     from retrieval.codebase.retriever import Retriever
@@ -138,10 +145,7 @@ def indexed(tmp_path_factory):
     next(gen)
     folder = tmp_path_factory.mktemp("hybrid")
     model = dense_model_folder(folder / "model")
-    root = folder / "tree"
-    for path, text in TREE.items():
-        (root / path).parent.mkdir(parents=True, exist_ok=True)
-        (root / path).write_text(text)
+    root = write_tree(folder / "tree")
     with Retriever(root, model=str(model), kind="dense", max_length=128, show_progress=False) as retriever:
         retriever.index()
     yield root
@@ -194,10 +198,7 @@ def test_texts_land_before_vectors_and_pending_chunks_are_searchable(tmp_path, m
     gen = single_torch_thread()
     next(gen)
     model = dense_model_folder(tmp_path / "model")
-    root = tmp_path / "tree"
-    for path, text in TREE.items():
-        (root / path).parent.mkdir(parents=True, exist_ok=True)
-        (root / path).write_text(text)
+    root = write_tree(tmp_path / "tree")
 
     def stopped(self):
         raise KeyboardInterrupt  # what a kill between the two passes leaves
@@ -237,10 +238,7 @@ def test_a_chunk_rewritten_by_another_writer_while_it_is_encoded_keeps_the_new_t
     gen = single_torch_thread()
     next(gen)
     model = dense_model_folder(tmp_path / "model")
-    root = tmp_path / "tree"
-    for path, text in TREE.items():
-        (root / path).parent.mkdir(parents=True, exist_ok=True)
-        (root / path).write_text(text)
+    root = write_tree(tmp_path / "tree")
     original = indexing.encode_texts
     with Retriever(root, model=str(model), kind="dense", max_length=128, show_progress=False) as retriever:
         store = retriever.vectors.store if retriever.config else None
