@@ -13,12 +13,14 @@ through the harness, the training evaluation. The head is used through the ``Hea
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
 import time
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 
@@ -27,6 +29,7 @@ from modernretrieval.files import atomic_write
 from .heads.base import Head
 
 CHUNK_TEXTS = 128  # texts per model call: the progress step, and what an interruption loses at most
+T = TypeVar("T")
 
 
 @dataclass
@@ -110,3 +113,54 @@ def _read_part(part: Path, digest: str, n: int) -> tuple[list[np.ndarray], float
             return None
         return np.split(rows, np.cumsum(lengths)[:-1]), seconds, tokens
     return (list(rows), seconds, tokens) if len(rows) == n else None
+
+
+def ahead(items: Iterable[T], depth: int = 1) -> Iterator[T]:
+    """``items``, produced in a thread of their own up to ``depth`` items ahead of the consumer: the stage that
+    makes them (reading, tokenizing, encoding the next batch) runs while the consumer works on the current one
+    (committing it). Torch, the tokenizer and SQLite release the GIL, so the two overlap on separate cores.
+
+    Items come in order; an exception raised while producing is raised here, at its place in the stream. When the
+    consumer stops early (an exception, ``break``, Ctrl-C) the producer is told to stop and is not waited for: it
+    may be in the middle of a model call minutes long, and what it makes after that is dropped."""
+    if depth < 1:
+        raise ValueError(f"depth must be at least 1, got {depth}")
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(entry: tuple[bool, object]) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((True, item)):
+                    return
+            put((True, end))
+        except BaseException as error:  # noqa: BLE001  (re-raised in the consumer)
+            put((False, error))
+
+    producer = threading.Thread(target=produce, name="ahead", daemon=True)
+    producer.start()
+    finished = False
+    try:
+        while True:
+            ok, item = slots.get()
+            if not ok:
+                finished = True
+                raise item  # type: ignore[misc]
+            if item is end:
+                finished = True
+                return
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        if finished:
+            producer.join()

@@ -6,8 +6,9 @@ Lexical first, vectors as they come: the run first reads, chunks and commits the
 (their old chunks out in the same commit), marked "pending": the lexical side of the whole tree is searchable after
 this pass, which costs no model call. Then the pending chunks are encoded, a file's chunks together, in batches of
 about ``batch_tokens`` tokens, each batch one commit (``add_stream(..., commit="each")``; a PLAID index without a
-codec holds batches back until they make its training sample). A search in between ranks the encoded chunks by both
-sides and the pending ones lexically (hybrid mode).
+codec holds batches back until they make its training sample). The next batch is read and encoded in a thread while
+the current one commits (``encoding.ahead``): the commits are the same, in the same order. A search in between ranks
+the encoded chunks by both sides and the pending ones lexically (hybrid mode).
 
 Incremental and safe to kill: a file whose size and mtime are unchanged is not read; one whose text is unchanged is
 not chunked again; a killed run leaves the index at its last commit, and the next run encodes whatever is still
@@ -29,7 +30,7 @@ from pathlib import Path
 from indexes import Batch, Document, FaissIndex, PlaidIndex
 from modernretrieval.files import atomic_write_json
 
-from ..encoding import encode_texts
+from ..encoding import ahead, encode_texts
 from ..heads import Head
 from .chunking import Chunk, chunk_text
 from .config import LAST_RUN
@@ -65,6 +66,7 @@ class IndexSettings:
     batch_tokens: int = 65536  # tokens encoded per commit (what a kill can lose)
     max_file_bytes: int = 1 << 20
     show_progress: bool | None = None  # None: on a terminal only
+    overlap: bool = True  # the next batch is read and encoded while the current one commits (encoding.ahead)
 
 
 def chunk_budget(head: Head) -> int:
@@ -206,7 +208,8 @@ class _Run:
                     documents = []
 
         with _Progress("encoding", total, len(waiting), self.settings.show_progress) as progress:
-            self.vectors.add_stream(batches(), expected_tokens=tokens_after, commit="each")
+            stream = ahead(batches()) if self.settings.overlap else batches()
+            self.vectors.add_stream(stream, expected_tokens=tokens_after, commit="each")
 
     def _encoded(self, documents: list[Document], progress: "_Progress") -> Batch:
         """Pending chunks as one change of the index: their vectors in, the pending mark off."""

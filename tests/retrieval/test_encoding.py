@@ -129,3 +129,65 @@ def test_nothing_to_encode_and_mistakes(tmp_path):
     assert (encoded.rows, encoded.seconds, encoded.tokens, head.calls) == ([], 0.0, 0, [])
     with pytest.raises(ValueError, match="chunk_texts"):
         encode_texts(head, TEXTS, False, chunk_texts=0)
+
+
+# ----- ahead: the next batch made while the current one is consumed
+
+def test_ahead_keeps_order_and_overlaps_producer_and_consumer():
+    import threading
+
+    from retrieval.encoding import ahead
+
+    second_started = threading.Event()
+
+    def produce():
+        yield 1
+        second_started.set()  # only reached when the producer runs ahead of the consumer
+        yield 2
+        yield 3
+
+    seen = []
+    for item in ahead(produce()):
+        if item == 1:  # still holding item 1: a stream that is not ahead would never start item 2 meanwhile
+            assert second_started.wait(timeout=10), "the next item was not made while the current one was held"
+        seen.append(item)
+    assert seen == [1, 2, 3]
+
+
+def test_ahead_raises_a_producer_error_at_its_place_in_the_stream():
+    from retrieval.encoding import ahead
+
+    def produce():
+        yield "a"
+        raise KeyError("boom")
+
+    stream = ahead(produce())
+    assert next(stream) == "a"
+    with pytest.raises(KeyError, match="boom"):
+        next(stream)
+
+
+def test_ahead_stops_its_producer_when_the_consumer_leaves():
+    import threading
+    import time
+
+    from retrieval.encoding import ahead
+
+    made = []
+
+    def produce():
+        for i in range(1000):
+            made.append(i)
+            yield i
+
+    before = threading.active_count()
+    for item in ahead(produce(), depth=2):
+        if item == 3:
+            break
+    deadline = time.monotonic() + 10
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert threading.active_count() == before  # the producer thread ended
+    assert len(made) <= 3 + 1 + 2 + 1  # what was consumed, the one held, the queue, one being put
+    with pytest.raises(ValueError):
+        next(ahead([], depth=0))

@@ -664,3 +664,47 @@ def test_colbert_plaid_index_follows_a_changed_file(tmp_path, monkeypatch):
         every = retriever.search("zebras migrate across the savanna", k=100)
         assert all("zebras" not in h.text for h in every)
         assert len({(h.path, h.start_line) for h in every}) == len(every)
+
+
+def test_the_next_batch_is_encoded_while_the_current_one_commits(tmp_path, model_dir, monkeypatch):
+    """The overlapped pipeline: while batch i commits, batch i+1 is already being encoded (encoding.ahead); what
+    is committed is the same as without the overlap."""
+    import threading
+
+    from indexes.base import VectorIndex
+    from retrieval.codebase import indexing
+    from retrieval.codebase.retriever import Retriever
+
+    copy_package(json, tmp_path / "tree" / "json")
+    encodes, commits, overlapped, patience = [0], [0], [], [10.0]
+    changed = threading.Condition()
+    real_encode, real_commit = indexing.encode_texts, VectorIndex._commit_batches
+
+    def encode(*args, **kwargs):
+        with changed:
+            encodes[0] += 1
+            changed.notify_all()
+        return real_encode(*args, **kwargs)
+
+    def commit(self, batches, expected_tokens):
+        commits[0] += 1
+        with changed:  # the next batch's encoding starts before this commit ends (the last one has no next)
+            overlapped.append(changed.wait_for(lambda: encodes[0] > commits[0], timeout=patience[0]))
+        return real_commit(self, batches, expected_tokens)
+
+    monkeypatch.setattr(indexing, "encode_texts", encode)
+    monkeypatch.setattr(VectorIndex, "_commit_batches", commit)
+    runs = {}
+    for overlap in (True, False):
+        with Retriever(tmp_path / "tree", index_dir=tmp_path / f"index-{overlap}", model=model_dir,
+                       max_length=MAX_LENGTH, batch_tokens=1000) as retriever:
+            retriever.settings.overlap = overlap
+            patience[0] = 10.0 if overlap else 0.3  # without the overlap the wait can only time out
+            encodes[0] = commits[0] = 0
+            overlapped.clear()
+            retriever.index()
+            runs[overlap] = documents(retriever), list(overlapped)
+    with_overlap, without = runs[True][1], runs[False][1]
+    assert len(with_overlap) >= 3 and all(with_overlap[:-1])  # every commit but the last met the next encode
+    assert not any(without[:-1])
+    assert runs[True][0] == runs[False][0]
