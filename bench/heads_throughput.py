@@ -27,11 +27,12 @@ from retrieval.heads.formats import write_json, write_modules
 PYLATE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "pylate" / "model"  # its tokenizer has [Q]/[D]
 
 
-def make_folders(root: Path, shape: str) -> tuple[Path, Path]:
+def make_folders(root: Path, shape: str, tokenizer: Path = PYLATE) -> tuple[Path, Path]:
     """One random ModernBERT, saved as a sentence-transformers model (mean pooling + Normalize) and as a PyLate
-    ColBERT (Dense to 128)."""
+    ColBERT (Dense to 128). ``tokenizer``: a folder with PyLate's tokenizer files ([Q]/[D] added) and its
+    config_sentence_transformers.json."""
     dense, colbert = root / "dense", root / "colbert"
-    backbone = random_encoder(shape, seed=0, tokenizer_dir=PYLATE, mlm_head=False, vocab_size=50370)
+    backbone = random_encoder(shape, seed=0, tokenizer_dir=tokenizer, mlm_head=False, vocab_size=50370)
     for folder in (dense, colbert):
         backbone.save_pretrained(folder)
         write_json(folder / "sentence_bert_config.json", {"max_seq_length": 8192, "do_lower_case": False})
@@ -45,7 +46,7 @@ def make_folders(root: Path, shape: str) -> tuple[Path, Path]:
                                                      "activation_function": "torch.nn.modules.linear.Identity"})
     save_file({"linear.weight": torch.randn(128, hidden) * 0.02}, str(colbert / "1_Dense" / "model.safetensors"))
     write_modules(colbert, [("", "sentence_transformers.models.Transformer"), ("1_Dense", "pylate.models.Dense.Dense")])
-    shutil.copyfile(PYLATE / "config_sentence_transformers.json", colbert / "config_sentence_transformers.json")
+    shutil.copyfile(tokenizer / "config_sentence_transformers.json", colbert / "config_sentence_transformers.json")
     settings = json.loads((colbert / "config_sentence_transformers.json").read_text())
     write_json(colbert / "config_sentence_transformers.json", {**settings, "document_length": 512})
     return dense, colbert

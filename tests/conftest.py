@@ -8,6 +8,8 @@ import pytest
 
 from support import SCIFACT, TOKENIZER_DIR, copy_tokenizer, hf_model
 
+CACHE = Path(__file__).resolve().parents[1] / ".cache"  # git-ignored; kept between local runs
+
 
 @pytest.fixture(scope="session")
 def scifact():
@@ -40,3 +42,28 @@ def tiny_checkpoint(tmp_path_factory, tokenizer_dir) -> Path:
     hf_model("tiny").save_pretrained(folder)
     copy_tokenizer(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def scifact_subset(scifact):
+    """A SciFact subset in the BEIR layout (60 test queries, their relevant documents and 300 others), written once
+    under .cache: the real data the runner and PLAID quality tests share, with its encodings."""
+    from eval.datasets.beir import load_beir, write_beir
+
+    folder = CACHE / "datasets" / "scifact-subset-60"
+    query_ids = list(scifact.queries)[:60]
+    relevant = {d for q in query_ids for d in scifact.qrels[q]}
+    doc_ids = [d for i, d in enumerate(scifact.corpus) if i < 300 or d in relevant]
+    if not (folder / "corpus.jsonl").exists():
+        write_beir(folder, {d: scifact.corpus[d] for d in doc_ids}, {q: scifact.queries[q] for q in query_ids},
+                   {"test": {q: scifact.qrels[q] for q in query_ids}})
+    return load_beir(folder)
+
+
+@pytest.fixture(scope="session")
+def scifact_subset_tokens(scifact_subset, minilm_folder):
+    """The subset's MiniLM token vectors (ColBERT.from_token_embeddings), through the eval cache under the key
+    `mret eval` uses: encoded once per session (and kept between local runs), then read by every test."""
+    from eval.encode import encode_beir
+
+    return encode_beir(scifact_subset, str(minilm_folder), "colbert", CACHE / "embeddings", token_embeddings=True)

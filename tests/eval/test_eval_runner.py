@@ -13,10 +13,10 @@ import pytest
 import pytrec_eval
 from typer.testing import CliRunner
 
-from eval.datasets.beir import load_beir, write_beir
+from eval.datasets.beir import write_beir
 from eval.metrics import evaluate, exact_search
 from eval.runner import EvalSettings, run_eval
-from retrieval import BiEncoder, ColBERT
+from retrieval import BiEncoder
 from retrieval.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,15 +25,8 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def subset(scifact):
-    folder = CACHE / "datasets" / "scifact-subset-60"
-    query_ids = list(scifact.queries)[:60]
-    relevant = {d for q in query_ids for d in scifact.qrels[q]}
-    doc_ids = [d for i, d in enumerate(scifact.corpus) if i < 300 or d in relevant]
-    if not (folder / "corpus.jsonl").exists():
-        write_beir(folder, {d: scifact.corpus[d] for d in doc_ids}, {q: scifact.queries[q] for q in query_ids},
-                   {"test": {q: scifact.qrels[q] for q in query_ids}})
-    return load_beir(folder)
+def subset(scifact_subset):
+    return scifact_subset
 
 
 def scored_run_file(path: Path, qrels) -> float:
@@ -74,21 +67,22 @@ def test_hnsw_within_half_a_point_of_flat(dense_runs):
     assert dense_runs["hnsw"]["index"]["kind"] == "hnsw"
 
 
-def test_colbert_exhaustive_equals_numpy_maxsim_and_plaid_is_close(subset, minilm_folder, tmp_path):
+def test_colbert_exhaustive_equals_numpy_maxsim_and_plaid_is_close(subset, scifact_subset_tokens, minilm_folder,
+                                                                   tmp_path):
+    """The runner's index, search and metrics against MaxSim in numpy over the same token vectors (the session's
+    encoding of the subset, which the runner reads from the cache; that the cached encoding equals the head's own
+    is tests/eval/test_encode_cache.py's job)."""
     settings = dict(model=str(minilm_folder), kind="colbert", token_embeddings=True)
     exhaustive = run_eval(subset, EvalSettings(index="flat", **settings), tmp_path / "flat", CACHE, False)
     plaid = run_eval(subset, EvalSettings(index="plaid", **settings), tmp_path / "plaid", CACHE, False)
 
-    model = ColBERT.from_token_embeddings(minilm_folder)
-    doc_ids, query_ids = list(subset.corpus), list(subset.queries)
-    docs = model.encode_documents(subset.document_texts(doc_ids))
-    offsets = np.cumsum([0] + [len(d) for d in docs])
-    tokens = np.concatenate(docs)
+    tokens = scifact_subset_tokens
+    assert exhaustive["embeddings_cache"] == str(tokens.path)  # the same vectors, not encoded twice
     run = {}
-    for query_id, query in zip(query_ids, model.encode_queries([subset.queries[q] for q in query_ids])):
-        scores = np.maximum.reduceat(query @ tokens.T, offsets[:-1], axis=1).sum(axis=0)
+    for i, query_id in enumerate(tokens.query_ids):
+        scores = np.maximum.reduceat(tokens.query(i) @ tokens.docs.T, tokens.doc_offsets[:-1], axis=1).sum(axis=0)
         top = np.argsort(-scores)[:100]
-        run[query_id] = {doc_ids[j]: float(scores[j]) for j in top}
+        run[query_id] = {tokens.doc_ids[j]: float(scores[j]) for j in top}
     expected = evaluate(run, subset.qrels)
     assert exhaustive["ndcg@10"] == pytest.approx(expected["ndcg@10"], abs=1e-4)
     assert exhaustive["recall@100"] == pytest.approx(expected["recall@100"], abs=1e-4)
