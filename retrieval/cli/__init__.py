@@ -2,18 +2,24 @@
 codebase indexer, training) and the evaluation harness. User mistakes end in one red line and exit code 2, never a
 traceback (``console.user_errors``, applied to every command here).
 
-The app is built by ``build_app`` when asked for, not as a side effect of importing a module."""
+The app is built by ``build_app`` when asked for, not as a side effect of importing a module; ``mret search`` with a
+warm server running is answered before the app (typer, rich) is even imported (fast.py)."""
 
 from __future__ import annotations
 
-import typer
+import sys
+from typing import TYPE_CHECKING
 
-from .console import command
+if TYPE_CHECKING:
+    import typer
 
 
 def build_app() -> typer.Typer:
     """A new Typer app with every command. Imports of the heavy layers stay inside the commands, so that
     ``mret --help`` starts fast."""
+    import typer
+
+    from .console import command
     from .embed import embed_command
     from .eval import DATASETS_HELP, eval_command, manpages_command, pycode_command
     from .index import index_command, remove_command, search_command, status_command
@@ -38,6 +44,10 @@ def build_app() -> typer.Typer:
 
 def main() -> None:
     """The ``mret`` entry point."""
+    from .fast import run_warm_search
+
+    if run_warm_search(sys.argv[1:]):
+        return
     build_app()()
 
 

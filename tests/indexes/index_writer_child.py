@@ -162,12 +162,13 @@ def log_line(fd: int, record: dict) -> None:
 
 
 def main(args: dict) -> None:
-    from indexes import Document, FaissIndex, PlaidIndex
+    import indexes
+    from indexes import Document
 
     kind, seed = args["kind"], args["seed"]
     if args["mode"] == "run":
         Hooks(args["marker"], args.get("die")).install()
-    cls = FaissIndex if kind == "faiss" else PlaidIndex
+    cls = indexes.FaissIndex if kind == "faiss" else indexes.PlaidIndex  # a FAISS writer never imports torch
     ix = cls.open(args["path"], lock_timeout=args.get("lock_timeout", 60.0))
     if args["mode"] == "hold":
         ids, vectors = batch(kind, seed, args["start"])

@@ -5,6 +5,8 @@ server."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -12,9 +14,17 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from serving import live_server
+from serving import ROOT, child_env, live_server
 
 QUERIES = ["decode a JSON document from a string", "HTTP retries backoff", "remember results of a function"]
+FAST_CHILD = """
+import sys
+from retrieval.cli import main
+sys.argv[0] = "mret"
+main()
+heavy = {"typer", "rich", "torch", "numpy", "faiss", "fastapi"} & set(sys.modules)
+print("loaded " + (", ".join(sorted(heavy)) or "nothing heavy"), file=sys.stderr)
+"""
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +152,15 @@ def test_mret_search_uses_a_running_server_and_stop_ends_it(service, indexed_tre
         assert client.get("/health").json()["searches"] == before + 1  # the server answered, not this process
         printed = cli("search", QUERIES[1], "--index-dir", str(index_dir))
         assert "notes/retries.md" in printed
+        # the `mret` entry point: answered before typer, rich or torch is imported, printing what the command does
+        for args in (["--json"], [], ["-k", "2", "--mode=lexical", "-g", "*.md"]):
+            fast = subprocess.run(
+                [sys.executable, "-c", FAST_CHILD, "search", QUERIES[1], "--index-dir", str(index_dir), *args],
+                capture_output=True, text=True, env=child_env(), cwd=ROOT)
+            assert fast.returncode == 0, fast.stderr
+            assert fast.stdout == cli("search", QUERIES[1], "--index-dir", str(index_dir), *args)
+            assert fast.stderr.strip() == "loaded nothing heavy"
+        assert client.get("/health").json()["searches"] == before + 2 + 2 * 3  # every search above, server-side
         from retrieval.cli import build_app
 
         stopped = CliRunner().invoke(build_app(), ["stop", "--index-dir", str(index_dir)])
@@ -209,3 +228,24 @@ def test_the_listening_socket_sends_small_writes_at_once():
         client.close()
     finally:
         listening.close()
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["q"], {"query": "q", "k": 10, "mode": "hybrid", "as_json": False, "path_glob": [], "file_type": []}),
+    (["-k", "3", "q", "--json", "--type=python", "-t", "md", "--keep-warm"],
+     {"query": "q", "k": 3, "as_json": True, "file_type": ["python", "md"]}),
+    (["--top-k=2", "--mode", "lexical", "--index-dir", "x/.mret", "q", "-g", "*.py"],
+     {"k": 2, "mode": "lexical", "index_dir": "x/.mret", "path_glob": ["*.py"]}),
+    (["q", "--full"], None), (["q", "--per-file", "1"], None), (["--help"], None), (["q", "other"], None),
+    (["q", "-k"], None), (["q", "-k", "0"], None), (["q", "-k", "x"], None), (["q", "--mode", "fuzzy"], None),
+    ([], None), (["q", "--", "-x"], None), (["q", "-k3"], None),
+])
+def test_the_fast_path_parses_what_it_fully_understands_and_leaves_the_rest(argv, expected):
+    """Anything else goes to the full command, which parses it and reports any mistake."""
+    from retrieval.cli.fast import parse_search
+
+    parsed = parse_search(argv)
+    if expected is None:
+        assert parsed is None
+    else:
+        assert parsed is not None and {key: parsed[key] for key in expected} == expected
