@@ -67,3 +67,23 @@ def scifact_subset_tokens(scifact_subset, minilm_folder):
     from eval.encode import encode_beir
 
     return encode_beir(scifact_subset, str(minilm_folder), "colbert", CACHE / "embeddings", token_embeddings=True)
+
+
+@pytest.fixture(scope="session")
+def scifact_subset_dense(scifact_subset, minilm_folder):
+    """The subset through our bi-encoder (MiniLM), via the eval cache under the key `mret eval` uses."""
+    from eval.encode import encode_beir
+
+    return encode_beir(scifact_subset, str(minilm_folder), "dense", CACHE / "embeddings")
+
+
+@pytest.fixture(scope="session")
+def scifact_subset_reference(scifact_subset, minilm_folder):
+    """The subset through sentence-transformers (the reference implementation): (document vectors, query vectors),
+    normalized, in the subset's corpus and query order."""
+    from sentence_transformers import SentenceTransformer
+
+    reference = SentenceTransformer(str(minilm_folder), device="cpu")
+    doc_ids, query_ids = list(scifact_subset.corpus), list(scifact_subset.queries)
+    return (reference.encode(scifact_subset.document_texts(doc_ids), normalize_embeddings=True),
+            reference.encode([scifact_subset.queries[q] for q in query_ids], normalize_embeddings=True))

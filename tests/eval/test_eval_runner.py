@@ -16,7 +16,6 @@ from typer.testing import CliRunner
 from eval.datasets.beir import write_beir
 from eval.metrics import evaluate, exact_search
 from eval.runner import EvalSettings, run_eval
-from retrieval import BiEncoder
 from retrieval.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,12 +44,15 @@ def dense_runs(subset, minilm_folder, tmp_path_factory):
             | {"output": out / index} for index in ("flat", "hnsw")}
 
 
-def test_dense_flat_equals_exact_search_on_independent_vectors(subset, dense_runs, minilm_folder):
+def test_dense_flat_equals_exact_search_on_independent_vectors(subset, dense_runs, scifact_subset_dense,
+                                                              scifact_subset_reference):
+    """The runner (cache, index, search, metrics, files) against exact search over sentence-transformers' vectors
+    of the same texts: an independent encoder and search."""
     flat = dense_runs["flat"]
-    model = BiEncoder.from_pretrained(minilm_folder)
+    assert flat["embeddings_cache"] == str(scifact_subset_dense.path)  # the session's encoding, read from the cache
     doc_ids, query_ids = list(subset.corpus), list(subset.queries)
-    run = exact_search(model.encode_queries([subset.queries[q] for q in query_ids]),
-                       model.encode_documents(subset.document_texts(doc_ids)), doc_ids, query_ids, k=100)
+    documents, queries = scifact_subset_reference
+    run = exact_search(queries, documents, doc_ids, query_ids, k=100)
     expected = evaluate(run, subset.qrels)
     for key in ("ndcg@10", "recall@100", "mrr@10", "map"):
         assert flat[key] == pytest.approx(expected[key], abs=1e-4), key
