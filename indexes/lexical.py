@@ -161,12 +161,18 @@ def match_expression(query: str) -> str | None:
 def search(db: sqlite3.Connection, query: str, k: int, where: str = "", params: Sequence[Any] = (),
            weights: Sequence[float] = DEFAULT_WEIGHTS) -> list[tuple[str, float]]:
     """The ``k`` best documents for ``query`` by BM25, best first, as (doc_id, score >= 0). ``where``: an extra SQL
-    predicate over the joined ``documents`` table (the store's filters), with its ``params``."""
+    predicate over the joined ``documents`` table (the store's filters), with its ``params``. ``weights``: one per
+    field; a field of weight 0 is left out of the match."""
     expression = match_expression(query)
     if expression is None or k < 1:
         return []
     if len(weights) != len(FIELDS):
         raise ValueError(f"one weight per field {FIELDS}, got {list(weights)}")
+    searched = [field for field, weight in zip(FIELDS, weights) if weight > 0]
+    if not searched:
+        return []
+    if len(searched) < len(FIELDS):  # a field of weight 0 is not searched at all (not matched with a score of 0)
+        expression = f"{{{' '.join(searched)}}} : ({expression})"
     join = "JOIN documents USING (doc_id)" if where else ""
     sql = (f"SELECT doc_id, -bm25({TABLE}, ?, ?, ?) AS score FROM {TABLE} JOIN {IDS} ON {IDS}.id = {TABLE}.rowid "
            f"{join} WHERE {TABLE} MATCH ? {'AND (' + where + ')' if where else ''} "

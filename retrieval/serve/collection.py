@@ -7,6 +7,10 @@ uses, so commits are crash-safe and atomic in the same way: a batch is one ``upd
 after it returns. One document is one vector entry (its text is truncated to the model's length, not chunked:
 clients chunk long documents themselves, with ids of their choosing).
 
+Search modes as a tree's: ``hybrid`` (the default: the vector ranking fused with BM25 over the texts, as ``mret
+search`` fuses them), ``semantic`` or ``lexical``. BM25 here reads the text alone (ids are not words of a document),
+with Pyserini's k1 of 0.9 as `mret eval --mode lexical` (see ``PROSE_WEIGHTS``).
+
 Filters are a small JSON language compiled to a parameterised SQL predicate: ``{"lang": "en"}`` (equal),
 ``{"year": {"in": [2023, 2024]}}`` (one of), several keys all apply; keys and values are always parameters, never
 SQL text from the client.
@@ -26,11 +30,15 @@ from modernretrieval.files import atomic_write_json
 
 from ..codebase.config import RetrieverError, model_name
 from ..codebase.snippets import best_lines, query_terms
+from ..fusion import MODES, fuse
 from ..heads import DEFAULT_MODELS, Head, load_head
 
 CONFIG, INDEX = "collection.json", "index"
 Scalar = str | int | float | bool
 SNIPPET_LINES = 4
+CANDIDATES = 50  # each side's depth before fusing (as a tree's search)
+# BM25 field weights (path, symbols, body): the text only; its weight 4/3 turns FTS5's k1 of 1.2 into Pyserini's 0.9
+PROSE_WEIGHTS = (0.0, 0.0, 1.2 / 0.9)
 
 
 @dataclass
@@ -136,11 +144,18 @@ class Collection:
             self.vectors.remove([doc_id])
         return True
 
-    def search(self, query: str, k: int, filter: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    def search(self, query: str, k: int, filter: Mapping[str, Any] | None = None,
+               mode: str = "hybrid") -> list[dict[str, Any]]:
         if not isinstance(query, str) or not query.strip():
             raise RetrieverError("the query is empty")
+        if mode not in MODES:
+            raise RetrieverError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         where = metadata_filter(filter) if filter else None
-        found = self.vectors.search(self.head.encode_queries([query]), k=k, filter=where)[0]
+        depth = k if mode == "semantic" else max(k, CANDIDATES)
+        lexical = [] if mode == "semantic" else self.vectors.store.lexical_search(query, depth, where, PROSE_WEIGHTS)
+        semantic = [] if mode == "lexical" else \
+            self.vectors.search(self.head.encode_queries([query]), k=depth, filter=where)[0]
+        found = semantic if mode == "semantic" else lexical[:k] if mode == "lexical" else fuse(semantic, lexical, k)
         terms = query_terms(query)
         results = []
         for (doc_id, score), doc in zip(found, self.vectors.documents([i for i, _ in found])):

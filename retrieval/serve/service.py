@@ -95,9 +95,7 @@ class CollectionService:
                filter: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         if path_glob or file_type:
             raise Unsupported("path_glob and type apply to a tree's index; filter a collection by its metadata")
-        if mode not in (None, "semantic"):
-            raise Unsupported(f"a collection is searched by its vectors only (mode semantic), not {mode}")
-        return self.collection.search(query, k, filter)
+        return self.collection.search(query, k, filter, mode or "hybrid")
 
     def status(self) -> dict[str, Any]:
         return self.collection.status()

@@ -110,6 +110,10 @@ def test_fields_are_weighted_and_identifiers_match_either_way(tmp_path):
     assert weighted["def"] - weighted["call"] > plain["def"] - plain["call"]  # the symbols field's weight counts
     with pytest.raises(ValueError, match="one weight per field"):
         store.lexical_search("x1", 3, weights=(1.0,))
+    # a field of weight 0 is not searched: the path alone no longer finds a document
+    assert "path" not in {d for d, _ in store.lexical_search("retry policy", 10, weights=(0.0, 1.0, 1.0))}
+    assert {d for d, _ in store.lexical_search("getUserById", 10, weights=(0.0, 0.0, 1.0))} == {"def", "call"}
+    assert store.lexical_search("getUserById", 10, weights=(0.0, 0.0, 0.0)) == []
 
 
 def test_an_id_given_twice_in_one_put_keeps_its_last_document(tmp_path):

@@ -63,6 +63,29 @@ def test_documents_filter_and_delete(collection):
         assert client.get("/status").json()["documents"] == 6
 
 
+def test_collections_search_in_every_mode(collection):
+    """A collection's texts are searchable by BM25 too (the store's lexical rows): lexical mode ranks the one
+    document holding a rare word first, hybrid (the default) keeps it in the fused top results, filters apply to
+    the lexical side, and ids are not words of a document."""
+    with live_server(collection) as live, live.client() as client:
+        texts = {"a": "the quarterly report on zeppelin maintenance", "b": "a note on bicycle repair",
+                 "c": "minutes of the board meeting", "zeppelin-id": "nothing of interest here"}
+        batch = [{"id": i, "text": t, "metadata": {"lang": "en" if i != "b" else "fr"}} for i, t in texts.items()]
+        assert client.post("/documents", json={"documents": batch}).status_code == 200
+
+        def search(query: str, **body) -> list[str]:
+            response = client.post("/search", json={"query": query, "k": 3, **body})
+            assert response.status_code == 200, response.text
+            return [r["id"] for r in response.json()["results"]]
+
+        assert search("zeppelin", mode="lexical") == ["a"]  # the id "zeppelin-id" is not text
+        assert search("bicycle repair", mode="lexical") == ["b"]
+        assert search("bicycle repair", mode="lexical", filter={"lang": "en"}) == []
+        assert "a" in search("zeppelin") and "a" in search("zeppelin", mode="hybrid")
+        assert len(search("zeppelin", mode="semantic")) == 3  # the vectors rank everything
+        assert client.post("/search", json={"query": "x", "mode": "fuzzy"}).status_code == 422
+
+
 def test_concurrent_searches_see_one_whole_commit(collection):
     """8 clients search while batches replace every document: each answer is 200 and comes from one commit (the
     documents of one answer all carry the same version)."""
