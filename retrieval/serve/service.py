@@ -4,7 +4,6 @@ whose single-query encodings are batched across threads (batching.py)."""
 
 from __future__ import annotations
 
-import inspect
 import threading
 from pathlib import Path
 from typing import Any, Protocol
@@ -51,16 +50,12 @@ class TreeService:
     def __init__(self, retriever: Retriever):
         self.retriever = retriever
         self.index_lock = threading.Lock()  # one indexing run of this process at a time (watch, MCP refresh)
-        self.takes_mode = "mode" in inspect.signature(type(retriever).search).parameters
 
     def search(self, query: str, k: int, mode: str | None = None, path_glob: Any = None, file_type: Any = None,
                filter: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         if filter:
             raise Unsupported("filter applies to document collections; a tree's index takes path_glob and type")
-        if mode and not self.takes_mode:
-            raise RetrieverError("this version of the index searches one way only: leave mode out")
-        extra = {"mode": mode} if mode else {}  # only when asked: Retriever.search may not know modes yet
-        hits = self.retriever.search(query, k=k, path_glob=path_glob, file_type=file_type, **extra)
+        hits = self.retriever.search(query, k=k, path_glob=path_glob, file_type=file_type, mode=mode or "hybrid")
         return [{**hit.to_json(), "snippet_line": hit.snippet_line} for hit in hits]
 
     def status(self) -> dict[str, Any]:
