@@ -46,21 +46,27 @@ class QueryBatcher:
         self.max_batch = max_batch
         self.stats = BatchStats()
         self._closed = False
+        self._lock = threading.Lock()  # no request is queued behind the stop mark (it would wait forever)
         self._queue: queue.SimpleQueue[tuple[str, Future] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name="query-batcher", daemon=True)
         self._thread.start()
 
     def encode(self, text: str) -> Any:
         """The query's encoding (a vector for a dense head, a token matrix for ColBERT)."""
-        if self._closed:
-            raise RuntimeError("the query batcher is closed")
         future: Future = Future()
-        self._queue.put((text, future))
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the query batcher is closed")
+            self._queue.put((text, future))
         return future.result()
 
     def close(self) -> None:
-        self._closed = True
-        self._queue.put(None)
+        """Requests queued before this are still answered; later ones raise RuntimeError."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(None)
         self._thread.join(timeout=5)
 
     def _loop(self) -> None:

@@ -1,0 +1,102 @@
+"""The query batcher alone, with a stand-in head: batches form, and closing it while searches arrive leaves no
+search waiting forever (each is answered or told the batcher is closed)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from retrieval.serve.batching import BatchingHead, QueryBatcher
+
+
+class StandIn:
+    def __init__(self, delay: float = 0.0):
+        self.delay, self.calls = delay, []
+
+    def encode_queries(self, texts, show_progress=None):
+        self.calls.append(len(texts))
+        time.sleep(self.delay)
+        return np.stack([np.full(3, float(len(t))) for t in texts])
+
+
+def test_concurrent_requests_share_encoder_calls_and_get_their_own_rows():
+    head = StandIn(delay=0.01)
+    wrapped = BatchingHead(head, max_wait=0.05)
+    rows: dict[int, np.ndarray] = {}
+
+    def ask(i: int) -> None:
+        rows[i] = wrapped.encode_queries(["x" * i])
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(1, 9)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert all(rows[i].shape == (1, 3) and rows[i][0, 0] == i for i in range(1, 9))
+    assert sum(head.calls) == 8 and len(head.calls) < 8  # fewer encoder calls than requests
+    wrapped.batcher.close()
+
+
+def test_closing_while_searches_arrive_leaves_none_waiting():
+    for _ in range(20):
+        batcher = QueryBatcher(StandIn(), max_wait=0.0005)
+        outcomes: list[str] = []
+        lock = threading.Lock()
+
+        def ask() -> None:
+            for _ in range(50):
+                try:
+                    batcher.encode("query")
+                    result = "answered"
+                except RuntimeError:
+                    result = "closed"
+                with lock:
+                    outcomes.append(result)
+
+        threads = [threading.Thread(target=ask, daemon=True) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.002)
+        batcher.close()
+        for thread in threads:
+            thread.join(timeout=10)
+        assert not any(thread.is_alive() for thread in threads), "a search waits forever on a closed batcher"
+        assert len(outcomes) == 200
+
+
+def test_a_request_racing_close_is_answered_or_refused_never_lost():
+    """The window between a request's closed-check and its enqueueing, forced open: close() is started right
+    there and given time to finish. The request must still be answered (or refused), not left behind the stop."""
+    batcher = QueryBatcher(StandIn())
+    inner = batcher._queue
+
+    class RacingQueue:
+        raced = False
+
+        def put(self, item):
+            if item is not None and not RacingQueue.raced:
+                RacingQueue.raced = True
+                closer = threading.Thread(target=batcher.close)
+                closer.start()
+                closer.join(timeout=0.5)  # close() completes here unless the request holds it off
+            inner.put(item)
+
+        def get(self, *args, **kwargs):
+            return inner.get(*args, **kwargs)
+
+    batcher._queue = RacingQueue()  # type: ignore[assignment]
+    outcome: list[str] = []
+
+    def ask() -> None:
+        try:
+            batcher.encode("query")
+            outcome.append("answered")
+        except RuntimeError:
+            outcome.append("closed")
+
+    asker = threading.Thread(target=ask, daemon=True)
+    asker.start()
+    asker.join(timeout=10)
+    assert outcome in (["answered"], ["closed"]), "the request was lost behind the batcher's stop"
