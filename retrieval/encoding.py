@@ -62,7 +62,7 @@ def encode_texts(head: Head, texts: Sequence[str], is_query: bool, *, chunk_text
         chunk = order[start: start + chunk_texts]
         batch = [texts[i] for i in chunk]
         part = parts / f"{'queries' if is_query else 'docs'}-{number:06d}.npz" if parts is not None else None
-        digest = _texts_digest(batch, is_query)
+        digest = texts_digest(batch, is_query)
         saved = _read_part(part, digest, len(batch)) if part is not None and part.exists() else None
         if saved is None:
             encode = head.encode_queries if is_query else head.encode_documents  # looked up now: may be replaced
@@ -81,7 +81,8 @@ def encode_texts(head: Head, texts: Sequence[str], is_query: bool, *, chunk_text
     return Encoded(rows, seconds, tokens)
 
 
-def _texts_digest(texts: list[str], is_query: bool) -> str:
+def texts_digest(texts: list[str], is_query: bool) -> str:
+    """What a saved part records of its texts (and whether they were queries): a part is reused only for the same."""
     h = hashlib.sha256(b"query" if is_query else b"document")
     for text in texts:
         data = text.encode("utf-8", errors="surrogatepass")

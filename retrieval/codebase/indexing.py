@@ -23,14 +23,14 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from indexes import Batch, Document, FaissIndex, PlaidIndex
 from modernretrieval.files import atomic_write_json
 
-from ..encoding import ahead, encode_texts
+from ..encoding import Encoded, ahead, encode_texts
 from ..heads import Head
 from .chunking import Chunk, chunk_text
 from .config import LAST_RUN
@@ -67,6 +67,9 @@ class IndexSettings:
     max_file_bytes: int = 1 << 20
     show_progress: bool | None = None  # None: on a terminal only
     overlap: bool = True  # the next batch is read and encoded while the current one commits (encoding.ahead)
+    # the documents' encoder when it is not the head in this process (``mret index --ray``: a pool of Ray actors,
+    # retrieval.distributed.RayEncoder); it must give the rows ``encode_texts`` gives with the index's head
+    encode: Callable[[Sequence[str]], Encoded] | None = None
 
 
 def chunk_budget(head: Head) -> int:
@@ -218,7 +221,8 @@ class _Run:
         texts = [d.text or "" for d in documents]
         tokens = sum(int(d.metadata.get("tokens", 0)) for d in documents)
         started = time.perf_counter()
-        vectors = encode_texts(self.head(), texts, is_query=False).rows if texts else []
+        encode = self.settings.encode or (lambda batch: encode_texts(self.head(), batch, is_query=False))
+        vectors = encode(texts).rows if texts else []
         summary = self.summary
         summary.encode_seconds += time.perf_counter() - started
         # another writer (a watcher, a second `mret index`) may have replaced or encoded some of these chunks while
