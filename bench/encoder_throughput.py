@@ -1,8 +1,10 @@
 """Encoder throughput on CPU: our ModernBERT against transformers' ModernBertModel (sdpa), same random base weights.
 
     python bench/encoder_throughput.py [--threads 2] [--shape base] [--repeat 3] [--quick]
+    python bench/encoder_throughput.py --workloads fixed-512 --dtype float32 bfloat16 int8 --no-peer
 
-Speed: for each workload, one process holds our encoder (fp32 and bf16) and the peer, and runs them in turn,
+Speed: for each workload, one process holds our encoder (in each ``--dtype``: float32 and bfloat16 by default; int8
+is the body's linear layers quantized dynamically, retrieval/heads/precision.py) and the peer, and runs them in turn,
 `--repeat` rounds, keeping each one's best; interleaving makes the ratio robust to this machine's drifting speed.
 Memory: each (implementation, long document) also runs alone in a fresh process, whose peak RSS is reported.
 
@@ -31,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = ROOT.parent / "shared" / "data" / "modernbert-tokenizer"
 WORKLOADS = ["fixed-512", "var-arrival", "var-sorted", "doc-4096", "doc-8192"]
-IMPLS = ["peer", "ours", "ours-bf16"]
+DTYPES = ["float32", "bfloat16", "int8"]
 
 
 def workload_batches(name: str, quick: bool) -> list[list[list[int]]]:
@@ -68,8 +70,12 @@ def load(impl: str, folder: str):
         return run
 
     import encoder
+    from retrieval.heads.precision import quantize_linears
 
-    model = encoder.from_pretrained(folder, dtype=torch.bfloat16 if impl == "ours-bf16" else torch.float32)
+    dtype = impl.removeprefix("ours-")  # ours-float32, ours-bfloat16, ours-int8
+    model = encoder.from_pretrained(folder, dtype=torch.bfloat16 if dtype == "bfloat16" else torch.float32)
+    if dtype == "int8":
+        quantize_linears(model.model)
     return lambda batch: model.embed_token_ids(batch, show_progress=False)
 
 
@@ -80,14 +86,14 @@ def timed(run, batches) -> float:
     return time.perf_counter() - start
 
 
-def speed(workload: str, folder: str, quick: bool, repeat: int) -> dict[str, float]:
+def speed(workload: str, folder: str, quick: bool, repeat: int, impls: list[str]) -> dict[str, float]:
     """Tokens/s per implementation, best of ``repeat`` interleaved rounds."""
     import torch
 
     batches = workload_batches(workload, quick)
     tokens = sum(len(row) for batch in batches for row in batch)
-    runners = {impl: load(impl, folder) for impl in IMPLS}
-    best = {impl: float("inf") for impl in IMPLS}
+    runners = {impl: load(impl, folder) for impl in impls}
+    best = {impl: float("inf") for impl in impls}
     with torch.inference_mode():
         for run in runners.values():
             run([batches[0][0][:64]])  # warm-up: threads, allocator, kernels
@@ -109,7 +115,8 @@ def peak_rss(impl: str, workload: str, folder: str) -> float:
 
 def child(args: argparse.Namespace, *extra: str) -> dict:
     cmd = [sys.executable, __file__, "--folder", args.folder, "--threads", str(args.threads),
-           "--repeat", str(args.repeat), *(["--quick"] if args.quick else []), *extra]
+           "--repeat", str(args.repeat), *(["--quick"] if args.quick else []), "--dtype", *args.dtype,
+           *([] if args.peer else ["--no-peer"]), *extra]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         sys.exit(f"{' '.join(extra)} failed:\n{out.stderr}")
@@ -123,6 +130,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds; each implementation's best is kept")
     parser.add_argument("--quick", action="store_true", help="16 variable-length texts instead of 64")
     parser.add_argument("--workloads", nargs="*", default=WORKLOADS, choices=WORKLOADS)
+    parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"], choices=DTYPES,
+                        help="our encoder in these formats (the ratios are to the first)")
+    parser.add_argument("--no-peer", dest="peer", action="store_false", help="leave transformers out")
     parser.add_argument("--speed", help=argparse.SUPPRESS)
     parser.add_argument("--memory", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
@@ -131,8 +141,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    impls = (["peer"] if args.peer else []) + [f"ours-{dtype}" for dtype in args.dtype]
     if args.speed:
-        print(json.dumps(speed(args.speed, args.folder, args.quick, args.repeat)))
+        print(json.dumps(speed(args.speed, args.folder, args.quick, args.repeat, impls)))
         return
     if args.memory:
         print(json.dumps({"peak_rss_mb": peak_rss(*args.memory, args.folder)}))
@@ -148,7 +159,8 @@ def main() -> None:
             tps = child(args, "--speed", workload)
             memory = {}
             if workload.startswith("doc-"):
-                memory = {impl: child(args, "--memory", impl, workload)["peak_rss_mb"] for impl in ("peer", "ours")}
+                memory = {impl: child(args, "--memory", impl, workload)["peak_rss_mb"]
+                          for impl in ("peer", "ours-float32")[0 if args.peer else 1:]}
             rows.append((workload, tps, memory))
             print(f"  {workload}: " + ", ".join(f"{k} {v:.1f} tok/s" for k, v in tps.items()), file=sys.stderr,
                   flush=True)
@@ -156,19 +168,25 @@ def main() -> None:
 
 
 def report(rows, args) -> None:
+    """tokens/s: the peer, ours in each dtype; ratios: ours (first dtype) / peer, each other dtype / the first."""
     import torch
     import transformers
 
     print(f"\nModernBERT-{args.shape} (random weights), CPU, {args.threads} threads, best of {args.repeat} interleaved "
-          f"rounds, torch {torch.__version__}, transformers {transformers.__version__}")
-    header = (f"{'workload':12s} {'peer fp32':>10s} {'ours fp32':>10s} {'ours/peer':>9s} {'ours bf16':>10s} "
-              f"{'bf16/fp32':>9s} {'peer RSS MB':>11s} {'ours RSS MB':>11s}")
+          f"rounds, torch {torch.__version__}, transformers {transformers.__version__}; tokens/s")
+    first, others = args.dtype[0], args.dtype[1:]
+    columns = (["peer fp32"] if args.peer else []) + [f"ours {d}" for d in args.dtype] + (
+        [f"ours/peer"] if args.peer else []) + [f"{d}/{first}" for d in others] + ["peer RSS MB", "ours RSS MB"]
+    header = f"{'workload':12s}" + "".join(f" {c:>15s}" for c in columns)
     print(header)
     print("-" * len(header))
     for workload, tps, memory in rows:
-        print(f"{workload:12s} {tps['peer']:10.1f} {tps['ours']:10.1f} {tps['ours'] / tps['peer']:9.2f} "
-              f"{tps['ours-bf16']:10.1f} {tps['ours-bf16'] / tps['ours']:9.2f} "
-              f"{memory.get('peer', float('nan')):11.0f} {memory.get('ours', float('nan')):11.0f}")
+        values = ([tps["peer"]] if args.peer else []) + [tps[f"ours-{d}"] for d in args.dtype] + (
+            [tps[f"ours-{first}"] / tps["peer"]] if args.peer else []) + [
+            tps[f"ours-{d}"] / tps[f"ours-{first}"] for d in others]
+        cells = [f"{v:15.1f}" if v > 20 else f"{v:15.2f}" for v in values]
+        cells += [f"{memory.get(k, float('nan')):15.0f}" for k in ("peer", "ours-float32")]
+        print(f"{workload:12s} " + " ".join(cells))
 
 
 if __name__ == "__main__":

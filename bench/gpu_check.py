@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -124,9 +125,8 @@ def index_tree(model: Path, device: str, quick: bool, scratch: Path) -> dict:
     """`mret index` of standard-library packages with --device, then `mret status --json` for the tokens."""
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     tree = scratch / "tree"
-    tree.mkdir()
     for package in (["json"] if quick else ["json", "email", "http", "logging", "urllib", "asyncio"]):
-        (tree / package).symlink_to(stdlib / package, target_is_directory=True)
+        shutil.copytree(stdlib / package, tree / package, ignore=shutil.ignore_patterns("__pycache__"))
     index_dir = scratch / "index"
     command = [sys.executable, "-m", "retrieval.cli", "index", str(tree), "--index-dir", str(index_dir),
                "--model", str(model), "--device", device, "--max-length", "512" if quick else "8192"]

@@ -4,6 +4,12 @@ a tree and for half of it (streaming: it must not grow with the tree), and searc
 
     python bench/index_codebase.py [--packages asyncio,email,...|all] [--kind dense|colbert] [--max-length 8192]
                                    [--threads 2] [--queries 50]
+    python bench/index_codebase.py --compare today,auto,int8 [--packages json] [--rounds 2]
+
+``--compare``: first runs only, one per setting and round, interleaved (today, auto, int8, today, auto, ...), each
+in its own process on a fresh index: tokens/s of the whole run (texts, model, commits) and peak RSS, against
+``today`` (fp32 without the overlapped pipeline: what `mret index` did before either existed). Settings: today,
+fp32, bf16, auto, int8 (the last four with the overlap).
 
 Each indexing run is its own process (peak RSS = that process's ru_maxrss, model included); the model is a random
 ModernBERT-base (22 layers, 768) with the real tokenizer, saved as a sentence-transformers (or PyLate) folder, so the
@@ -35,21 +41,29 @@ from dataclasses import asdict
 files = json.load(open({files!r})) if {files!r} else None
 started = time.perf_counter()
 with Retriever({root!r}, index_dir={index_dir!r}, model={model!r}, kind={kind!r}, max_length={max_length},
-               show_progress=False) as retriever:
+               show_progress=False{extra}) as retriever:
+    retriever.settings.overlap = {overlap}
     summary = retriever.index(files)
 print(json.dumps({{**asdict(summary), "wall": time.perf_counter() - started,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
 """
 
 
+# --compare settings: (Retriever keyword arguments, overlapped pipeline)
+SETTINGS = {"today": ({"dtype": "float32"}, False), "fp32": ({"dtype": "float32"}, True),
+            "bf16": ({"dtype": "bfloat16"}, True), "auto": ({"dtype": "auto"}, True), "int8": ({"dtype": "int8"}, True)}
+
+
 def run_index(root: Path, index_dir: Path, model: Path, kind: str, max_length: int, threads: int,
-              files: list[str] | None, scratch: Path) -> dict:
+              files: list[str] | None, scratch: Path, setting: str | None = None) -> dict:
     listing = ""
     if files is not None:
         listing = str(scratch / f"files-{len(files)}.json")
         Path(listing).write_text(json.dumps(files))
+    keywords, overlap = SETTINGS[setting] if setting else ({}, True)
     code = CHILD.format(threads=threads, files=listing, root=str(root), index_dir=str(index_dir), model=str(model),
-                        kind=kind, max_length=max_length)
+                        kind=kind, max_length=max_length, overlap=overlap,
+                        extra="".join(f", {key}={value!r}" for key, value in keywords.items()))
     started = time.perf_counter()
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -88,6 +102,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--queries", type=int, default=50)
     parser.add_argument("--scratch", type=Path, default=ROOT / ".cache" / "bench-index-codebase")
+    parser.add_argument("--compare", help=f"first runs only, settings compared: any of {','.join(SETTINGS)}")
+    parser.add_argument("--rounds", type=int, default=2, help="--compare: interleaved rounds (the best is kept)")
     args = parser.parse_args()
 
     import torch
@@ -111,6 +127,9 @@ def main() -> None:
     print(f"tree: {stdlib} ({len(files):,} files, {size / 2**20:.1f} MiB: {args.packages}); model: random ModernBERT-"
           f"{args.shape} ({args.kind}), chunks up to {args.max_length} tokens, {args.threads} threads", flush=True)
 
+    if args.compare:
+        compare(args, stdlib, model, files)
+        return
     index_dir = args.scratch / "index"
     first = run_index(stdlib, index_dir, model, args.kind, args.max_length, args.threads, files, args.scratch)
     rerun = run_index(stdlib, index_dir, model, args.kind, args.max_length, args.threads, files, args.scratch)
@@ -147,6 +166,33 @@ def main() -> None:
     print(f"search ({len(latencies)} queries, k=10, query encoding included): p50 {pct(0.5):.1f} ms, "
           f"p99 {pct(0.99):.1f} ms")
     print(f"skipped: {first['skipped']}")
+
+
+def compare(args: argparse.Namespace, root: Path, model: Path, files: list[str]) -> None:
+    """First runs per setting, interleaved over ``args.rounds`` rounds; the best tokens/s of each is kept."""
+    settings = args.compare.split(",")
+    unknown = [name for name in settings if name not in SETTINGS]
+    if unknown:
+        sys.exit(f"unknown settings {unknown}; choose from {list(SETTINGS)}")
+    best: dict[str, dict] = {}
+    for round_number in range(args.rounds):
+        for name in settings:
+            index_dir = args.scratch / f"index-{name}-{round_number}"
+            record = run_index(root, index_dir, model, args.kind, args.max_length, args.threads, files, args.scratch,
+                               name)
+            shutil.rmtree(index_dir, ignore_errors=True)
+            record["tokens_per_s"] = record["encoded_tokens"] / record["seconds"]
+            print(f"round {round_number + 1} {name:<6} {record['tokens_per_s']:8,.0f} tokens/s "
+                  f"({record['encoded_tokens']:,} tokens in {record['seconds']:.1f} s; model "
+                  f"{record['encode_seconds']:.1f} s), peak RSS {record['peak_rss_mb']:,.0f} MB", flush=True)
+            if name not in best or record["tokens_per_s"] > best[name]["tokens_per_s"]:
+                best[name] = record
+    base = best[settings[0]]
+    print(f"\n{'setting':<8}{'tokens/s':>10}{'x ' + settings[0]:>10}{'peak RSS MB':>13}  (best of {args.rounds})")
+    for name in settings:
+        r = best[name]
+        print(f"{name:<8}{r['tokens_per_s']:>10,.0f}{r['tokens_per_s'] / base['tokens_per_s']:>10.2f}"
+              f"{r['peak_rss_mb']:>13,.0f}")
 
 
 if __name__ == "__main__":

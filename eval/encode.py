@@ -2,10 +2,11 @@
 or some of its documents and queries, so that tests, benchmarks and the eval runner share one encoding.
 
 The cache key hashes everything that decides the result: the model (the caller's ``model_key``, or the resolved
-folder / hub id and its loader), its dtype and length settings, the kind, the dataset folder and a digest of the
-texts, the ordered id lists and FORMAT_VERSION. Each entry is a .npz (written whole or not at all by
-``modernretrieval.files.atomic_write``) beside a .json that describes it (with the encoding seconds and input tokens); an entry
-that cannot be read or does not match its ids is ignored with a warning and encoded again. Documents, then queries,
+folder / hub id and its loader), its dtype, its length settings and ColBERT token pooling (``pool_factor``, left out
+of the key when 1), the kind, the dataset folder and a digest of the texts, the ordered id lists and FORMAT_VERSION.
+Each entry is a .npz (written whole or not at all by ``modernretrieval.files.atomic_write``) beside a .json that
+describes it (with the encoding seconds and input tokens); an entry that cannot be read or does not match its ids
+is ignored with a warning and encoded again. Documents, then queries,
 go through the one encoding pipeline (``retrieval.encoding``: length-sorted chunks) under one progress bar; each
 finished chunk is saved beside the entry (a .parts folder, removed once the entry is written), so an interrupted run
 resumes from its last finished chunk. Not done: old entries are never evicted, and two processes encoding the same
@@ -30,6 +31,7 @@ from retrieval.encoding import encode_texts
 from retrieval.heads.base import Head, Kind
 from retrieval.heads.colbert import pack_arrays
 from retrieval.heads.loading import loader_for
+from retrieval.heads.precision import precision_name
 
 from .datasets.beir import BeirDataset
 
@@ -88,6 +90,8 @@ def encode_beir(dataset: BeirDataset, model: Head | str | Path, kind: Kind,
                "texts": _digest(doc_texts, query_texts), "doc_ids": doc_ids, "query_ids": query_ids}
         if getattr(model, "strip", False):  # texts stripped of edge whitespace: entries made before are another encoding
             key["strip_text_edges"] = True
+        if key["lengths"].get("pool_factor") == 1:  # no token pooling: the key of entries made before pooling existed
+            key["lengths"] = {k: v for k, v in key["lengths"].items() if k != "pool_factor"}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
         name = dataset.folder.name if dataset.folder else "dataset"
         path = Path(cache_dir) / f"{name}-{kind}-{digest[:20]}.npz"
@@ -140,7 +144,9 @@ def _model(model: Head | str | Path, kind: Kind, model_key: str | None, token_em
 
 
 def _dtype(model: Head) -> str:
-    return str(next(model.backbone.model.parameters()).dtype)
+    """"torch.float32", "torch.bfloat16", or "int8" for quantized linear layers (whose weights are not parameters:
+    the parameters left, the embeddings, are float32 and would give an int8 model a float32 key)."""
+    return precision_name(model.backbone.model)  # type: ignore[attr-defined]
 
 
 def _digest(*parts: list[str]) -> str:

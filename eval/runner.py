@@ -22,6 +22,8 @@ import numpy as np
 
 from modernretrieval.errors import SettingsError
 from retrieval.heads.base import Head, Kind
+from retrieval.heads.precision import check as check_precision, precision_name
+from retrieval.heads.token_pooling import check_pool_factor
 from indexes.lexical import TERMS_VERSION
 from retrieval.fusion import MODES, fuse
 from retrieval.scoring import dense_top_k, maxsim_top_k
@@ -50,6 +52,9 @@ class EvalSettings:
     nbits: int = 2  # PLAID residual bits
     index_options: dict[str, Any] = field(default_factory=dict)  # e.g. ef_search, n_ivf_probe, nprobe
     mode: str = "semantic"  # semantic (the model), lexical (BM25, no model), hybrid (both fused: retrieval.fusion)
+    pool_factor: int = 1  # colbert: documents' token vectors pooled to about 1/pool_factor (ColBERT.pool_factor)
+    device: str = "auto"  # auto, cpu, cuda, cuda:N (retrieval.heads.precision)
+    dtype: str = "float32"  # auto, float32, bfloat16, int8: part of the embeddings cache key
 
     def check(self) -> None:
         if self.mode not in MODES:
@@ -61,8 +66,12 @@ class EvalSettings:
                                 f"use one of: {', '.join(INDEXES[self.kind])}")
         if self.token_embeddings and self.kind != "colbert":
             raise SettingsError("--token-embeddings needs --kind colbert")
+        if check_pool_factor(self.pool_factor) > 1 and self.kind != "colbert":
+            raise SettingsError("--pool-factor pools token vectors: it needs --kind colbert")
         if self.depth < 10:
             raise SettingsError("--depth must be at least 10 (nDCG@10, MRR@10)")
+        if self.mode != "lexical":
+            check_precision(self.device, self.dtype)
 
 
 def run_eval(dataset: BeirDataset, settings: EvalSettings, output: Path, cache_dir: Path,
@@ -93,7 +102,8 @@ def run_eval(dataset: BeirDataset, settings: EvalSettings, output: Path, cache_d
         "dataset": {"name": dataset.name, "folder": str(dataset.folder) if dataset.folder else None,
                     "documents": len(dataset.corpus), "queries": len(dataset.queries)},
         "settings": asdict(settings),
-        "model": {"name": settings.model, "dim": model.dim, **model.settings()},
+        "model": {"name": settings.model, "dim": model.dim, **model.settings(),
+                  "precision": f"{next(model.parameters()).device} {precision_name(model)}"},
         "index": index_info,
         "timings": {"encode_s": round(encode_seconds, 2), "encoding_total_s": _round(encoded.seconds),
                     "index_s": round(index_seconds, 2), "search_s": round(search_seconds, 2),
@@ -194,7 +204,10 @@ def load_model(settings: EvalSettings):
     """The model and its name in the embeddings cache key."""
     from retrieval.heads.loading import load_head, loader_for
 
-    model = load_head(settings.model, settings.kind, settings.max_length, settings.token_embeddings)
+    model = load_head(settings.model, settings.kind, settings.max_length, settings.token_embeddings,
+                      device=settings.device, dtype=settings.dtype)
+    if settings.pool_factor != 1:
+        model.pool_factor = settings.pool_factor  # in model.settings(): the embeddings cache key
     return model, model_cache_name(settings.model, loader_for(settings.kind, settings.token_embeddings))
 
 

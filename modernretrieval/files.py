@@ -58,3 +58,11 @@ def folder_bytes(*paths: str | Path) -> int:
             except FileNotFoundError:
                 pass
     return total
+
+
+def cache_root() -> Path:
+    """Where downloads and remembered measurements live: $MRET_CACHE_DIR, else $XDG_CACHE_HOME/modernretrieval,
+    else ~/.cache/modernretrieval."""
+    if os.environ.get("MRET_CACHE_DIR"):
+        return Path(os.environ["MRET_CACHE_DIR"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "modernretrieval"

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +13,10 @@ import pytest
 from support import SCIFACT, TOKENIZER_DIR, copy_tokenizer, hf_model
 
 CACHE = Path(__file__).resolve().parents[1] / ".cache"  # git-ignored; kept between local runs
+# the user cache (downloads, --dtype auto's remembered measurement) of every test and every child process it starts:
+# a fresh folder, never the user's own ~/.cache/modernretrieval
+os.environ["MRET_CACHE_DIR"] = tempfile.mkdtemp(prefix="mret-test-cache-")
+atexit.register(shutil.rmtree, os.environ["MRET_CACHE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

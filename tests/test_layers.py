@@ -25,6 +25,7 @@ LAYER_OF = {
     "retrieval.codebase": "codebase",
     "retrieval.training": "training",
     "retrieval.serve": "serve",
+    "retrieval.distributed": "distributed",  # Ray: the only package that imports it
     "eval": "harness",
     "retrieval.cli": "cli",
     "retrieval": "facade",  # retrieval/__init__.py: the public names, re-exported
@@ -42,6 +43,7 @@ ALLOWED = {
     "training": BOTTOM | {"encoder", "scoring", "heads", "pipeline", "indexes", "datasets"},
     "harness": BOTTOM | {"encoder", "scoring", "heads", "pipeline", "indexes", "datasets"},
     "serve": BOTTOM | {"encoder", "scoring", "heads", "pipeline", "indexes", "codebase"},
+    "distributed": BOTTOM | {"encoder", "scoring", "heads", "pipeline", "indexes", "datasets"},
     "facade": {"heads", "scoring", "codebase"},
     "cli": set(LAYER_OF.values()),
 }

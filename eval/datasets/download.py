@@ -36,6 +36,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from modernretrieval.files import cache_root
+
 from .beir import DatasetError, find_file
 
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
@@ -51,13 +53,6 @@ BEIR_MD5 = {
     "scifact": "5f7d1de60b170fc8027bb7898e2efca1",
 }
 CHUNK = 1 << 20
-
-
-def cache_root() -> Path:
-    """$MRET_CACHE_DIR, else $XDG_CACHE_HOME/modernretrieval, else ~/.cache/modernretrieval."""
-    if os.environ.get("MRET_CACHE_DIR"):
-        return Path(os.environ["MRET_CACHE_DIR"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "modernretrieval"
 
 
 def fetch_beir(name: str, cache_dir: Path | None = None, url: str | None = None, md5: str | None = None,

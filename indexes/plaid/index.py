@@ -37,19 +37,46 @@ class PlaidIndex(VectorIndex):
     @classmethod
     def create(cls, path: str | Path, dim: int, nbits: int = 2, n_centroids: int | None = None,
                centroid_factor: float = 8.0, kmeans_niters: int = 4, sample_tokens: int = 1 << 19, seed: int = 0,
-               lock_timeout: float = 60.0) -> "PlaidIndex":
+               lock_timeout: float = 60.0, codec: ResidualCodec | None = None,
+               codec_tokens: int = 0) -> "PlaidIndex":
         """``n_centroids`` defaults to the power of two at or below centroid_factor * sqrt(tokens at training);
         the codec is trained on up to ``sample_tokens`` token embeddings. On full SciFact (1.24M MiniLM tokens) the
         defaults give 8192 centroids from 524k tokens: the recall of the exact top-10 over the decompressed vectors
         went from 0.946 (4096 centroids, 262k tokens) to 0.952; ColBERT's 16384 gave no more (0.951) for twice the
-        build time."""
+        build time.
+
+        ``codec``: a codec trained elsewhere (``train_codec``), committed with the empty index instead of one
+        trained on its first add: the shards of a sharded index share one, so that their scores compare.
+        ``codec_tokens``: the tokens it was sized for (the whole collection's; the index re-clusters past
+        REBUILD_GROWTH times that)."""
         if nbits not in (1, 2, 4):
             raise IndexInputError(f"nbits must be 1, 2 or 4, got {nbits!r}")
         if not isinstance(dim, int) or dim < 1 or dim * nbits % 8:
             raise IndexInputError(f"dim must be a positive integer with dim * nbits a multiple of 8, got {dim!r}")
+        if codec is not None and (codec.nbits != nbits or codec.dim != dim):
+            raise IndexInputError(f"the codec is for dim {codec.dim} at {codec.nbits} bits, not dim {dim} at {nbits}")
         settings = {"dim": dim, "nbits": nbits, "n_centroids": n_centroids, "centroid_factor": centroid_factor,
                     "kmeans_niters": kmeans_niters, "sample_tokens": sample_tokens, "seed": seed, "trained_tokens": 0}
-        return cls._create(path, settings, lock_timeout)
+        index = cls._create(path, settings, lock_timeout)
+        if codec is not None:
+            with index._transaction() as pending:
+                index._stage_codec(pending, codec, {**settings, "n_centroids_trained": len(codec.centroids),
+                                                    "trained_tokens": codec_tokens})
+        return index
+
+    @staticmethod
+    def train_codec(vectors: np.ndarray, total_tokens: int | None = None, nbits: int = 2,
+                    n_centroids: int | None = None, centroid_factor: float = 8.0, kmeans_niters: int = 4,
+                    sample_tokens: int = 1 << 19, seed: int = 0) -> ResidualCodec:
+        """The codec an index with these settings trains on its first add of ``vectors`` (unit-norm token
+        embeddings, or a sample of them), sized for ``total_tokens`` (default: all of ``vectors``)."""
+        rng = np.random.default_rng(seed)
+        total_tokens = total_tokens or len(vectors)
+        n_centroids = n_centroids or 2 ** int(math.log2(max(2.0, centroid_factor * math.sqrt(total_tokens))))
+        if len(vectors) > sample_tokens:
+            vectors = vectors[np.sort(rng.choice(len(vectors), sample_tokens, replace=False))]
+        n_centroids = max(1, min(n_centroids, len(vectors)))
+        return ResidualCodec.train(vectors, n_centroids, nbits, kmeans_niters, seed)
 
     @classmethod
     def build(cls, path: str | Path, batches: Iterable[Batch | tuple[Sequence[str], Sequence[np.ndarray]]], dim: int,
@@ -113,21 +140,22 @@ class PlaidIndex(VectorIndex):
         """Train a codec on (a sample of) ``vectors`` and stage it in ``pending``. The centroid count follows the
         tokens the index will hold (``total_tokens``, default: all of ``vectors``), not the sample size."""
         settings = dict(pending.current_settings)
-        rng = np.random.default_rng(settings["seed"])
         total_tokens = total_tokens or len(vectors)
-        n_centroids = settings["n_centroids"] or 2 ** int(math.log2(max(2.0, settings["centroid_factor"] * math.sqrt(
-            total_tokens))))
-        if len(vectors) > settings["sample_tokens"]:
-            vectors = vectors[np.sort(rng.choice(len(vectors), settings["sample_tokens"], replace=False))]
-        n_centroids = max(1, min(n_centroids, len(vectors)))
-        codec = ResidualCodec.train(vectors, n_centroids, settings["nbits"], settings["kmeans_niters"], settings["seed"])
+        codec = self.train_codec(vectors, total_tokens, settings["nbits"], settings["n_centroids"],
+                                 settings["centroid_factor"], settings["kmeans_niters"], settings["sample_tokens"],
+                                 settings["seed"])
+        self._stage_codec(pending, codec, {**settings, "n_centroids_trained": len(codec.centroids),
+                                           "sample_size": min(len(vectors), settings["sample_tokens"]),
+                                           "trained_tokens": total_tokens})
+        return codec
+
+    def _stage_codec(self, pending: Pending, codec: ResidualCodec, settings: dict[str, Any]) -> None:
+        """Write ``codec``'s arrays and stage them, with ``settings``, as the codec of the next commit."""
         prefix = f"g{pending.base.generation + 1:06d}-codec"
         pending.shared = {name: files.write_array(self.files_dir, f"{prefix}-{name}.npy", getattr(codec, name))
                           for name in CODEC_ARRAYS}
         pending.shared_data = CodecState(codec)
-        pending.settings = {**settings, "n_centroids_trained": n_centroids, "sample_size": len(vectors),
-                            "trained_tokens": total_tokens}
-        return codec
+        pending.settings = settings
 
     @staticmethod
     def _codec(pending: Pending) -> ResidualCodec | None:

@@ -9,6 +9,11 @@ import typer
 
 from .console import KindChoice, err, fail
 
+# shared by mret index, embed and eval (retrieval/heads/precision.py resolves them)
+DEVICE_HELP = "auto (CUDA when present, else CPU), cpu, cuda or cuda:N."
+DTYPE_HELP = ("auto (bfloat16 on CUDA; on a CPU the faster of float32 and bfloat16, measured once), float32, "
+              "bfloat16, or int8 (CPU: linear layers quantized; fastest, vectors slightly approximate).")
+
 
 def read_texts(path: Path) -> list[str]:
     """A .txt file (one text per line) or .jsonl (a JSON string per line, or an object with "text" and
@@ -45,6 +50,8 @@ def embed_command(
     output: Path = typer.Option(..., "--output", "-o", help="out.npy (dense) or out.npz (colbert)."),
     kind: KindChoice = typer.Option("dense", "--kind", help="dense: one vector per text; colbert: one per token."),
     query: bool = typer.Option(False, "--query", help="Encode as queries (query prompt / [Q] and expansion)."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option("float32", "--dtype", help=DTYPE_HELP + " Default float32: the model's exact vectors."),
 ) -> None:
     """Embed texts; rows stay in input order."""
     expected = ".npy" if kind.value == "dense" else ".npz"
@@ -54,7 +61,7 @@ def embed_command(
     from retrieval.heads import load_head
     from retrieval.heads.colbert import pack_arrays
 
-    head = load_head(model, kind.value)
+    head = load_head(model, kind.value, device=device, dtype=dtype)
     vectors = (head.encode_queries if query else head.encode_documents)(texts, show_progress=True)
     output.parent.mkdir(parents=True, exist_ok=True)
     import numpy as np  # here: the command line starts without it

@@ -11,6 +11,8 @@ from typing import Optional
 import typer
 
 from .console import KindChoice, ModeChoice, err, fail
+from .embed import DEVICE_HELP, DTYPE_HELP
+from .distributed import RAY_HELP
 
 
 class Target(str, Enum):
@@ -53,12 +55,19 @@ def eval_command(
     language: str = typer.Option(None, "--language", help="codesearchnet: the language folder (default python); "
                                  "mldr: the language (default en)."),
     nbits: int = typer.Option(2, "--nbits", help="PLAID residual bits: 1, 2 or 4."),
+    pool_factor: int = typer.Option(1, "--pool-factor", help=(
+        "With --kind colbert: pool each document's token vectors to about 1/N of them (PyLate's pool_factor: "
+        "hierarchical clustering, [CLS] kept); 1 keeps them all.")),
     depth: int = typer.Option(100, "--depth", help="Documents retrieved per query."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option("float32", "--dtype", help=DTYPE_HELP + " Default float32: the model's own figures."),
     cache_dir: Path = typer.Option(None, "--cache-dir", help="Downloads, embeddings and indexes "
                                    "(default: $MRET_CACHE_DIR or ~/.cache/modernretrieval)."),
+    ray: Optional[str] = typer.Option(None, "--ray", help=RAY_HELP),
+    shards: int = typer.Option(2, "--shards", help="With --ray: the index in this many shards, one actor each."),
 ) -> None:
     """Evaluate a model + index on a retrieval benchmark: nDCG@10, Recall@100, MRR@10, MAP (pytrec_eval)."""
-    from eval.datasets.download import cache_root
+    from modernretrieval.files import cache_root
     from eval.runner import EvalSettings, run_eval
 
     cache = cache_dir or cache_root()
@@ -67,19 +76,31 @@ def eval_command(
     if model is None and mode is not ModeChoice.lexical:
         fail(f"--model is needed for --mode {mode.value}")
     model = model or "bm25"
+    if mode is not ModeChoice.lexical:
+        from retrieval.heads.precision import check
+
+        check(device, dtype)  # a bad --device/--dtype fails before the dataset is read or downloaded
     data = load_target(target, dataset, split, language, cache)
     if max_length is None and target is Target.mldr:
         max_length = 0  # long documents: never cut at the model's short default
     settings = EvalSettings(model=model, kind=kind.value, index=index.value, max_length=max_length,
-                            token_embeddings=token_embeddings, depth=depth, nbits=nbits, mode=mode.value)
+                            token_embeddings=token_embeddings, depth=depth, nbits=nbits, mode=mode.value,
+                            pool_factor=pool_factor, device=device, dtype=dtype)
     name = "bm25" if mode is ModeChoice.lexical else f"{Path(model.rstrip('/')).name}-{kind.value}-{index.value}"
+    name += f"-pool{pool_factor}" if pool_factor != 1 else ""
+    name += f"-{dtype}" if dtype != "float32" and mode is not ModeChoice.lexical else ""
     suffix = "-hybrid" if mode is ModeChoice.hybrid else ""
     output = output or Path("runs") / _slug(f"{data.name}-{name}{suffix}")
     what = "BM25 (lexical)" if mode is ModeChoice.lexical else f"model {model}, {kind.value}, index {index.value}" + (
         ", fused with BM25" if mode is ModeChoice.hybrid else "")
     err.print(f"{data.name} ({split}): {len(data.queries):,} queries, {len(data.corpus):,} documents; {what}",
               highlight=False)
-    record = run_eval(data, settings, output, cache, show_progress=True)
+    if ray is None:
+        record = run_eval(data, settings, output, cache, show_progress=True)
+    else:
+        from .distributed import ray_eval
+
+        record = ray_eval(data, settings, output, cache, ray, shards)
     print_report(record, output)
 
 

@@ -16,7 +16,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from .console import KindChoice, ModeChoice, err, fail
-from ..codebase.snippets import highlight_markup, query_terms
+from .embed import DEVICE_HELP, DTYPE_HELP
+from .distributed import RAY_HELP
+from .search_output import print_hits
 
 out = Console(highlight=False, soft_wrap=True)
 
@@ -66,9 +68,16 @@ def index_command(
         "Index exactly the files listed in this file (one path per line, relative to PATH; '-' reads stdin) "
         "instead of walking PATH; indexed files not in the list are removed.")),
     max_file_kb: int = typer.Option(1024, "--max-file-kb", help="Skip files larger than this."),
+    pool_factor: Optional[int] = typer.Option(None, "--pool-factor", help=(
+        "With --kind colbert: pool each chunk's token vectors to about 1/N of them (PyLate's pool_factor: "
+        "hierarchical clustering, [CLS] kept; default 1, none). Fixed when the index is created.")),
     rebuild: bool = typer.Option(False, "--rebuild", help=(
         "Index everything again into a new index beside the current one, with its settings, and swap it in when "
         "complete (the way back from a damaged index; the current one serves searches until then).")),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP + " A run setting: an index built in one is "
+                              "searched in any other."),
+    ray: Optional[str] = typer.Option(None, "--ray", help=RAY_HELP),
 ) -> None:
     """Index a folder (incremental: only new and changed files are encoded; safe to interrupt and run again).
     Inside a git work tree the files are the ones git lists (its ignore files, .git/info/exclude and your global
@@ -85,12 +94,19 @@ def index_command(
     if max_file_kb < 1:
         fail("--max-file-kb must be at least 1")
     retriever = Retriever(path, index_dir, model, kind.value if kind else None, max_length,
-                          max_file_bytes=max_file_kb * 1024)
+                          max_file_bytes=max_file_kb * 1024, pool_factor=pool_factor, device=device, dtype=dtype)
     if rebuild and retriever.config is not None:
         err.print(f"rebuilding {escape(str(retriever.index_dir))} beside the current index, which stays in use until "
                   "the new one is complete", highlight=False, soft_wrap=True)
     with retriever, damage_named(retriever):
-        summary = retriever.index(files, rebuild=rebuild)
+        if ray is None:
+            summary = retriever.index(files, rebuild=rebuild)
+        else:
+            from .distributed import ray_encoder
+
+            with ray_encoder(retriever, ray, device, dtype) as encoder:
+                retriever.settings.encode = encoder
+                summary = retriever.index(files, rebuild=rebuild)
     err.print(f"[bold]{summary.files:,} files, {summary.chunks:,} chunks[/bold] indexed in "
               f"{escape(str(retriever.index_dir))}; "
               f"this run: {summary.encoded_files:,} files encoded ({summary.encoded_chunks:,} chunks, "
@@ -141,19 +157,7 @@ def search_command(
                                     rules=Rules(per_file=per_file))
         if keep_warm:
             start_background(retriever.index_dir)
-    if as_json:
-        out.print_json(json.dumps([hit.to_json() for hit in hits]))
-        return
-    if not hits:
-        err.print("no results")
-        return
-    terms = query_terms(query)
-    for hit in hits:
-        first, last = (hit.chunk_start_line, hit.chunk_end_line) if full else (hit.start_line, hit.end_line)
-        out.print(f"[bold cyan]{escape(hit.path)}[/bold cyan]:{first}-{last}  [green]{hit.score:.4f}[/green]")
-        lines = hit.text.split("\n")[:last - first + 1] if full else hit.snippet.split("\n")
-        for number, line in enumerate(lines, start=first if full else hit.snippet_line):
-            out.print(f"  [dim]{number:>5}[/dim]  {highlight_markup(line, terms)}")
+    print_hits(hits, query, as_json, full)
 
 
 def status_command(

@@ -42,6 +42,7 @@ class IndexConfig:
     max_length_setting: int  # what was asked for (0: the model's maximum)
     dim: int
     index: str = INDEX  # the vector folder, inside the index folder (older configs have no key: "index")
+    pool_factor: int = 1  # colbert: documents' token vectors pooled to about 1/pool_factor (older configs: 1)
 
     @classmethod
     def read(cls, index_dir: Path) -> "IndexConfig | None":
@@ -51,12 +52,14 @@ class IndexConfig:
             return None
         try:
             raw = json.loads(path.read_text())
-            config = cls(**{key: raw[key] for key in cls.__dataclass_fields__ if key != "index"},
-                         index=raw.get("index", INDEX))
+            config = cls(**{key: raw[key] for key in cls.__dataclass_fields__ if key not in ("index", "pool_factor")},
+                         index=raw.get("index", INDEX), pool_factor=raw.get("pool_factor", 1))
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise RetrieverError(f"{path} is not a modernretrieval index configuration ({error!r})") from None
         if config.kind not in KINDS:
             raise RetrieverError(f"{path} names an unknown kind {config.kind!r}")
+        if isinstance(config.pool_factor, bool) or not isinstance(config.pool_factor, int) or config.pool_factor < 1:
+            raise RetrieverError(f"{path} names a pool factor of {config.pool_factor!r}, not an integer of at least 1")
         if not is_vector_folder(config.index):  # a name, never a path: rebuilds delete the folders they replace
             raise RetrieverError(f"{path} names {config.index!r} as its vector folder, not a folder of its own")
         return config
@@ -65,7 +68,7 @@ class IndexConfig:
         atomic_write_json(index_dir / CONFIG, asdict(self))
 
     def check_same(self, index_dir: Path, model: str | Path | None, kind: str | None,
-                   max_length: int | None) -> None:
+                   max_length: int | None, pool_factor: int | None = None) -> None:
         """Settings given for an existing index must be the ones it was built with: chunks and vectors would mix."""
         differs = []
         if model is not None and model_name(model) != self.model:
@@ -74,6 +77,8 @@ class IndexConfig:
             differs.append(f"kind {self.kind}")
         if max_length is not None and max_length not in (self.max_length, self.max_length_setting):
             differs.append(f"max length {self.max_length}")
+        if pool_factor is not None and pool_factor != self.pool_factor:
+            differs.append(f"pool factor {self.pool_factor}")
         if differs:
             raise RetrieverError(f"{index_dir} was built with {', '.join(differs)}; delete it to rebuild with "
                                  "other settings, or choose another --index-dir")

@@ -23,6 +23,8 @@ from modernretrieval.errors import SettingsError
 from modernretrieval.files import folder_bytes, fsync_dir
 
 from ..heads import DEFAULT_MODELS, KINDS, Head, Kind, load_head, set_document_length
+from ..heads.precision import check as check_precision
+from ..heads.token_pooling import check_pool_factor
 from .config import CONFIG, FORMAT, INDEX, INDEX_DIR_NAME, IndexConfig, RetrieverError, find_index_dir, model_name, \
     read_last_run
 from .indexing import MIN_CHUNK_TOKENS, IndexSettings, IndexSummary, chunk_budget, drop_chunks, pending_chunks, \
@@ -64,12 +66,22 @@ class Retriever:
     existing one keeps the ones it was built with (passing others is an error: chunks and vectors would mix).
 
     ``max_length``: tokens per chunk, the model's [CLS]/[SEP] and prompt included; 0 (default) is the model's
-    maximum (8192 for ModernBERT). ``batch_tokens``: tokens encoded per commit (what a kill can lose)."""
+    maximum (8192 for ModernBERT). ``batch_tokens``: tokens encoded per commit (what a kill can lose).
+    ``pool_factor``: colbert only, documents' token vectors pooled to about 1/pool_factor (``ColBERT.pool_factor``),
+    fixed when the index is created like the model (None: the index's own, or 1 for a new one).
+    ``device``/``dtype``: where and in which format the model runs (heads/precision.py; the command line passes
+    "auto"). A run setting, not the index's: bf16/int8 vectors are within cosine 0.99 of float32 ones, so an index
+    built in one precision is searched in any other (README, "Precision and device")."""
 
     def __init__(self, root: str | Path | None = None, index_dir: str | Path | None = None,
                  model: str | Path | None = None, kind: Kind | None = None, max_length: int | None = None,
                  batch_tokens: int = 65536, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
-                 show_progress: bool | None = None):
+                 show_progress: bool | None = None, pool_factor: int | None = None,
+                 device: str | None = "cpu", dtype: str | None = "float32"):
+        if pool_factor is not None:
+            check_pool_factor(pool_factor)
+        check_precision(device, dtype)  # a bad --device/--dtype fails before any work; "auto" is resolved at load
+        self._precision = {"device": device, "dtype": dtype}
         default_dir = index_dir is None
         self.index_dir = Path(root or ".") / INDEX_DIR_NAME if default_dir else Path(index_dir)
         self.config = IndexConfig.read(self.index_dir)
@@ -86,10 +98,12 @@ class Retriever:
                                          "choose another --index-dir")
                 self.config.root = str(self.root)  # the tree was moved, its .mret with it
                 self.config.write(self.index_dir)
-            self.config.check_same(self.index_dir, model, kind, max_length)
+            self.config.check_same(self.index_dir, model, kind, max_length, pool_factor)
         elif kind is not None and kind not in KINDS:
             raise RetrieverError(f"kind must be dense or colbert, got {kind!r}")
-        self._wanted = {"model": model, "kind": kind, "max_length": max_length}
+        elif pool_factor is not None and pool_factor > 1 and kind != "colbert":
+            raise RetrieverError("a pool factor pools token vectors: it needs kind colbert (--kind colbert)")
+        self._wanted = {"model": model, "kind": kind, "max_length": max_length, "pool_factor": pool_factor}
         self.settings = IndexSettings(batch_tokens, max_file_bytes, show_progress)
         self._lock = threading.Lock()  # the model and the index are loaded once, whichever thread asks first
         self._model: Head | None = None
@@ -115,11 +129,23 @@ class Retriever:
                     self._model = self._load_model()
         return self._model
 
+    @property
+    def model_name(self) -> str:
+        """The model the index is built with, as config.json records it (the one asked for, for a new index)."""
+        if self.config is not None:
+            return self.config.model
+        return model_name(self._wanted["model"] or DEFAULT_MODELS[self._wanted["kind"] or "dense"])
+
     def _load_model(self) -> Head:
         if self.config is not None:
-            return load_head(self.config.model, self.config.kind, self.config.max_length)
+            model = load_head(self.config.model, self.config.kind, self.config.max_length, **self._precision)
+            if self.config.pool_factor != 1:
+                model.pool_factor = self.config.pool_factor  # type: ignore[attr-defined]  (colbert)
+            return model
         kind = self._wanted["kind"] or "dense"
-        model = load_head(self._wanted["model"] or DEFAULT_MODELS[kind], kind)
+        model = load_head(self._wanted["model"] or DEFAULT_MODELS[kind], kind, **self._precision)
+        if (self._wanted["pool_factor"] or 1) != 1:
+            model.pool_factor = self._wanted["pool_factor"]  # type: ignore[attr-defined]  (colbert, checked above)
         try:
             set_document_length(model, 0 if self._wanted["max_length"] is None else self._wanted["max_length"])
         except SettingsError as error:  # --max-length outside the model's range
@@ -218,7 +244,8 @@ class Retriever:
         config = IndexConfig(
             format=FORMAT, root=str(self.root), model=model_name(self._wanted["model"] or DEFAULT_MODELS[model.kind]),
             kind=model.kind, max_length=model.document_length,
-            max_length_setting=0 if self._wanted["max_length"] is None else self._wanted["max_length"], dim=model.dim)
+            max_length_setting=0 if self._wanted["max_length"] is None else self._wanted["max_length"], dim=model.dim,
+            pool_factor=getattr(model, "pool_factor", 1))
         budget = chunk_budget(model)
         if budget < MIN_CHUNK_TOKENS:  # refused before anything is written: no index that every run fails on
             length = model.document_length
@@ -346,7 +373,8 @@ class Retriever:
         languages = Counter(language_of(source) for source in store.sources())
         size = folder_bytes(self.index_dir)  # while another process may be committing to it
         return {"root": config.root, "index_dir": str(self.index_dir.resolve()), "model": config.model,
-                "kind": config.kind, "max_length": config.max_length, "files": store.count_sources(),
+                "kind": config.kind, "max_length": config.max_length, "pool_factor": config.pool_factor,
+                "files": store.count_sources(),
                 "chunks": len(store), "pending_chunks": pending_chunks(self.vectors), "tokens": store.metadata_sum("tokens"),
                 "languages": dict(languages.most_common()), "bytes_on_disk": size, "index": self.vectors.stats(),
                 "last_run": read_last_run(self.index_dir)}

@@ -36,15 +36,3 @@ def best_lines(text: str, terms: set[str], width: int = 3) -> tuple[int, list[st
     while chosen and not chosen[-1].strip():
         chosen.pop()
     return best, textwrap.dedent("\n".join(chosen)).split("\n") if chosen else []
-
-
-def highlight_markup(line: str, terms: set[str]) -> str:
-    """``line`` as rich markup with the query's words in bold yellow (markup characters escaped)."""
-    from rich.markup import escape
-
-    out, position = [], 0
-    for match in WORD.finditer(line):
-        if match.group().lower() in terms:
-            out.append(escape(line[position:match.start()]) + f"[bold yellow]{escape(match.group())}[/bold yellow]")
-            position = match.end()
-    return "".join(out) + escape(line[position:])

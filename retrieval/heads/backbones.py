@@ -15,6 +15,9 @@ from torch import nn
 import encoder
 from encoder.packing import batches_by_token_budget, pack
 from encoder.tokenizer import Tokenizer
+from modernretrieval.errors import SettingsError
+
+from .precision import is_int8, quantize_linears
 
 
 class ModernBertBackbone(nn.Module):
@@ -36,7 +39,13 @@ class ModernBertBackbone(nn.Module):
         input_ids, cu_seqlens = pack(token_ids, self.model.device)
         return self.model(input_ids, cu_seqlens, None if key_lengths is None else list(key_lengths)), cu_seqlens
 
+    def quantize_int8(self) -> None:
+        """The body's linear layers (fused Wqkv, Wo, GeGLU Wi, Wo) to dynamic int8, for CPU inference; the MLM head,
+        unused here and tied to the embedding, is left alone."""
+        quantize_linears(self.model.model)
+
     def save(self, folder: Path) -> None:
+        refuse_int8(self.model)
         self.model.save_pretrained(folder)
 
 
@@ -101,12 +110,24 @@ class TransformersBackbone(nn.Module):
             mask[row, : len(row_ids) if key_lengths is None else key_lengths[row]] = 1
         return self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state
 
+    def quantize_int8(self) -> None:
+        """Every linear layer of the transformers model (query/key/value, attention output, intermediate, output) to
+        dynamic int8, for CPU inference."""
+        quantize_linears(self.model)
+
     def save(self, folder: Path) -> None:
+        refuse_int8(self.model)
         self.model.save_pretrained(folder)
         self.tokenizer.save(folder)
         for name in ("tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
             if (self.folder / name).exists() and (folder / name) != (self.folder / name):
                 (folder / name).write_bytes((self.folder / name).read_bytes())
+
+
+def refuse_int8(model: nn.Module) -> None:
+    """int8 weights are a way to run a model, not a checkpoint format the other libraries read."""
+    if is_int8(model):
+        raise SettingsError("an int8-quantized model cannot be saved: load it in float32 (or bfloat16) to save it")
 
 
 def load_backbone(folder: Path, device: torch.device, dtype: torch.dtype) -> ModernBertBackbone | TransformersBackbone:

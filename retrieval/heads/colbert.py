@@ -37,6 +37,7 @@ from .backbones import load_backbone
 from .base import Kind
 from .formats import METADATA, STFolder, is_stanford_folder, read_stanford_folder, write_folder
 from .layers import PyLateDense
+from .token_pooling import check_pool_factor, pool_documents
 
 
 class ColBERT(nn.Module):
@@ -67,6 +68,7 @@ class ColBERT(nn.Module):
         words = settings.get("skiplist_words", list(string.punctuation))
         self.skiplist = {tokenizer.backend.token_to_id(w) for w in words} - {None} | (
             {unknown} if unknown is not None and any(tokenizer.backend.token_to_id(w) is None for w in words) else set())
+        self.pool_factor = 1  # token pooling of documents (token_pooling.py), off; set it after loading
         self.eval()
 
     def _prefix_id(self, prefix: str | None) -> int | None:
@@ -136,6 +138,16 @@ class ColBERT(nn.Module):
         return cls(spec, device, dtype)
 
     @property
+    def pool_factor(self) -> int:
+        """Documents' vectors are pooled to about 1/pool_factor of their tokens (PyLate's ``pool_factor``: Ward
+        clustering, [CLS] kept; token_pooling.py); 1 keeps every token. Queries and ``forward`` are never pooled."""
+        return self._pool_factor
+
+    @pool_factor.setter
+    def pool_factor(self, value: int) -> None:
+        self._pool_factor = check_pool_factor(value)
+
+    @property
     def dim(self) -> int:
         return self.dense[-1].out_features if len(self.dense) else self.backbone.hidden_size
 
@@ -171,7 +183,8 @@ class ColBERT(nn.Module):
                             for i, q in enumerate(queries)])
 
     def settings(self) -> dict[str, int | None]:
-        return {"query_length": self.query_length, "document_length": self.document_length}
+        return {"query_length": self.query_length, "document_length": self.document_length,
+                "pool_factor": self.pool_factor}
 
     def tokenize(self, texts: Sequence[str], is_query: bool) -> list[list[int]]:
         """Token ids as PyLate 1.6 makes them: the text stripped, then lower-cased if the model says so (the order
@@ -222,7 +235,8 @@ class ColBERT(nn.Module):
         token_ids = self.tokenize(texts, is_query)
         states = self.backbone.token_states(token_ids, show_progress, key_lengths=self._key_lengths(token_ids, is_query))
         with torch.inference_mode():
-            return [self._kept(self._project(s), row, is_query).numpy() for s, row in zip(states, token_ids)]
+            vectors = [self._kept(self._project(s), row, is_query).numpy() for s, row in zip(states, token_ids)]
+        return vectors if is_query else pool_documents(vectors, self.pool_factor)
 
     def encode_queries(self, texts: Sequence[str], show_progress: bool | None = None) -> list[np.ndarray]:
         """One (query_length, dim) array per query with expansion (its [MASK]s included); one row per query
@@ -230,7 +244,7 @@ class ColBERT(nn.Module):
         return self._encode(texts, True, show_progress)
 
     def encode_documents(self, texts: Sequence[str], show_progress: bool | None = None) -> list[np.ndarray]:
-        """One (n_kept_tokens, dim) array per document, skiplist tokens removed."""
+        """One (n_kept_tokens, dim) array per document, skiplist tokens removed, pooled if ``pool_factor`` > 1."""
         return self._encode(texts, False, show_progress)
 
     def save(self, folder: str | Path) -> None:

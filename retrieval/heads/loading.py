@@ -1,15 +1,18 @@
-"""Loading a head by kind, with the length setting every command shares (``--max-length``)."""
+"""Loading a head by kind, with the settings every command shares: ``--max-length``, ``--device``, ``--dtype``."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from modernretrieval.errors import SettingsError
 
 from .base import Head, Kind
 from .colbert import ColBERT
 from .dense import BiEncoder
+from .precision import resolve
 
 # the best public ModernBERT retrievers, the defaults of `mret index`
 DEFAULT_MODELS = {"dense": "Alibaba-NLP/gte-modernbert-base", "colbert": "lightonai/GTE-ModernColBERT-v1"}
@@ -26,10 +29,18 @@ def loader_for(kind: Kind, token_embeddings: bool = False) -> Callable[..., Head
 
 
 def load_head(name_or_path: str | Path, kind: Kind, max_length: int | None = None,
-              token_embeddings: bool = False) -> Head:
+              token_embeddings: bool = False, device: str | torch.device | None = "cpu",
+              dtype: str | torch.dtype | None = "float32") -> Head:
     """A BiEncoder or ColBERT. ``max_length``: None keeps the model's own document length; 0 takes the backbone's
-    maximum (8192 for ModernBERT, 512 for BERT); any other value must lie between 8 and that maximum."""
-    model = loader_for(kind, token_embeddings)(name_or_path)
+    maximum (8192 for ModernBERT, 512 for BERT); any other value must lie between 8 and that maximum.
+
+    ``device``: "auto", "cpu", "cuda" or "cuda:N"; ``dtype``: "auto", "float32", "bfloat16" or "int8" (CPU: the
+    backbone's linear layers quantized after loading), or a torch dtype (precision.py). The defaults keep the library
+    exact and reproducible; the command line passes its --device and --dtype."""
+    precision = resolve(device, dtype)
+    model = loader_for(kind, token_embeddings)(name_or_path, device=precision.device, dtype=precision.dtype)
+    if precision.int8:
+        model.backbone.quantize_int8()  # type: ignore[attr-defined]  (both heads hold a backbone)
     if max_length is not None:
         set_document_length(model, max_length)
     return model

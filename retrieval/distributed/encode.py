@@ -1,0 +1,266 @@
+"""Encoding a collection on a Ray cluster, through the one encoding pipeline, into the parts the single node reads.
+
+The work is cut exactly as ``retrieval.encoding.encode_texts`` cuts it (texts longest first, ``chunk_texts`` at a
+time; the plan is read from that function itself, never re-derived), and each chunk is one row of a Ray Dataset.
+``map_batches`` sends the rows to a pool of actors (``ChunkEncoder``), each loading the head once (one GPU per actor
+when the cluster has GPUs, CPU actors otherwise) and encoding its chunk with ``encode_texts``: the same model call on
+the same batch as on one machine, so the vectors are the same. The actor returns the chunk as the pipeline saves it
+(a part: rows, lengths, seconds, tokens and a digest of its texts); the driver writes it, whole or not at all, as
+``docs-000007.npz`` / ``queries-000000.npz`` in ``parts``, the folder the single-node pipeline resumes from. So:
+
+- the single-node cache reads the result: ``eval.encode`` (or any ``encode_texts`` call over the same texts with
+  ``parts`` and the same ``chunk_texts``) finds every chunk saved and encodes nothing; ``read_parts`` returns the rows
+  in input order;
+- a rerun skips every chunk already written (a part of other texts is encoded again), so a killed job resumes;
+- an actor that dies is restarted by Ray and its chunk retried (``max_restarts``/``max_task_retries``); a part is
+  written only from a finished chunk, so the output is complete and identical;
+- no shared filesystem is needed: parts travel back through Ray's object store to the driver's disk.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modernretrieval.files import atomic_write
+from retrieval.encoding import CHUNK_TEXTS, Encoded, encode_texts, texts_digest
+from retrieval.heads.base import Head, Kind
+from retrieval.heads.loading import load_head
+
+from .cluster import connect, require_ray
+
+MAX_BLOCKS = 10_000  # one chunk per block (a finished chunk comes back at once) up to this many
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """How each actor loads the head: what ``retrieval.heads.loading.load_head`` takes (the device and dtype as
+    ``--device``/``--dtype`` take them: "auto" is resolved in the actor, CUDA when it has a GPU). Calling it loads
+    the head."""
+
+    model: str
+    kind: Kind
+    max_length: int | None = None
+    token_embeddings: bool = False
+    device: str = "auto"
+    dtype: str = "float32"
+    pool_factor: int = 1  # colbert: documents' token vectors pooled (as ``eval.runner.load_model`` sets it)
+
+    def __call__(self) -> Head:
+        head = load_head(self.model, self.kind, self.max_length, self.token_embeddings, device=self.device,
+                         dtype=self.dtype)
+        if self.pool_factor != 1:
+            head.pool_factor = self.pool_factor  # type: ignore[attr-defined]
+        return head
+
+
+@dataclass
+class EncodeReport:
+    """What one ``encode_parts`` run did: ``chunks`` in the plan, ``encoded`` by this run, ``skipped`` (already in
+    ``parts``), the texts, the actors and their resources, and the wall-clock seconds of the run."""
+
+    chunks: int
+    encoded: int
+    skipped: int
+    texts: int
+    workers: int
+    cpus_per_worker: float
+    gpus_per_worker: float
+    seconds: float
+
+    def describe(self) -> str:
+        device = f"{self.gpus_per_worker:g} GPU" if self.gpus_per_worker else f"{self.cpus_per_worker:g} CPU"
+        return (f"encoded {self.encoded} of {self.chunks} chunks ({self.skipped} already done, {self.texts} texts) "
+                f"on {self.workers} Ray worker(s) of {device} each in {self.seconds:.1f} s")
+
+
+class ChunkEncoder:
+    """One Ray actor: loads the head once, then encodes whole chunks through ``encode_texts``."""
+
+    def __init__(self, load: Callable[[], Head], threads: int | None = None):
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        self.head = load()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Ray Data's call: a batch of rows (number, is_query, texts), each a whole chunk."""
+        parts = [self.encode_chunk([str(text) for text in texts], bool(is_query))
+                 for texts, is_query in zip(batch["texts"], batch["is_query"])]
+        return {"number": batch["number"], "is_query": batch["is_query"], "part": np.array(parts, dtype=object)}
+
+    def encode_chunk(self, texts: list[str], is_query: bool) -> bytes:
+        """One chunk, encoded and saved as the pipeline saves a part: the file's bytes."""
+        with tempfile.TemporaryDirectory() as folder:
+            encode_texts(self.head, texts, is_query, chunk_texts=len(texts), parts=Path(folder))
+            (part,) = Path(folder).glob("*.npz")
+            return part.read_bytes()
+
+
+def plan(texts: Sequence[str], is_query: bool, chunk_texts: int = CHUNK_TEXTS) -> list[list[str]]:
+    """The chunks ``encode_texts`` makes of ``texts``, in its order (its part numbers)."""
+    recorder = _Recorder()
+    encode_texts(recorder, texts, is_query, chunk_texts=chunk_texts)
+    return recorder.chunks
+
+
+def part_name(number: int, is_query: bool) -> str:
+    """Where ``encode_texts`` saves chunk ``number`` in its ``parts`` folder (tests check the two agree)."""
+    return f"{'queries' if is_query else 'docs'}-{number:06d}.npz"
+
+
+def encode_parts(load: Callable[[], Head], parts: Path, documents: Sequence[str] = (), queries: Sequence[str] = (),
+                 *, chunk_texts: int = CHUNK_TEXTS, workers: int | None = None, gpus_per_worker: float | None = None,
+                 cpus_per_worker: float = 1, progress: bool | Callable[[int], object] | None = None,
+                 address: str | None = "local") -> EncodeReport:
+    """Encode ``documents`` and ``queries`` on Ray into ``parts`` (see the module docstring); returns what ran.
+
+    ``load``: builds the head in each actor (a ``HeadSpec``, or any picklable function). ``workers``: actors in the
+    pool; default one per GPU when the cluster has GPUs (``gpus_per_worker`` default 1), else one per
+    ``cpus_per_worker`` CPUs (torch in each actor gets that many threads). ``progress``: a tqdm bar of texts written
+    (None: on a terminal only), or a function called with the number of texts of each part written. ``address``:
+    the cluster to join when Ray is not initialized yet ("local": start one here)."""
+    ray = require_ray()
+    cluster = connect(address)
+    started = time.perf_counter()
+    if gpus_per_worker is None:
+        gpus_per_worker = 1.0 if cluster.gpus else 0.0
+    if workers is None:
+        workers = (int(cluster.gpus / gpus_per_worker) if gpus_per_worker
+                   else max(1, int(cluster.cpus // cpus_per_worker)))
+    rows, total = [], 0
+    for texts, is_query in ((documents, False), (queries, True)):
+        for number, chunk in enumerate(plan(texts, is_query, chunk_texts)):
+            total += 1
+            if not _done(parts / part_name(number, is_query), chunk, is_query):
+                rows.append({"number": number, "is_query": is_query, "texts": chunk})
+    report = EncodeReport(total, 0, total - len(rows), len(documents) + len(queries), workers, cpus_per_worker,
+                          gpus_per_worker, 0.0)
+    if rows:
+        parts.mkdir(parents=True, exist_ok=True)
+        dataset = ray.data.from_items(rows, override_num_blocks=min(len(rows), MAX_BLOCKS)).map_batches(
+            ChunkEncoder, fn_constructor_kwargs={"load": load, "threads": max(1, int(cpus_per_worker))},
+            batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=min(workers, len(rows))),
+            num_cpus=cpus_per_worker, num_gpus=gpus_per_worker or None)
+        # Ray Data's actor pools restart a dead actor and retry its chunk (max_restarts = max_task_retries = -1)
+        sizes = {(row["number"], row["is_query"]): len(row["texts"]) for row in rows}
+        with _progress(progress, sum(sizes.values())) as advance:
+            for row in dataset.iter_rows():
+                number, is_query = int(row["number"]), bool(row["is_query"])
+                data = row["part"]
+                atomic_write(parts / part_name(number, is_query), lambda f, data=data: f.write(data))
+                report.encoded += 1
+                advance(sizes[number, is_query])
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+class RayEncoder:
+    """``encode_texts`` on a pool of actors that stays up between calls: for a caller that encodes batch after
+    batch (``mret index --ray`` commits a few thousand chunks at a time), where a Ray Data job per batch would start
+    its actors and load the model each time. Each call cuts the texts into the pipeline's chunks, spreads them over
+    the actors, and returns ``Encoded`` rows in input order, the same as ``encode_texts``. A dead actor is restarted
+    and its chunk retried. ``close()`` (or a ``with`` block) ends the actors."""
+
+    def __init__(self, load: Callable[[], Head], workers: int | None = None, gpus_per_worker: float | None = None,
+                 cpus_per_worker: float = 1, chunk_texts: int = CHUNK_TEXTS, address: str | None = "local"):
+        self.ray = require_ray()
+        cluster = connect(address)
+        gpus = (1.0 if cluster.gpus else 0.0) if gpus_per_worker is None else gpus_per_worker
+        self.workers = workers or (int(cluster.gpus / gpus) if gpus else max(1, int(cluster.cpus // cpus_per_worker)))
+        self.gpus_per_worker, self.cpus_per_worker, self.chunk_texts = gpus, cpus_per_worker, chunk_texts
+        actor = self.ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus or None, max_restarts=-1,
+                                max_task_retries=-1)(ChunkEncoder)
+        self.actors = [actor.remote(load, max(1, int(cpus_per_worker))) for _ in range(self.workers)]
+
+    def __call__(self, texts: Sequence[str], is_query: bool = False) -> Encoded:
+        from ray.util import ActorPool
+
+        chunks = plan(texts, is_query, self.chunk_texts)
+        pool = ActorPool(self.actors)
+        with tempfile.TemporaryDirectory() as folder:
+            for number, data in enumerate(pool.map(lambda actor, chunk: actor.encode_chunk.remote(chunk, is_query),
+                                                   chunks)):
+                (Path(folder) / part_name(number, is_query)).write_bytes(data)
+            return read_parts(Path(folder), texts, is_query, self.chunk_texts)
+
+    def close(self) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor)
+        self.actors = []
+
+    def __enter__(self) -> RayEncoder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_parts(parts: Path, texts: Sequence[str], is_query: bool, chunk_texts: int = CHUNK_TEXTS) -> Encoded:
+    """The rows of ``texts`` in input order, from the parts ``encode_parts`` wrote (through ``encode_texts``, as the
+    single node reads them). A chunk missing raises MissingPartError."""
+    return encode_texts(_Refuser(), texts, is_query, chunk_texts=chunk_texts, parts=parts)
+
+
+class MissingPartError(RuntimeError):
+    """A chunk is not in the parts folder (its encoding did not finish)."""
+
+
+def _done(part: Path, chunk: list[str], is_query: bool) -> bool:
+    """A part of exactly these texts is saved (only its digest is read, not its vectors)."""
+    try:
+        with np.load(part, allow_pickle=False) as f:
+            return str(f["texts"]) == texts_digest(chunk, is_query)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # missing or damaged: encode it again
+        return False
+
+
+class _Recorder:
+    """The ``Head`` interface without a model: records the chunks ``encode_texts`` asks for."""
+
+    def __init__(self) -> None:
+        self.chunks: list[list[str]] = []
+
+    def tokenize(self, texts: Sequence[str], is_query: bool) -> list[list[int]]:
+        return [[] for _ in texts]
+
+    def encode_documents(self, texts: Sequence[str], show_progress: bool | None = None) -> list[np.ndarray]:
+        self.chunks.append(list(texts))
+        return [np.zeros(1, np.float32) for _ in texts]
+
+    encode_queries = encode_documents
+
+
+class _Refuser(_Recorder):
+    def encode_documents(self, texts: Sequence[str], show_progress: bool | None = None) -> list[np.ndarray]:
+        raise MissingPartError(f"a chunk of {len(texts)} texts has no part: run encode_parts (again) first")
+
+    encode_queries = encode_documents
+
+
+class _progress:
+    """A context giving ``advance(n)``: a tqdm bar, the caller's function, or nothing."""
+
+    def __init__(self, progress: bool | Callable[[int], object] | None, total: int):
+        self.progress, self.total, self.bar = progress, total, None
+
+    def __enter__(self) -> Callable[[int], object]:
+        if callable(self.progress):
+            return self.progress
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=self.total, desc="encoding on Ray", unit="text",
+                        disable=None if self.progress is None else not self.progress)
+        return self.bar.update
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()

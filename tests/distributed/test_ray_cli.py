@@ -1,0 +1,65 @@
+"""The command line's --ray: `mret index --ray local` encodes on Ray actors and makes the index a local run makes
+(the same chunks, the same search results), and `mret eval --ray local --shards 2` scores exactly what the
+single-node runner scores; mistakes are one line and exit code 2. A tiny random ModernBERT as the model."""
+
+from __future__ import annotations
+
+import json  # also the indexed tree: the standard library's json package
+
+import pytest
+from support import TOKENIZER_DIR, copy_package, dense_model_folder
+from typer.testing import CliRunner
+
+pytest.importorskip("ray", reason='Ray is not installed: pip install -e ".[distributed]"')
+pytestmark = pytest.mark.skipif(not (TOKENIZER_DIR / "tokenizer.json").exists(), reason="../shared is missing")
+
+from retrieval.cli import build_app  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return dense_model_folder(tmp_path_factory.mktemp("ray-cli") / "model")
+
+
+def mret(*args: str) -> str:
+    result = CliRunner().invoke(build_app(), [str(a) for a in args])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result.output
+
+
+def test_index_on_ray_equals_a_local_index(ray_cluster, model, tmp_path):
+    copy_package(json, tmp_path / "tree" / "json")
+    for name in ("local", "ray"):
+        extra = ["--ray", "local"] if name == "ray" else []
+        mret("index", tmp_path / "tree", "--index-dir", tmp_path / name, "--model", model, "--max-length", "128",
+             "--device", "cpu", "--dtype", "float32", *extra)
+    for query in ("decode a JSON document", "encoder for python objects", "scanner"):
+        local = json.loads(mret("search", query, "--json", "--index-dir", tmp_path / "local", "--mode", "semantic"))
+        remote = json.loads(mret("search", query, "--json", "--index-dir", tmp_path / "ray", "--mode", "semantic"))
+        assert [(h["path"], h["start_line"]) for h in remote] == [(h["path"], h["start_line"]) for h in local]
+        assert all(abs(a["score"] - b["score"]) <= 1e-5 for a, b in zip(remote, local))
+
+
+def test_eval_on_ray_scores_what_the_single_node_runner_scores(ray_cluster, model, tmp_path):
+    from eval.datasets.beir import write_beir
+
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda".split()
+    corpus = {f"d{i}": {"title": "", "text": " ".join(words[(i + j) % len(words)] for j in range(3 + i % 5))}
+              for i in range(40)}
+    queries = {f"q{i}": " ".join(words[i % len(words): i % len(words) + 2]) for i in range(12)}
+    qrels = {q: {f"d{(3 * i) % 40}": 1} for i, q in enumerate(queries)}
+    write_beir(tmp_path / "data", corpus, queries, {"test": qrels})
+    common = ["eval", "folder", "--dataset", tmp_path / "data", "--model", model, "--cache-dir", tmp_path / "cache",
+              "--device", "cpu"]
+    mret(*common, "--output", tmp_path / "single")
+    mret(*common, "--output", tmp_path / "ray", "--ray", "local", "--shards", "2")
+    single = json.loads((tmp_path / "single" / "metrics.json").read_text())
+    ray = json.loads((tmp_path / "ray" / "metrics.json").read_text())
+    for key in ("ndcg@10", "recall@100", "mrr@10", "map"):
+        assert ray[key] == pytest.approx(single[key], abs=1e-9), key
+    assert ray["ray"]["shards"] == 2 and ray["ray"]["encoding"]["workers"] >= 1
+    assert (tmp_path / "ray" / "run.trec").read_text().count("\n") > 0
+
+    wrong = CliRunner().invoke(build_app(), [str(a) for a in common] + ["--ray", "local", "--mode", "hybrid"])
+    assert wrong.exit_code == 2 and "error:" in wrong.output and "--ray runs --mode semantic" in wrong.output
+    assert "Traceback" not in wrong.output
