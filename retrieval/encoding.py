@@ -13,11 +13,11 @@ through the harness, the training evaluation. The head is used through the ``Hea
 from __future__ import annotations
 
 import hashlib
-import queue
-import threading
 import time
 import zipfile
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TypeVar
@@ -30,6 +30,7 @@ from .heads.base import Head
 
 CHUNK_TEXTS = 128  # texts per model call: the progress step, and what an interruption loses at most
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass
@@ -116,52 +117,29 @@ def _read_part(part: Path, digest: str, n: int) -> tuple[list[np.ndarray], float
     return (list(rows), seconds, tokens) if len(rows) == n else None
 
 
-def ahead(items: Iterable[T], depth: int = 1) -> Iterator[T]:
-    """``items``, produced in a thread of their own up to ``depth`` items ahead of the consumer: the stage that
-    makes them (reading, tokenizing, encoding the next batch) runs while the consumer works on the current one
-    (committing it). Torch, the tokenizer and SQLite release the GIL, so the two overlap on separate cores.
+def ahead(function: Callable[[T], R], items: Iterable[T], depth: int = 1) -> Iterator[tuple[T, R]]:
+    """``(item, function(item))`` for each item, in order, with ``function`` run in a worker thread up to ``depth``
+    items ahead of the consumer: the next batch is encoded while the consumer commits the current one (torch and the
+    tokenizer release the GIL, so the two overlap on separate cores).
 
-    Items come in order; an exception raised while producing is raised here, at its place in the stream. When the
-    consumer stops early (an exception, ``break``, Ctrl-C) the producer is told to stop and is not waited for: it
-    may be in the middle of a model call minutes long, and what it makes after that is dropped."""
+    ``items`` is read in the consumer's thread, and ``function`` should touch nothing but its item (the model): when
+    the consumer stops early (an exception, ``break``, Ctrl-C) the work not started is cancelled and the call under
+    way is not waited for (a model call may take minutes); its result is dropped. An exception raised by
+    ``function`` is raised here, at its item's place in the stream."""
     if depth < 1:
         raise ValueError(f"depth must be at least 1, got {depth}")
-    slots: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    end = object()
-
-    def put(entry: tuple[bool, object]) -> bool:
-        while not stop.is_set():
-            try:
-                slots.put(entry, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not put((True, item)):
-                    return
-            put((True, end))
-        except BaseException as error:  # noqa: BLE001  (re-raised in the consumer)
-            put((False, error))
-
-    producer = threading.Thread(target=produce, name="ahead", daemon=True)
-    producer.start()
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ahead")
+    queued: deque[tuple[T, Future]] = deque()
     finished = False
     try:
-        while True:
-            ok, item = slots.get()
-            if not ok:
-                finished = True
-                raise item  # type: ignore[misc]
-            if item is end:
-                finished = True
-                return
-            yield item  # type: ignore[misc]
+        for item in items:
+            queued.append((item, worker.submit(function, item)))
+            if len(queued) > depth:
+                done, future = queued.popleft()
+                yield done, future.result()
+        while queued:
+            done, future = queued.popleft()
+            yield done, future.result()
+        finished = True
     finally:
-        stop.set()
-        if finished:
-            producer.join()
+        worker.shutdown(wait=finished, cancel_futures=True)

@@ -10,23 +10,14 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, Protocol, TextIO
+from typing import Any, TextIO
 
 from ..codebase.snippets import WORD, query_terms
 
 PATH, SCORE, NUMBER, TERM, RESET = "\x1b[1;36m", "\x1b[32m", "\x1b[2m", "\x1b[1;33m", "\x1b[0m"
-
-
-class PrintedHit(Protocol):
-    path: str
-    start_line: int
-    end_line: int
-    score: float
-    snippet: str
-    snippet_line: int
-    text: str
-
-    def to_json(self) -> dict[str, Any]: ...
+# a hit: codebase.retriever.Hit, or serve.warm.RemoteHit (path, start_line, end_line, score, snippet, snippet_line,
+# text; chunk_start_line/chunk_end_line for --full, which only a Hit has; to_json())
+Hits = Sequence[Any]
 
 
 def use_color(stream: TextIO) -> bool:
@@ -38,11 +29,11 @@ def use_color(stream: TextIO) -> bool:
     return hasattr(stream, "isatty") and stream.isatty()
 
 
-def hits_as_json(hits: Sequence[PrintedHit]) -> str:
+def hits_as_json(hits: Hits) -> str:
     return json.dumps([hit.to_json() for hit in hits], indent=2, ensure_ascii=False) + "\n"
 
 
-def hits_as_text(hits: Sequence[PrintedHit], query: str, color: bool, full: bool = False) -> str:
+def hits_as_text(hits: Hits, query: str, color: bool, full: bool = False) -> str:
     """Each hit's location and score, then its snippet (``full``: its whole chunk, from the chunk's first line)."""
     terms = query_terms(query)
 
@@ -69,7 +60,7 @@ def hits_as_text(hits: Sequence[PrintedHit], query: str, color: bool, full: bool
     return "".join(line + "\n" for line in out)
 
 
-def print_hits(hits: Sequence[PrintedHit], query: str, as_json: bool, full: bool = False) -> None:
+def print_hits(hits: Hits, query: str, as_json: bool, full: bool = False) -> None:
     if as_json:
         sys.stdout.write(hits_as_json(hits))
     elif not hits:

@@ -6,8 +6,8 @@ Lexical first, vectors as they come: the run first reads, chunks and commits the
 (their old chunks out in the same commit), marked "pending": the lexical side of the whole tree is searchable after
 this pass, which costs no model call. Then the pending chunks are encoded, a file's chunks together, in batches of
 about ``batch_tokens`` tokens, each batch one commit (``add_stream(..., commit="each")``; a PLAID index without a
-codec holds batches back until they make its training sample). The next batch is read and encoded in a thread while
-the current one commits (``encoding.ahead``): the commits are the same, in the same order. A search in between ranks
+codec holds batches back until they make its training sample). The next batch is encoded in a worker thread while
+the current one commits (``encoding.ahead``; only the model call runs there): the same commits, in the same order. A search in between ranks
 the encoded chunks by both sides and the pending ones lexically (hybrid mode).
 
 Incremental and safe to kill: a file whose size and mtime are unchanged is not read; one whose text is unchanged is
@@ -66,7 +66,7 @@ class IndexSettings:
     batch_tokens: int = 65536  # tokens encoded per commit (what a kill can lose)
     max_file_bytes: int = 1 << 20
     show_progress: bool | None = None  # None: on a terminal only
-    overlap: bool = True  # the next batch is read and encoded while the current one commits (encoding.ahead)
+    overlap: bool = True  # the next batch is encoded while the current one commits (encoding.ahead)
     # the documents' encoder when it is not the head in this process (``mret index --ray``: a pool of Ray actors,
     # retrieval.distributed.RayEncoder); it must give the rows ``encode_texts`` gives with the index's head
     encode: Callable[[Sequence[str]], Encoded] | None = None
@@ -201,30 +201,35 @@ class _Run:
         total = sum(len(r.doc_ids) for r in waiting)
         tokens_after = int(store.metadata_sum("tokens"))  # what the index holds once every pending chunk is in
 
-        def batches() -> Iterator[Batch]:
+        def batches() -> Iterator[list[Document]]:  # read here, in the committing thread
             documents: list[Document] = []
             for number, record in enumerate(waiting):
                 documents += [d for d in store.get(list(record.doc_ids)) if d is not None]
                 tokens = sum(int(d.metadata.get("tokens", 0)) for d in documents)
                 if number + 1 == len(waiting) or tokens >= self.settings.batch_tokens:
-                    yield self._encoded(documents, progress)
+                    yield documents
                     documents = []
 
         with _Progress("encoding", total, len(waiting), self.settings.show_progress) as progress:
-            stream = ahead(batches()) if self.settings.overlap else batches()
-            self.vectors.add_stream(stream, expected_tokens=tokens_after, commit="each")
+            encoded = ahead(self._vectors, batches()) if self.settings.overlap else \
+                ((documents, self._vectors(documents)) for documents in batches())
+            self.vectors.add_stream((self._batch(documents, vectors, seconds, progress)
+                                     for documents, (vectors, seconds) in encoded),
+                                    expected_tokens=tokens_after, commit="each")
 
-    def _encoded(self, documents: list[Document], progress: "_Progress") -> Batch:
-        """Pending chunks as one change of the index: their vectors in, the pending mark off."""
-        for document in documents:
-            document.metadata.pop(PENDING, None)
-        texts = [d.text or "" for d in documents]
-        tokens = sum(int(d.metadata.get("tokens", 0)) for d in documents)
+    def _vectors(self, documents: list[Document]) -> tuple[list, float]:
+        """The chunks' vectors and the seconds they took: the model alone, which may run in a worker thread
+        (``encoding.ahead``) while the previous batch commits; it reads and writes nothing else."""
         started = time.perf_counter()
-        encode = self.settings.encode or (lambda batch: encode_texts(self.head(), batch, is_query=False))
-        vectors = encode(texts).rows if texts else []
+        encode = self.settings.encode or (lambda texts: encode_texts(self.head(), texts, is_query=False))
+        vectors = encode([d.text or "" for d in documents]).rows if documents else []
+        return vectors, time.perf_counter() - started
+
+    def _batch(self, documents: list[Document], vectors: list, seconds: float, progress: "_Progress") -> Batch:
+        """Encoded pending chunks as one change of the index: their vectors in, the pending mark off."""
         summary = self.summary
-        summary.encode_seconds += time.perf_counter() - started
+        summary.encode_seconds += seconds
+        tokens = sum(int(d.metadata.get("tokens", 0)) for d in documents)
         # another writer (a watcher, a second `mret index`) may have replaced or encoded some of these chunks while
         # they were being encoded: only the ones still pending with the same text are committed
         current = {d.doc_id: d for d in self.vectors.store.get([d.doc_id for d in documents]) if d is not None}
@@ -232,6 +237,8 @@ class _Run:
                 and now.metadata.get(PENDING) and now.text == d.text and now.content_hash == d.content_hash]
         if len(keep) < len(documents):
             documents, vectors = [documents[i] for i in keep], [vectors[i] for i in keep]
+        for document in documents:
+            document.metadata.pop(PENDING, None)
         files = len({d.source for d in documents})
         summary.encoded_files += files
         summary.encoded_chunks += len(documents)

@@ -131,7 +131,7 @@ def test_nothing_to_encode_and_mistakes(tmp_path):
         encode_texts(head, TEXTS, False, chunk_texts=0)
 
 
-# ----- ahead: the next batch made while the current one is consumed
+# ----- ahead: the next batch encoded while the current one is consumed
 
 def test_ahead_keeps_order_and_overlaps_producer_and_consumer():
     import threading
@@ -140,54 +140,59 @@ def test_ahead_keeps_order_and_overlaps_producer_and_consumer():
 
     second_started = threading.Event()
 
-    def produce():
-        yield 1
-        second_started.set()  # only reached when the producer runs ahead of the consumer
-        yield 2
-        yield 3
+    def work(item: int) -> int:
+        if item == 2:
+            second_started.set()  # only reached while item 1 is held when the work runs ahead of the consumer
+        return item * 10
 
     seen = []
-    for item in ahead(produce()):
+    for item, result in ahead(work, [1, 2, 3]):
         if item == 1:  # still holding item 1: a stream that is not ahead would never start item 2 meanwhile
-            assert second_started.wait(timeout=10), "the next item was not made while the current one was held"
-        seen.append(item)
-    assert seen == [1, 2, 3]
+            assert second_started.wait(timeout=10), "the next item was not worked on while the current one was held"
+        seen.append((item, result))
+    assert seen == [(1, 10), (2, 20), (3, 30)]
 
 
-def test_ahead_raises_a_producer_error_at_its_place_in_the_stream():
+def test_ahead_raises_a_work_error_at_its_place_in_the_stream():
     from retrieval.encoding import ahead
 
-    def produce():
-        yield "a"
-        raise KeyError("boom")
+    def work(item: str) -> str:
+        if item == "b":
+            raise KeyError("boom")
+        return item
 
-    stream = ahead(produce())
-    assert next(stream) == "a"
+    stream = ahead(work, ["a", "b", "c"])
+    assert next(stream) == ("a", "a")
     with pytest.raises(KeyError, match="boom"):
         next(stream)
 
 
-def test_ahead_stops_its_producer_when_the_consumer_leaves():
+def test_ahead_reads_items_in_the_consumers_thread_and_stops_when_it_leaves():
     import threading
     import time
 
     from retrieval.encoding import ahead
 
-    made = []
+    readers, worked = set(), []
 
-    def produce():
+    def items():
         for i in range(1000):
-            made.append(i)
+            readers.add(threading.current_thread().name)
             yield i
 
+    def work(item: int) -> int:
+        worked.append(item)
+        return item
+
     before = threading.active_count()
-    for item in ahead(produce(), depth=2):
+    for item, _ in ahead(work, items(), depth=2):
         if item == 3:
             break
+    assert readers == {threading.current_thread().name}  # the items (the store's reads) never leave this thread
     deadline = time.monotonic() + 10
     while threading.active_count() > before and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert threading.active_count() == before  # the producer thread ended
-    assert len(made) <= 3 + 1 + 2 + 1  # what was consumed, the one held, the queue, one being put
+    assert threading.active_count() == before  # the worker thread ended
+    assert len(worked) <= 3 + 1 + 2  # what was consumed, and at most depth + 1 more
     with pytest.raises(ValueError):
-        next(ahead([], depth=0))
+        next(ahead(work, [], depth=0))
