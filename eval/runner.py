@@ -204,10 +204,9 @@ def load_model(settings: EvalSettings):
     """The model and its name in the embeddings cache key."""
     from retrieval.heads.loading import load_head, loader_for
 
+    # the pool factor is in model.settings(): the embeddings cache key
     model = load_head(settings.model, settings.kind, settings.max_length, settings.token_embeddings,
-                      device=settings.device, dtype=settings.dtype)
-    if settings.pool_factor != 1:
-        model.pool_factor = settings.pool_factor  # in model.settings(): the embeddings cache key
+                      device=settings.device, dtype=settings.dtype, pool_factor=settings.pool_factor)
     return model, model_cache_name(settings.model, loader_for(settings.kind, settings.token_embeddings))
 
 

@@ -52,20 +52,35 @@ def tiny_checkpoint(tmp_path_factory, tokenizer_dir) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
-def scifact_subset(scifact):
-    """A SciFact subset in the BEIR layout (60 test queries, their relevant documents and 300 others), written once
-    under .cache: the real data the runner and PLAID quality tests share, with its encodings."""
+def _scifact_subset(scifact, name: str, others: int):
+    """SciFact's first 60 test queries, their relevant documents and the corpus's first ``others`` documents, in the
+    BEIR layout, written once under .cache/datasets/``name``."""
     from eval.datasets.beir import load_beir, write_beir
 
-    folder = CACHE / "datasets" / "scifact-subset-60"
+    folder = CACHE / "datasets" / name
     query_ids = list(scifact.queries)[:60]
     relevant = {d for q in query_ids for d in scifact.qrels[q]}
-    doc_ids = [d for i, d in enumerate(scifact.corpus) if i < 300 or d in relevant]
+    doc_ids = [d for i, d in enumerate(scifact.corpus) if i < others or d in relevant]
     if not (folder / "corpus.jsonl").exists():
         write_beir(folder, {d: scifact.corpus[d] for d in doc_ids}, {q: scifact.queries[q] for q in query_ids},
                    {"test": {q: scifact.qrels[q] for q in query_ids}})
     return load_beir(folder)
+
+
+@pytest.fixture(scope="session")
+def scifact_subset(scifact):
+    """A SciFact subset (60 test queries, their relevant documents and 300 others, 355 documents, ~86k MiniLM
+    tokens): the real data the multi-vector tests (the runner's ColBERT and PLAID, PLAID quality) share, with its
+    token encoding."""
+    return _scifact_subset(scifact, "scifact-subset-60", 300)
+
+
+@pytest.fixture(scope="session")
+def scifact_small_subset(scifact):
+    """The same 60 queries with their relevant documents and 100 others (160 documents, under half the tokens):
+    the dense checks compare two computations over the same real texts (our encoder against sentence-transformers,
+    the runner against exact search), which needs real text, not a large corpus; both encoders read it."""
+    return _scifact_subset(scifact, "scifact-subset-60-small", 100)
 
 
 @pytest.fixture(scope="session")
@@ -78,20 +93,21 @@ def scifact_subset_tokens(scifact_subset, minilm_folder):
 
 
 @pytest.fixture(scope="session")
-def scifact_subset_dense(scifact_subset, minilm_folder):
-    """The subset through our bi-encoder (MiniLM), via the eval cache under the key `mret eval` uses."""
+def scifact_small_dense(scifact_small_subset, minilm_folder):
+    """The small subset through our bi-encoder (MiniLM), via the eval cache under the key `mret eval` uses."""
     from eval.encode import encode_beir
 
-    return encode_beir(scifact_subset, str(minilm_folder), "dense", CACHE / "embeddings")
+    return encode_beir(scifact_small_subset, str(minilm_folder), "dense", CACHE / "embeddings")
 
 
 @pytest.fixture(scope="session")
-def scifact_subset_reference(scifact_subset, minilm_folder):
-    """The subset through sentence-transformers (the reference implementation): (document vectors, query vectors),
-    normalized, in the subset's corpus and query order."""
+def scifact_small_reference(scifact_small_subset, minilm_folder):
+    """The small subset through sentence-transformers (the reference implementation): (document vectors, query
+    vectors), normalized, in the subset's corpus and query order."""
     from sentence_transformers import SentenceTransformer
 
     reference = SentenceTransformer(str(minilm_folder), device="cpu")
-    doc_ids, query_ids = list(scifact_subset.corpus), list(scifact_subset.queries)
-    return (reference.encode(scifact_subset.document_texts(doc_ids), normalize_embeddings=True),
-            reference.encode([scifact_subset.queries[q] for q in query_ids], normalize_embeddings=True))
+    subset = scifact_small_subset
+    doc_ids, query_ids = list(subset.corpus), list(subset.queries)
+    return (reference.encode(subset.document_texts(doc_ids), normalize_embeddings=True),
+            reference.encode([subset.queries[q] for q in query_ids], normalize_embeddings=True))

@@ -44,33 +44,114 @@ def read_texts(path: Path) -> list[str]:
     return texts
 
 
+RAY_EMBED_HELP = ("Encode on Ray ('local': a cluster of this machine; or HEAD:6379, ray://HEAD:10001): --input may "
+                  "then also be .parquet files, .jsonl files (one JSON object per line), a folder or a glob of them, "
+                  "read by Ray Data (column text; title joined before it when present; id optional: written to "
+                  "out.ids.npy beside out.npy; rows in input order either way). Finished chunks are kept in "
+                  "OUTPUT.parts/ until the output is written: a killed run, rerun, resumes. Needs pip install -e "
+                  "\".\\[distributed]\".")  # \\[: rich's escape of [ in --help
+
+
 def embed_command(
     model: str = typer.Option(..., "--model", "-m", help="Model folder or hub id."),
-    input: Path = typer.Option(..., "--input", "-i", help="texts.txt (one per line) or texts.jsonl."),
+    input: list[str] = typer.Option(..., "--input", "-i", help="texts.txt (one per line) or texts.jsonl; with --ray "
+                                    "also .parquet/.jsonl files, a folder or a glob (-i repeated for several)."),
     output: Path = typer.Option(..., "--output", "-o", help="out.npy (dense) or out.npz (colbert)."),
     kind: KindChoice = typer.Option("dense", "--kind", help="dense: one vector per text; colbert: one per token."),
     query: bool = typer.Option(False, "--query", help="Encode as queries (query prompt / [Q] and expansion)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     dtype: str = typer.Option("float32", "--dtype", help=DTYPE_HELP + " Default float32: the model's exact vectors."),
+    ray: str | None = typer.Option(None, "--ray", metavar="local|ADDRESS", help=RAY_EMBED_HELP),
+    workers: int | None = typer.Option(None, "--workers", help="With --ray: actors encoding at once (default one "
+                                       "per GPU of the cluster, else one per CPU)."),
 ) -> None:
     """Embed texts; rows stay in input order."""
     expected = ".npy" if kind.value == "dense" else ".npz"
     if output.suffix != expected:
         fail(f"--kind {kind.value} writes {expected}; got {output}")
-    texts = read_texts(input)
+    if ray is not None:
+        return embed_on_ray(model, input, output, kind.value, query, device, dtype, ray, workers)
+    if workers is not None:
+        fail("--workers goes with --ray")
+    if len(input) != 1:
+        fail("one --input without --ray (several files, folders and globs are read with --ray)")
+    texts = read_texts(Path(input[0]))
     from retrieval.heads import load_head
-    from retrieval.heads.colbert import pack_arrays
 
     head = load_head(model, kind.value, device=device, dtype=dtype)
     vectors = (head.encode_queries if query else head.encode_documents)(texts, show_progress=True)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    write_vectors(output, kind.value, vectors)
+
+
+def embed_on_ray(model: str, inputs: list[str], output: Path, kind: str, query: bool, device: str, dtype: str,
+                 address: str, workers: int | None) -> None:
+    """``mret embed --ray``: the corpus read by Ray Data (a lone .txt read here), encoded by Ray actors through the
+    pipeline's chunks into OUTPUT.parts/ (resumable), written in input order (ids beside it), then the parts
+    folder removed."""
+    import shutil
+
+    from retrieval.distributed import HeadSpec, connect
+    from retrieval.distributed.files import Corpus, embed_corpus, read_corpus
+
+    if workers is not None and workers < 1:
+        fail(f"--workers must be at least 1, got {workers}")
+    cluster = connect(address)
+    if len(inputs) == 1 and Path(inputs[0]).suffix == ".txt":
+        corpus = Corpus(read_texts(Path(inputs[0])), None, inputs)
+    else:
+        corpus = read_corpus(inputs)
+    local = Path(model).expanduser()
+    spec = HeadSpec(str(local.resolve()) if local.exists() else model, kind, device=device, dtype=dtype)
+    parts = output.with_name(output.name + ".parts")
+    err.print(f"{cluster.describe()}: {len(corpus.texts)} texts; parts in {parts}", highlight=False, soft_wrap=True)
+    written = 0
+
+    def progress(texts: int) -> None:
+        nonlocal written
+        written += texts
+        err.print(f"chunk of {texts} texts encoded ({written} this run)", highlight=False)
+
+    run = embed_corpus(spec, corpus, parts, query, workers=workers, progress=progress, address=address)
+    err.print(run.report.describe(), highlight=False, soft_wrap=True)
+    if run.ids is not None:
+        write_ids(ids_path(output), run.ids)
+    else:
+        ids_path(output).unlink(missing_ok=True)  # an earlier run's ids would not be these rows'
+    write_vectors(output, kind, run.encoded.rows)
+    shutil.rmtree(parts)
+    if run.ids is not None:
+        err.print(f"wrote {ids_path(output)}: the id of each row", highlight=False)
+
+
+def ids_path(output: Path) -> Path:
+    """Where ``mret embed --ray`` writes the ids of the rows of ``output`` (out.npy -> out.ids.npy)."""
+    return output.with_name(output.stem + ".ids.npy")
+
+
+def write_ids(path: Path, ids) -> None:
+    import numpy as np
+
+    from modernretrieval.files import atomic_write
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: np.save(f, np.asarray(ids)))
+
+
+def write_vectors(output: Path, kind: str, vectors) -> None:
+    """The rows as ``mret embed`` writes them, whole or not at all: (n, dim) float32 in a .npy for dense; packed
+    ``embeddings`` and ``offsets`` in a .npz for colbert (``pack_arrays``)."""
     import numpy as np  # here: the command line starts without it
 
-    if kind.value == "dense":
-        np.save(output, vectors)
-        shape = vectors.shape
+    from modernretrieval.files import atomic_write
+    from retrieval.heads.colbert import pack_arrays
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "dense":
+        array = np.stack(vectors) if isinstance(vectors, list) else vectors
+        atomic_write(output, lambda f: np.save(f, array))
+        shape = array.shape
     else:
         embeddings, offsets = pack_arrays(vectors)
-        np.savez(output, embeddings=embeddings, offsets=offsets)
+        atomic_write(output, lambda f: np.savez(f, embeddings=embeddings, offsets=offsets))
         shape = embeddings.shape
-    err.print(f"wrote {output}: {len(texts)} texts, array {shape}", highlight=False)
+    err.print(f"wrote {output}: {len(vectors)} texts, array {shape}", highlight=False)

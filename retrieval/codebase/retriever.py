@@ -138,14 +138,11 @@ class Retriever:
 
     def _load_model(self) -> Head:
         if self.config is not None:
-            model = load_head(self.config.model, self.config.kind, self.config.max_length, **self._precision)
-            if self.config.pool_factor != 1:
-                model.pool_factor = self.config.pool_factor  # type: ignore[attr-defined]  (colbert)
-            return model
+            return load_head(self.config.model, self.config.kind, self.config.max_length,
+                             pool_factor=self.config.pool_factor, **self._precision)
         kind = self._wanted["kind"] or "dense"
-        model = load_head(self._wanted["model"] or DEFAULT_MODELS[kind], kind, **self._precision)
-        if (self._wanted["pool_factor"] or 1) != 1:
-            model.pool_factor = self._wanted["pool_factor"]  # type: ignore[attr-defined]  (colbert, checked above)
+        model = load_head(self._wanted["model"] or DEFAULT_MODELS[kind], kind,
+                          pool_factor=self._wanted["pool_factor"] or 1, **self._precision)
         try:
             set_document_length(model, 0 if self._wanted["max_length"] is None else self._wanted["max_length"])
         except SettingsError as error:  # --max-length outside the model's range

@@ -51,14 +51,11 @@ class HeadSpec:
     token_embeddings: bool = False
     device: str = "auto"
     dtype: str = "float32"
-    pool_factor: int = 1  # colbert: documents' token vectors pooled (as ``eval.runner.load_model`` sets it)
+    pool_factor: int = 1  # colbert: documents' token vectors pooled (load_head's pool_factor)
 
     def __call__(self) -> Head:
-        head = load_head(self.model, self.kind, self.max_length, self.token_embeddings, device=self.device,
-                         dtype=self.dtype)
-        if self.pool_factor != 1:
-            head.pool_factor = self.pool_factor  # type: ignore[attr-defined]
-        return head
+        return load_head(self.model, self.kind, self.max_length, self.token_embeddings, device=self.device,
+                         dtype=self.dtype, pool_factor=self.pool_factor)
 
 
 @dataclass

@@ -68,7 +68,7 @@ class ColBERT(nn.Module):
         words = settings.get("skiplist_words", list(string.punctuation))
         self.skiplist = {tokenizer.backend.token_to_id(w) for w in words} - {None} | (
             {unknown} if unknown is not None and any(tokenizer.backend.token_to_id(w) is None for w in words) else set())
-        self.pool_factor = 1  # token pooling of documents (token_pooling.py), off; set it after loading
+        self.pool_factor = 1  # token pooling of documents (token_pooling.py), off; load_head(pool_factor=...) sets it
         self.eval()
 
     def _prefix_id(self, prefix: str | None) -> int | None:

@@ -13,6 +13,7 @@ from .base import Head, Kind
 from .colbert import ColBERT
 from .dense import BiEncoder
 from .precision import resolve
+from .token_pooling import check_pool_factor
 
 # the best public ModernBERT retrievers, the defaults of `mret index`
 DEFAULT_MODELS = {"dense": "Alibaba-NLP/gte-modernbert-base", "colbert": "lightonai/GTE-ModernColBERT-v1"}
@@ -30,19 +31,27 @@ def loader_for(kind: Kind, token_embeddings: bool = False) -> Callable[..., Head
 
 def load_head(name_or_path: str | Path, kind: Kind, max_length: int | None = None,
               token_embeddings: bool = False, device: str | torch.device | None = "cpu",
-              dtype: str | torch.dtype | None = "float32") -> Head:
+              dtype: str | torch.dtype | None = "float32", pool_factor: int = 1) -> Head:
     """A BiEncoder or ColBERT. ``max_length``: None keeps the model's own document length; 0 takes the backbone's
     maximum (8192 for ModernBERT, 512 for BERT); any other value must lie between 8 and that maximum.
 
     ``device``: "auto", "cpu", "cuda" or "cuda:N"; ``dtype``: "auto", "float32", "bfloat16" or "int8" (CPU: the
     backbone's linear layers quantized after loading), or a torch dtype (precision.py). The defaults keep the library
-    exact and reproducible; the command line passes its --device and --dtype."""
+    exact and reproducible; the command line passes its --device and --dtype.
+
+    ``pool_factor``: ColBERT token pooling of documents (``ColBERT.pool_factor``; 1: none). A dense head has one
+    vector per text, nothing to pool: any other value is a SettingsError, raised before the weights are read."""
+    pool_factor = check_pool_factor(pool_factor)
+    if pool_factor != 1 and kind != "colbert":
+        raise SettingsError(f"token pooling (pool factor {pool_factor}) applies to kind colbert only, not {kind}")
     precision = resolve(device, dtype)
     model = loader_for(kind, token_embeddings)(name_or_path, device=precision.device, dtype=precision.dtype)
     if precision.int8:
         model.backbone.quantize_int8()  # type: ignore[attr-defined]  (both heads hold a backbone)
     if max_length is not None:
         set_document_length(model, max_length)
+    if pool_factor != 1:
+        model.pool_factor = pool_factor  # type: ignore[attr-defined]  (colbert, checked above)
     return model
 
 

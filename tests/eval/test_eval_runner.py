@@ -1,7 +1,8 @@
-"""The evaluation runner on real data: a SciFact subset (60 test queries, their relevant documents and 300 others,
-written in the BEIR layout) with all-MiniLM-L6-v2, checked against independent computations: the run file scored
-directly by pytrec_eval, exact search over independently encoded vectors, exhaustive MaxSim in numpy. The full
-SciFact runs (minutes on 2 cores) are in the README. Then the command line's answers to user mistakes."""
+"""The evaluation runner on real data: SciFact subsets (60 test queries and their relevant documents, with 100 other
+documents for the dense runs and 300 for the ColBERT and PLAID one, written in the BEIR layout) with
+all-MiniLM-L6-v2, checked against independent computations: the run file scored directly by pytrec_eval, exact
+search over independently encoded vectors, exhaustive MaxSim in numpy. The full SciFact runs (minutes on 2 cores)
+are in the README. Then the command line's answers to user mistakes."""
 
 from __future__ import annotations
 
@@ -24,8 +25,10 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def subset(scifact_subset):
-    return scifact_subset
+def subset(scifact_small_subset):
+    """The dense runs' data (the session's small subset, which tests/eval/test_scifact.py encodes with both
+    encoders): the checks below compare computations over the same texts, which needs no large corpus."""
+    return scifact_small_subset
 
 
 def scored_run_file(path: Path, qrels) -> float:
@@ -44,14 +47,14 @@ def dense_runs(subset, minilm_folder, tmp_path_factory):
             | {"output": out / index} for index in ("flat", "hnsw")}
 
 
-def test_dense_flat_equals_exact_search_on_independent_vectors(subset, dense_runs, scifact_subset_dense,
-                                                              scifact_subset_reference):
+def test_dense_flat_equals_exact_search_on_independent_vectors(subset, dense_runs, scifact_small_dense,
+                                                              scifact_small_reference):
     """The runner (cache, index, search, metrics, files) against exact search over sentence-transformers' vectors
     of the same texts: an independent encoder and search."""
     flat = dense_runs["flat"]
-    assert flat["embeddings_cache"] == str(scifact_subset_dense.path)  # the session's encoding, read from the cache
+    assert flat["embeddings_cache"] == str(scifact_small_dense.path)  # the session's encoding, read from the cache
     doc_ids, query_ids = list(subset.corpus), list(subset.queries)
-    documents, queries = scifact_subset_reference
+    documents, queries = scifact_small_reference
     run = exact_search(queries, documents, doc_ids, query_ids, k=100)
     expected = evaluate(run, subset.qrels)
     for key in ("ndcg@10", "recall@100", "mrr@10", "map"):
@@ -69,12 +72,13 @@ def test_hnsw_within_half_a_point_of_flat(dense_runs):
     assert dense_runs["hnsw"]["index"]["kind"] == "hnsw"
 
 
-def test_colbert_exhaustive_equals_numpy_maxsim_and_plaid_is_close(subset, scifact_subset_tokens, minilm_folder,
-                                                                   tmp_path):
+def test_colbert_exhaustive_equals_numpy_maxsim_and_plaid_is_close(scifact_subset, scifact_subset_tokens,
+                                                                   minilm_folder, tmp_path):
     """The runner's index, search and metrics against MaxSim in numpy over the same token vectors (the session's
     encoding of the subset, which the runner reads from the cache; that the cached encoding equals the head's own
     is tests/eval/test_encode_cache.py's job)."""
     settings = dict(model=str(minilm_folder), kind="colbert", token_embeddings=True)
+    subset = scifact_subset  # the multi-vector tests' subset: PLAID's tolerance below is set for its size
     exhaustive = run_eval(subset, EvalSettings(index="flat", **settings), tmp_path / "flat", CACHE, False)
     plaid = run_eval(subset, EvalSettings(index="plaid", **settings), tmp_path / "plaid", CACHE, False)
 

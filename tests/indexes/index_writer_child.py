@@ -10,7 +10,12 @@ COMMIT, during garbage collection) and replays the plan to know what the index m
 Mode "hold": take the write lock with ``with ix.transaction():``, add a batch, print "holding", wait for a line on
 stdin, then commit and print "committed".
 
-Only ``indexes`` and numpy are imported (no torch): a child starts in a fraction of a second.
+Mode "zygote" (the kill chains, a dozen writers each): import what a writer of that kind imports once (PLAID: torch
+and faiss, seconds on two busy cores; FAISS: no torch), then fork one "run" writer per request line on stdin
+(``{"args": ..., "stderr": path}``). Each writer is a process of its own, as a spawned one: its own file locks and
+SQLite connections, opened after the fork, and the parent SIGKILLs it by its pid. It prints "pid N" and then what a
+spawned writer prints; its stderr goes to the file named; once it is gone this process prints "exit N CODE" (CODE as
+``Popen.returncode``: -9 for SIGKILL).
 """
 
 from __future__ import annotations
@@ -195,5 +200,36 @@ def main(args: dict) -> None:
         log_line(fd, {"step": step, "generation": ix.generation, "ids": sorted(present)})
 
 
+def zygote(kind: str) -> None:
+    import indexes
+
+    indexes.PlaidIndex if kind == "plaid" else indexes.FaissIndex  # noqa: B018  (the imports, paid once here)
+    for line in sys.stdin:
+        request = json.loads(line)
+        pid = os.fork()
+        if pid == 0:  # the writer: never returns into this loop
+            code = 1
+            try:
+                os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+                os.dup2(os.open(request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 2)
+                print(f"pid {os.getpid()}", flush=True)
+                main(request["args"])
+                code = 0
+            except BaseException:  # noqa: BLE001  (reported as a spawned writer's traceback would be)
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        print(f"exit {pid} {os.waitstatus_to_exitcode(status)}", flush=True)
+
+
 if __name__ == "__main__":
-    main(json.loads(sys.argv[1]))
+    arguments = json.loads(sys.argv[1])
+    if arguments["mode"] == "zygote":
+        zygote(arguments["kind"])
+    else:
+        main(arguments)

@@ -6,9 +6,9 @@
 * damaged folders (truncated, altered, missing files; a garbage database; not an index) raise IndexCorruptError;
 * one writer at a time: a second writer gets IndexBusyError while readers keep reading the last commit.
 
-The writer is tests/indexes/index_writer_child.py; its plan is a pure function of (seed, step, ids present), so the parent
-replays it to know the state the child had logged last and the state of the one operation it may have committed
-without logging it.
+The writer is tests/indexes/index_writer_child.py (a chain's writers are forked by one child that has done their
+imports); its plan is a pure function of (seed, step, ids present), so the parent replays it to know the state the
+child had logged last and the state of the one operation it may have committed without logging it.
 """
 
 from __future__ import annotations
@@ -16,17 +16,20 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import queue
 import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+from support import single_torch_thread
 
 import indexes
 from indexes import DocumentStore, FaissIndex, IndexBusyError, IndexCorruptError, IndexInputError, PlaidIndex, lexical
@@ -45,6 +48,13 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(indexes.__file__).r
                                                     os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The parent searches PLAID indexes of a few hundred 16-d tokens, a few milliseconds of work per call: on two
+    torch threads each call waits for the second thread to be scheduled (tens of ms on a busy machine)."""
+    yield from single_torch_thread()
+
+
 def create(kind: str, path: Path):
     return FaissIndex.create(path, dim=DIM, kind="flat") if kind == "faiss" else PlaidIndex.create(path, dim=DIM, nbits=2)
 
@@ -52,6 +62,83 @@ def create(kind: str, path: Path):
 def spawn(args: dict) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(CHILD_PATH), json.dumps(args)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=ENV)
+
+
+class Writers:
+    """The chains' writers, forked by one zygote child (index_writer_child.py, mode "zygote") that has imported what
+    they import: a dozen PLAID writers pay torch's import once, not a dozen times. Each writer is still a process
+    of its own, killed by its pid, whose exit code comes back as a spawned one's would."""
+
+    def __init__(self, kind: str, folder: Path):
+        self.folder, self.runs = folder, 0
+        with open(folder / "zygote.err", "w") as stderr:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen([sys.executable, str(CHILD_PATH),
+                                          json.dumps({"mode": "zygote", "kind": kind})],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                         cwd=ROOT, env=ENV)
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put("")  # end of file: the zygote is gone
+
+    def line(self) -> str:
+        try:
+            line = self.lines.get(timeout=120)
+        except queue.Empty:
+            raise AssertionError("no word from the writer in 120 s") from None
+        assert line, f"the zygote died: {(self.folder / 'zygote.err').read_text()[-3000:]}"
+        return line
+
+    def start(self, args: dict) -> Writer:
+        self.runs += 1
+        stderr = self.folder / f"writer{self.runs}.err"
+        self.proc.stdin.write(json.dumps({"args": args, "stderr": str(stderr)}) + "\n")
+        self.proc.stdin.flush()
+        first = self.line()
+        assert first.startswith("pid "), first
+        return Writer(self, int(first.split()[1]), stderr)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # a writer that hangs keeps it waiting
+            self.proc.kill()
+            raise
+
+
+class Writer:
+    """One forked writer: ``readline`` (its lines, "" once it is gone), ``kill``, ``wait`` -> (exit code, stderr)."""
+
+    def __init__(self, writers: Writers, pid: int, stderr: Path):
+        self.writers, self.pid, self.stderr, self.returncode = writers, pid, stderr, None
+
+    def readline(self) -> str:
+        if self.returncode is not None:
+            return ""
+        line = self.writers.line()
+        if line.startswith(f"exit {self.pid} "):
+            self.returncode = int(line.split()[2])
+            return ""
+        return line
+
+    def kill(self) -> None:
+        try:  # the pid stays this writer's until the zygote forks again, which only ``start`` asks for
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:  # gone already (its exit line is on its way)
+            pass
+
+    def wait(self) -> tuple[int, str]:
+        try:
+            while self.readline():
+                pass
+        except AssertionError:
+            self.kill()
+            raise
+        return self.returncode, self.stderr.read_text()
 
 
 def read_log(log: Path) -> list[dict]:
@@ -147,7 +234,7 @@ MAX_DELAY = 0.6  # seconds after the child is ready: tens of operations for FAIS
 
 
 @pytest.mark.parametrize("chain", list(CHAINS))
-def test_killed_writer_leaves_last_commit(tmp_path, chain):
+def test_killed_writer_leaves_last_commit(tmp_path, chain, request):
     kind, compact, seed, schedule = CHAINS[chain]
     specs = schedule.split()
     delays = iter(np.random.default_rng(seed).uniform(0.0, MAX_DELAY, len(specs)))
@@ -158,6 +245,8 @@ def test_killed_writer_leaves_last_commit(tmp_path, chain):
     seen: set[str] = set()  # every id that was or might have been committed
     last_step = -1  # the last step whose operation is in the index
     outcomes, phases, orphan_runs = Counter(), Counter(), 0
+    writers = Writers(kind, tmp_path)
+    request.addfinalizer(writers.close)
     for run, spec in enumerate(specs + ["end"]):
         marker.write_bytes(bytes(64))
         log = tmp_path / f"run{run}.log"
@@ -165,18 +254,14 @@ def test_killed_writer_leaves_last_commit(tmp_path, chain):
                     log=str(log), marker=str(marker), lock_timeout=5.0,
                     steps=3 if spec == "end" else 400 if spec == "T" else 60,
                     die=None if spec in ("T", "end") else [HOOKS[spec[0]], int(spec[1:])])
-        proc = spawn(args)
-        ready = proc.stdout.readline()
+        proc = writers.start(args)
+        ready = proc.readline()
         if spec == "T" and ready == "ready\n":
             time.sleep(next(delays))
-            proc.send_signal(signal.SIGKILL)
-        try:
-            _, err = proc.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
             proc.kill()
-            raise
+        returncode, err = proc.wait()
         expected_rc = 0 if spec == "end" else -signal.SIGKILL
-        assert proc.returncode == expected_rc, f"run {run} ({spec}): exit {proc.returncode}\n{err}"
+        assert returncode == expected_rc, f"run {run} ({spec}): exit {returncode}\n{err}"
         phase = child.PHASES[marker.read_bytes()[0]]
         if spec not in ("T", "end"):
             assert phase == HOOKS[spec[0]]

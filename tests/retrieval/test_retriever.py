@@ -699,7 +699,7 @@ def test_the_next_batch_is_encoded_while_the_current_one_commits(tmp_path, model
         with Retriever(tmp_path / "tree", index_dir=tmp_path / f"index-{overlap}", model=model_dir,
                        max_length=MAX_LENGTH, batch_tokens=1000) as retriever:
             retriever.settings.overlap = overlap
-            patience[0] = 10.0 if overlap else 0.3  # without the overlap the wait can only time out
+            patience[0] = 10.0 if overlap else 0.05  # without the overlap the wait can only time out
             encodes[0] = commits[0] = 0
             overlapped.clear()
             retriever.index()

@@ -156,6 +156,21 @@ def test_head_pools_documents_like_pylate(model, factor):
     assert sum(map(len, pooled)) < sum(len(ARRAYS[f"doc_{i}"]) for i in range(len(texts))) * 0.7
 
 
+def test_load_head_sets_the_pool_factor_and_refuses_it_for_a_dense_head(model, minilm_folder):
+    """``load_head(pool_factor=N)``, the one place every caller (retriever, eval, Ray actors) sets it: a ColBERT
+    that pools as PyLate does; a dense head has nothing to pool, so N != 1 is one clear settings error."""
+    from retrieval.heads.loading import load_head
+
+    pooled = load_head(PYLATE_MODEL, "colbert", pool_factor=2)
+    assert isinstance(pooled, ColBERT) and pooled.pool_factor == 2 and pooled.settings()["pool_factor"] == 2
+    document = pooled.encode_documents(INFO["documents"][:1])[0]
+    assert len(document) < len(ARRAYS["doc_0"])
+    np.testing.assert_allclose(document, ARRAYS["pool2_doc_0"], rtol=0, atol=1e-5)
+    with pytest.raises(SettingsError, match="pool factor 2.*colbert only") as error:
+        load_head(minilm_folder, "dense", pool_factor=2)
+    assert isinstance(error.value, ModernRetrievalError) and len(str(error.value).splitlines()) == 1
+
+
 # ----- where the setting travels: eval cache key, index configuration, mret index, mret eval
 def tiny_beir(folder: Path) -> Path:
     from eval.datasets.beir import write_beir
