@@ -10,7 +10,7 @@ from typing import Any
 
 RAY_HELP = ("Run the encoding (and for mret eval the sharded index and its search) on Ray: 'local' starts a cluster "
             "of this machine's CPUs/GPUs; or a cluster address (HEAD:6379, ray://HEAD:10001). "
-            "Needs pip install -e \".[distributed]\".")
+            "Needs pip install -e \".\\[distributed]\".")
 
 
 def ray_eval(data: Any, settings: Any, output: Path, cache: Path, address: str, shards: int) -> dict[str, Any]:
