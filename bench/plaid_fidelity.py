@@ -7,8 +7,8 @@ multi-vector model), and its latency.
 
 For each dataset: exhaustive MaxSim over the original vectors gives the exact top-10 and nDCG@10 (pytrec_eval); the
 index is built with its defaults; then, per query:
-- "codec ceiling": exhaustive MaxSim over the vectors the index scores (decoded, times their score factors): the
-  best any search over this codec can do;
+- "codec ceiling": exhaustive MaxSim over the index's own decompressed vectors: the best any search over this codec
+  can do;
 - per stage (search.py): the share of the exact top-10 still among the candidates (stage 1), the centroid-pruned
   ones (stage 2), the documents decompressed (stage 3), and the final top-10.
 Latency: ``PlaidIndex.search`` one query at a time, k=10, in this process with torch at 2 threads, after a warm-up;
@@ -87,8 +87,7 @@ def run(name: str, nbits: int, max_queries: int | None, settings_list: list[dict
         index.add(tokens.doc_ids, [tokens.doc(i) for i in range(len(tokens.doc_ids))])
         build_s = time.perf_counter() - start
         segment, codec = next(iter(index._segments.values())).data, index.codec
-        decompressed = torch.from_numpy(codec.stored_vectors(segment.codes, np.asarray(segment.residuals),
-                                                             np.asarray(segment.score_factors)))
+        decompressed = torch.from_numpy(codec.decompress(segment.codes, np.asarray(segment.residuals)))
         exact_runs: dict[str, dict[str, dict[str, float]]] = {"exact": {}, "ceiling": {}}
         exact_tops, ceiling_share = [], []
         for i, query_id in enumerate(query_ids):

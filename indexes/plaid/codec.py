@@ -6,9 +6,7 @@ centroid gets a scale, the RMS of its cluster's residuals relative to all cluste
 clusters); the scaled residuals of up to ``QUANTIZER_SAMPLE`` sampled tokens give the residual quantizer
 (``fit_residual_quantizer``): an orthogonal rotation and, for each byte of a token, a codebook of 256 entries of
 ``8 / nbits`` rotated dimensions (a product quantizer over principal axes balanced across the bytes).
-A token decodes to centroid + scale * codebook entries, rotated back, and is scored as that vector times its score
-factor (``score_factors``: the projection of the original on the decoded direction, rather than the decoded vector
-normalized), kept per token at compression.
+A token decodes to centroid + scale * codebook entries, rotated back.
 
 ColBERTv2 codes each dimension on its own, with ``2**nbits`` buckets whose cut-offs are shared by all dimensions.
 A scalar quantizer per dimension is a product codebook, the special case of a byte's 256 entries laid on a grid;
@@ -105,28 +103,16 @@ class ResidualCodec:
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         return vectors
 
-    def score_factors(self, codes: np.ndarray, packed: np.ndarray, originals: np.ndarray) -> np.ndarray:
-        """Per token, what its decoded (unnormalized) vector d = centroid + scale * residual is multiplied by in
-        search: (x . d) / ||d||^2 for the original x, so that a token scores q . p with p = ((x . d) / ||d||^2) d,
-        the projection of x on d's direction, rather than q . d / ||d||. The projection is the estimate of q . x
-        that drops only the part of x the code lost (orthogonal to d, which has no expected sign for a query), where
-        the normalized decoding also assumes x . d / ||d|| = 1: a poorly coded token is shrunk, so it cannot win a
-        MaxSim by its coding error alone. Stored beside the codes (four bytes per token, as the inverse norm it
-        replaces), so search needs no centroid gather or normalization (see ``scores``)."""
+    def inverse_norms(self, codes: np.ndarray, packed: np.ndarray) -> np.ndarray:
+        """1 / ||centroid + residual|| per token (float32), stored beside the codes so that search can score
+        decompressed tokens without gathering centroids or normalizing (see ``scores``)."""
         out = np.empty(len(codes), dtype=np.float32)
         for start in range(0, len(codes), ASSIGN_CHUNK):
             stop = start + ASSIGN_CHUNK
             chunk = codes[start:stop]
-            decoded = self.centroids[chunk] + self.scales[chunk, None] * self.residuals(packed[start:stop])
-            squared = np.maximum(np.einsum("nd,nd->n", decoded, decoded), 1e-24)
-            out[start:stop] = np.einsum("nd,nd->n", decoded, originals[start:stop]) / squared
+            vectors = self.centroids[chunk] + self.scales[chunk, None] * self.residuals(packed[start:stop])
+            out[start:stop] = 1 / np.maximum(np.linalg.norm(vectors, axis=1), 1e-12)
         return out
-
-    def stored_vectors(self, codes: np.ndarray, packed: np.ndarray, factors: np.ndarray) -> np.ndarray:
-        """(n, dim) float32: the vectors search scores tokens against (``scores`` computes query @ this.T without
-        building it): decoded, times their score factors. Exhaustive MaxSim over these is the best any search over
-        an index can do (its "codec ceiling")."""
-        return (self.centroids[codes] + self.scales[codes, None] * self.residuals(packed)) * factors[:, None]
 
     def centroid_scores(self, query: np.ndarray) -> np.ndarray:
         """query (n_q, dim) @ centroids.T. Search does its matrix products in torch only: mixing numpy's BLAS
@@ -151,9 +137,9 @@ class ResidualCodec:
         return torch.arange(self.dim * self.nbits // 8, dtype=torch.int32) * 256
 
     def scores(self, query: np.ndarray, centroid_scores: np.ndarray, codes: np.ndarray, packed: np.ndarray,
-               factors: np.ndarray) -> np.ndarray:
-        """query (n_q, dim) against stored tokens: (n_q, n), as query @ stored_vectors(...).T, but as
-        (query . centroid + scale * (rotation @ query) . coded residual) * factor, where query . centroid is already in
+               inverse_norms: np.ndarray) -> np.ndarray:
+        """query (n_q, dim) against decompressed tokens: (n_q, n) cosines, as query @ decompress(...).T, but as
+        (query . centroid + scale * (rotation @ query) . coded residual) / norm, where query . centroid is already in
         ``centroid_scores``: the query is rotated once instead of every token. Only the residuals are decoded (one
         table lookup per byte, in torch: multithreaded), ``DECODE_CHUNK`` tokens at a time: each chunk's decoded
         residuals stay in cache for the product, which makes decoding 128 documents 3x faster than decoding them at
@@ -167,7 +153,7 @@ class ResidualCodec:
         codes = codes.astype(np.int64)
         scores *= torch.from_numpy(self.scales[codes])
         scores += torch.from_numpy(centroid_scores[:, codes])
-        scores *= torch.from_numpy(factors)
+        scores *= torch.from_numpy(inverse_norms)
         return scores.numpy()
 
 

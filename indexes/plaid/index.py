@@ -27,8 +27,7 @@ from .codec import ResidualCodec, scalar_codebooks
 from .search import SearchSettings, SegmentArrays, inverted_file, search_segment
 
 CODEC_ARRAYS = ("centroids", "rotation", "codebooks", "scales")
-SEGMENT_ARRAYS = ("codes", "residuals", "score_factors", "doc_offsets", "ivf_offsets", "ivf_docs")
-LEGACY_ARRAYS = {"score_factors": "inverse_norms"}  # segments written before score factors stored 1 / ||d|| there
+SEGMENT_ARRAYS = ("codes", "residuals", "inverse_norms", "doc_offsets", "ivf_offsets", "ivf_docs")
 REBUILD_GROWTH = 8  # re-cluster when the index holds this many times the tokens it held when the codec was trained
 
 
@@ -195,19 +194,19 @@ class PlaidIndex(VectorIndex):
         codes, residuals = codec.compress(tokens)
         offsets = np.zeros(len(vectors) + 1, dtype=np.int64)
         np.cumsum([len(v) for v in vectors], out=offsets[1:])
-        return self._write_arrays(prefix, codec, codes, residuals, codec.score_factors(codes, residuals, tokens), offsets)
+        return self._write_arrays(prefix, codec, codes, residuals, offsets)
 
     def _write_arrays(self, prefix: str, codec: ResidualCodec, codes: np.ndarray, residuals: np.ndarray,
-                      score_factors: np.ndarray, offsets: np.ndarray) -> dict[str, FileEntry]:
+                      offsets: np.ndarray) -> dict[str, FileEntry]:
         ivf_offsets, ivf_docs = inverted_file(codes, offsets, len(codec.centroids))
-        arrays = {"codes": codes, "residuals": residuals, "score_factors": score_factors,
+        arrays = {"codes": codes, "residuals": residuals, "inverse_norms": codec.inverse_norms(codes, residuals),
                   "doc_offsets": offsets, "ivf_offsets": ivf_offsets, "ivf_docs": ivf_docs}
         return {name: files.write_array(self.files_dir, f"{prefix}-{name}.npy", array) for name, array in arrays.items()}
 
     def _write_merged(self, pending: Pending, prefix: str,
                       live: list[tuple[Segment, np.ndarray]]) -> dict[str, FileEntry]:
         """Concatenate the live documents' codes and residuals: no decompression, no re-encoding."""
-        codes, residuals, factors, lengths = [], [], [], []
+        codes, residuals, lengths = [], [], []
         for segment, keep in live:
             data: SegmentArrays = segment.data
             docs = np.flatnonzero(keep)
@@ -215,28 +214,25 @@ class PlaidIndex(VectorIndex):
             tokens = np.concatenate([np.arange(a, b) for a, b in zip(starts, stops)]) if len(docs) else np.zeros(0, np.int64)
             codes.append(data.codes[tokens])
             residuals.append(data.residuals[tokens])
-            factors.append(data.score_factors[tokens])
             lengths.append(stops - starts)
         offsets = np.zeros(sum(len(x) for x in lengths) + 1, dtype=np.int64)
         np.cumsum(np.concatenate(lengths), out=offsets[1:])
         codec = pending.base.shared.codec
         assert codec is not None
-        return self._write_arrays(prefix, codec, np.concatenate(codes), np.concatenate(residuals),
-                                  np.concatenate(factors), offsets)
+        return self._write_arrays(prefix, codec, np.concatenate(codes), np.concatenate(residuals), offsets)
 
     def _open_segment(self, segment: Segment, shared: CodecState, settings: dict[str, Any]) -> SegmentArrays:
         """The arrays, memory-mapped, after the checks that keep a damaged file from failing deep inside a search:
         shapes, offsets that are monotonic and end where the data ends, ids in range. Codes and the inverted file
         are read for this (a few bytes per token); residuals, the bulk, are not."""
-        entries = _segment_files(segment)
-        data = SegmentArrays(**{name: files.open_array(self.files_dir, entry) for name, entry in entries.items()})
+        data = SegmentArrays(**{name: files.open_array(self.files_dir, segment.files[name]) for name in SEGMENT_ARRAYS})
         n_docs, n_tokens = len(segment.rows), len(data.codes)
         codec = shared.codec
         n_centroids = len(codec.centroids) if codec is not None else 0
         problems = [
             data.codes.ndim != 1 or (n_tokens and int(data.codes.max()) >= n_centroids),
             data.residuals.shape != (n_tokens, settings["dim"] * settings["nbits"] // 8),
-            data.score_factors.shape != (n_tokens,),
+            data.inverse_norms.shape != (n_tokens,),
             len(data.doc_offsets) != n_docs + 1 or data.doc_offsets[0] != 0 or data.doc_offsets[-1] != n_tokens
             or bool((np.diff(data.doc_offsets) < 0).any()),
             len(data.ivf_offsets) != n_centroids + 1 or data.ivf_offsets[0] != 0
@@ -244,7 +240,7 @@ class PlaidIndex(VectorIndex):
             len(data.ivf_docs) and not 0 <= int(data.ivf_docs.min()) <= int(data.ivf_docs.max()) < n_docs,
         ]
         if any(problems):
-            names = ", ".join(entry.name for entry in entries.values())
+            names = ", ".join(segment.files[n].name for n in SEGMENT_ARRAYS)
             raise IndexCorruptError(f"segment {segment.id} of {self.path} is inconsistent ({names}): a file is damaged")
         return data
 
@@ -266,20 +262,18 @@ class PlaidIndex(VectorIndex):
             assert old_codec is not None
             sample = self._sample_tokens(base, old_codec, live)
             codec = self._train(pending, sample, total_tokens=_n_tokens(base))
-            rows, codes, residuals, factors, lengths = [], [], [], [], []
+            rows, codes, residuals, lengths = [], [], [], []
             for segment, keep in live:
                 data: SegmentArrays = segment.data
                 for doc in np.flatnonzero(keep):
                     a, b = data.doc_offsets[doc], data.doc_offsets[doc + 1]
-                    tokens = old_codec.decompress(data.codes[a:b], data.residuals[a:b])
-                    c, r = codec.compress(tokens)
-                    codes.append(c), residuals.append(r), factors.append(codec.score_factors(c, r, tokens))
-                    lengths.append(b - a)
+                    c, r = codec.compress(old_codec.decompress(data.codes[a:b], data.residuals[a:b]))
+                    codes.append(c), residuals.append(r), lengths.append(b - a)
                 rows.append(segment.rows[keep])
             offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
             np.cumsum(lengths, out=offsets[1:])
             self._replace(pending, [s for s, _ in live], np.concatenate(rows), lambda prefix: self._write_arrays(
-                prefix, codec, np.concatenate(codes), np.concatenate(residuals), np.concatenate(factors), offsets))
+                prefix, codec, np.concatenate(codes), np.concatenate(residuals), offsets))
 
     def _sample_tokens(self, snapshot: Snapshot, codec: ResidualCodec,
                        live: list[tuple[Segment, np.ndarray]]) -> np.ndarray:
@@ -353,8 +347,3 @@ class CodecState:
 
 def _n_tokens(snapshot: Snapshot) -> int:
     return int(sum(len(s.data.codes) for s in snapshot.segments.values()))
-
-
-def _segment_files(segment: Segment) -> dict[str, FileEntry]:
-    """A segment's array files by SEGMENT_ARRAYS name (an older segment's under its LEGACY_ARRAYS name)."""
-    return {name: segment.files[name if name in segment.files else LEGACY_ARRAYS[name]] for name in SEGMENT_ARRAYS}

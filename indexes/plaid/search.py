@@ -48,7 +48,7 @@ class SegmentArrays:
 
     codes: np.ndarray  # (n_tokens,) centroid id of each token
     residuals: np.ndarray  # (n_tokens, dim * nbits / 8) uint8
-    score_factors: np.ndarray  # (n_tokens,) float32: see ResidualCodec.score_factors (older indexes: 1 / ||d||)
+    inverse_norms: np.ndarray  # (n_tokens,) float32: 1 / ||decompressed token|| before normalization
     doc_offsets: np.ndarray  # (n_docs + 1,) int64: document i is tokens doc_offsets[i]:doc_offsets[i+1]
     ivf_offsets: np.ndarray  # (n_centroids + 1,) int64
     ivf_docs: np.ndarray  # (n_postings,) int32: documents holding centroid c are ivf_docs[ivf_offsets[c]:...[c+1]]
@@ -156,7 +156,7 @@ def search_segment(codec: ResidualCodec, segment: SegmentArrays, query: np.ndarr
     # 4. decompression and exact MaxSim
     tokens, bounds = _token_ranges(segment.doc_offsets, stage3)
     scores = codec.scores(query, centroid_scores, segment.codes[tokens], segment.residuals_of(stage3),
-                          segment.score_factors[tokens])
+                          segment.inverse_norms[tokens])
     exact = _maxsim_by_document(scores, bounds)
     best = _top(exact, k)
     return stage3[best].astype(np.int64), exact[best].astype(np.float32)

@@ -30,10 +30,10 @@ def recall(found: list[list[str]], exact: list[list[str]]) -> float:
 
 
 def codec_ceiling(index: PlaidIndex, tokens) -> list[list[str]]:
-    """Exhaustive MaxSim over the index's own stored vectors: the best any search over this codec can do
+    """Exhaustive MaxSim over the index's own decompressed vectors: the best any search over this codec can do
     (the same as searching with every stage opened wide, which tests/indexes/test_plaid_index.py checks)."""
     segment = next(iter(index._segments.values())).data
-    vectors = index.codec.stored_vectors(segment.codes, segment.residuals, segment.score_factors)
+    vectors = index.codec.decompress(segment.codes, segment.residuals)
     out = []
     for i in range(len(tokens.query_ids)):
         scores = np.maximum.reduceat(tokens.query(i) @ vectors.T, segment.doc_offsets[:-1], axis=1).sum(axis=0)

@@ -164,9 +164,8 @@ def test_inverted_file_lists_each_document_once_per_centroid():
 
 
 def test_staged_search_with_nothing_pruned_is_exhaustive_maxsim(tmp_path):
-    """With every stage opened wide, PLAID must rank exactly as exhaustive MaxSim over its own stored vectors
-    (decoded, times their score factors): this pins the stages' bookkeeping (postings, token ranges, reduceat bounds,
-    merging of segments)."""
+    """With every stage opened wide, PLAID must rank exactly as exhaustive MaxSim over its own decompressed vectors:
+    this pins the stages' bookkeeping (postings, token ranges, reduceat bounds, merging of segments)."""
     docs = corpus(1, 400)
     index = PlaidIndex.create(tmp_path / "ix", dim=DIM, nbits=2)
     index.add(ids(250), docs[:250])
@@ -177,37 +176,13 @@ def test_staged_search_with_nothing_pruned_is_exhaustive_maxsim(tmp_path):
         data = segment.data
         for i in range(len(segment.rows)):
             a, b = data.doc_offsets[i], data.doc_offsets[i + 1]
-            decompressed.append(codec.stored_vectors(data.codes[a:b], data.residuals[a:b], data.score_factors[a:b]))
+            decompressed.append(codec.decompress(data.codes[a:b], data.residuals[a:b]))
     for query in queries_from(docs, 2):
         hits = index.search([query], k=10, **EVERYTHING)[0]
         expected = maxsim(query, decompressed)
         order = np.argsort(-expected, kind="stable")[:10]
         np.testing.assert_allclose([h[1] for h in hits], expected[order], rtol=1e-5, atol=1e-5)
         assert [h[0] for h in hits][:3] == [f"d{i}" for i in order[:3]]
-
-
-def test_a_token_scores_as_the_projection_of_its_original_on_its_decoding(tmp_path):
-    """Search scores q . p with p the projection of the original token x on its decoded direction d (not d itself):
-    a token coded far from its original is shrunk by cos(x, d). Checked on the index's stored factors, through a
-    merge (compact carries the factors, it does not recompute them from the codes) and after a re-clustering."""
-    docs = corpus(5, 300)
-    index = PlaidIndex.create(tmp_path / "ix", dim=DIM, nbits=1)
-    index.add(ids(150), docs[:150])
-    index.add(ids(150, 150), docs[150:])
-    index.remove(["d3"])
-    index.compact()
-    codec, data = index.codec, next(iter(index._segments.values())).data
-    originals = np.concatenate([d for i, d in enumerate(docs) if i != 3])
-    unit = codec.decompress(data.codes, data.residuals)
-    cosine = (unit * originals).sum(axis=1)
-    assert cosine.min() < 0.95  # 1 bit: some tokens are coded far from their original
-    np.testing.assert_allclose(codec.stored_vectors(data.codes, data.residuals, data.score_factors),
-                               cosine[:, None] * unit, atol=1e-5)
-    index.rebuild()  # the originals are gone: the old decoding stands in for them
-    data = next(iter(index._segments.values())).data
-    new_unit = index.codec.decompress(data.codes, data.residuals)
-    np.testing.assert_allclose(index.codec.stored_vectors(data.codes, data.residuals, data.score_factors),
-                               (new_unit * unit).sum(axis=1)[:, None] * new_unit, atol=1e-5)
 
 
 def test_default_search_finds_the_exact_top_10(tmp_path):
