@@ -26,7 +26,7 @@ from ..store import Document
 from .codec import ResidualCodec, scalar_codebooks
 from .search import SearchSettings, SegmentArrays, inverted_file, search_segment
 
-CODEC_ARRAYS = ("centroids", "rotation", "codebooks", "scales")
+CODEC_ARRAYS = ("centroids", "rotation", "codebooks", "scales", "regions")
 SEGMENT_ARRAYS = ("codes", "residuals", "inverse_norms", "doc_offsets", "ivf_offsets", "ivf_docs")
 REBUILD_GROWTH = 8  # re-cluster when the index holds this many times the tokens it held when the codec was trained
 
@@ -124,7 +124,7 @@ class PlaidIndex(VectorIndex):
             arrays["codebooks"] = scalar_codebooks(arrays["weights"], nbits, dim)
             arrays["rotation"] = np.eye(dim, dtype=np.float32)
         return CodecState(ResidualCodec(arrays["centroids"], arrays["rotation"], arrays["codebooks"], nbits,
-                                        arrays.get("scales")), legacy)  # no scales: written before they existed
+                                        arrays.get("scales"), arrays.get("regions")), legacy)  # older: none of these
 
     @property
     def codec(self) -> ResidualCodec | None:
@@ -332,8 +332,11 @@ class PlaidIndex(VectorIndex):
     def _stats(self, snapshot: Snapshot) -> dict[str, Any]:
         tokens = _n_tokens(snapshot)
         vector_bytes = sum(e.size for s in snapshot.segments.values() for e in s.files.values())
+        codec = snapshot.shared.codec
+        described = ("none yet" if codec is None else "scalar buckets (earlier version)" if snapshot.shared.legacy
+                     else f"rotated codebooks in {codec.n_regions} region(s)")
         return {**super()._stats(snapshot), "tokens": tokens, "bytes_per_token": vector_bytes / max(tokens, 1),
-                "codec": "scalar buckets (earlier version)" if snapshot.shared.legacy else "rotated codebooks"}
+                "codec": described}
 
 
 @dataclass(frozen=True)
