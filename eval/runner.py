@@ -34,7 +34,6 @@ from .metrics import evaluate, run_from_top_k, trec_order
 from .published import published_scores
 
 BM25 = "bm25"  # the lexical "model" in published.json and metrics.json
-BEIR_WEIGHTS = (1.0, 1.0, 1.2 / 0.9)  # body weight 4/3: FTS5's k1 of 1.2 becomes Pyserini's 0.9 (README, "Hybrid search")
 INDEXES = {"dense": ("flat", "hnsw", "ivfpq"), "colbert": ("flat", "plaid")}
 QUERY_BATCH = 32
 DOC_BATCH = 256  # documents per PLAID build batch
@@ -139,7 +138,7 @@ def run_lexical_eval(dataset: BeirDataset, settings: EvalSettings, output: Path,
         **evaluate(run, dataset.qrels),
         "dataset": {"name": dataset.name, "folder": str(dataset.folder) if dataset.folder else None,
                     "documents": len(dataset.corpus), "queries": len(dataset.queries)},
-        "settings": asdict(settings) | {"model": BM25, "kind": "lexical", "index": "fts5"},
+        "settings": asdict(settings) | {"model": BM25, "kind": "lexical", "index": "bm25"},
         "model": {"name": BM25, "terms_version": TERMS_VERSION},
         "timings": {"total_s": round(seconds, 2), "search_ms_per_query": round(1000 * seconds / max(1, len(query_ids)), 2)},
         "device": device_description(),
@@ -174,7 +173,7 @@ def lexical_run(dataset: BeirDataset, query_ids: list[str], depth: int, cache: P
         complete.touch()
     store = DocumentStore(folder / "store.sqlite")
     try:
-        return {q: store.lexical_search(dataset.queries[q], depth, weights=BEIR_WEIGHTS) for q in query_ids}
+        return {q: store.lexical_search(dataset.queries[q], depth) for q in query_ids}
     finally:
         store.close()
 

@@ -84,6 +84,7 @@ class DocumentStore:
         self._connections: list[tuple[weakref.ref[threading.Thread], sqlite3.Connection]] = []
         self._connections_lock = threading.Lock()
         self._closed = False
+        self._lexical_statistics = lexical.StatisticsCache()
         try:
             db = self.db
             if not readonly:
@@ -248,9 +249,11 @@ class DocumentStore:
         return list(filter)
 
     def lexical_search(self, query: str, k: int, filter: Filter = None,
-                       weights: Sequence[float] = lexical.DEFAULT_WEIGHTS) -> list[tuple[str, float]]:
+                       weights: Sequence[float] = lexical.DEFAULT_WEIGHTS, k1: float = lexical.K1,
+                       b: float = lexical.B) -> list[tuple[str, float]]:
         """The ``k`` best documents for ``query`` by BM25 over their path, symbols and text (lexical.py), best first,
-        among those ``filter`` lets through; ``weights``: one per field (path, symbols, body)."""
+        among those ``filter`` lets through; ``weights``: one per field (path, symbols, body); ``k1``, ``b``: BM25's
+        (Lucene's defaults)."""
         if not self.lexical_ready:
             raise IndexInputError(f"{self.path} has no lexical index yet (written by an older version and opened "
                                   "read-only): open it once for writing (`mret index`) to add it")
@@ -261,9 +264,10 @@ class DocumentStore:
         else:
             where, params = "doc_id IN (SELECT value FROM json_each(?))", (json.dumps(list(filter)),)  # type: ignore[arg-type]
         try:
-            return lexical.search(self.db, query, k, where, tuple(params), weights)
+            with self.read_transaction() as db:
+                return lexical.search(db, query, k, where, tuple(params), weights, k1, b, self._lexical_statistics)
         except sqlite3.OperationalError as error:
-            if is_sql_filter(filter) and "fts5" not in str(error):
+            if is_sql_filter(filter):
                 raise IndexInputError(f"the filter {where!r} is not a valid SQL predicate over documents: "
                                       f"{error}") from None
             raise

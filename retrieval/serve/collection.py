@@ -9,7 +9,7 @@ clients chunk long documents themselves, with ids of their choosing).
 
 Search modes as a tree's: ``hybrid`` (the default: the vector ranking fused with BM25 over the texts, as ``mret
 search`` fuses them), ``semantic`` or ``lexical``. BM25 here reads the text alone (ids are not words of a document),
-with Pyserini's k1 of 0.9 as `mret eval --mode lexical` (see ``PROSE_WEIGHTS``).
+with Lucene's BM25 as `mret eval --mode lexical` (see ``PROSE_WEIGHTS``).
 
 Filters are a small JSON language compiled to a parameterised SQL predicate: ``{"lang": "en"}`` (equal),
 ``{"year": {"in": [2023, 2024]}}`` (one of), several keys all apply; keys and values are always parameters, never
@@ -37,8 +37,7 @@ CONFIG, INDEX = "collection.json", "index"
 Scalar = str | int | float | bool
 SNIPPET_LINES = 4
 CANDIDATES = 50  # each side's depth before fusing (as a tree's search)
-# BM25 field weights (path, symbols, body): the text only; its weight 4/3 turns FTS5's k1 of 1.2 into Pyserini's 0.9
-PROSE_WEIGHTS = (0.0, 0.0, 1.2 / 0.9)
+PROSE_WEIGHTS = (0.0, 0.0, 1.0)  # BM25 field weights (path, symbols, body): a document's text only
 
 
 @dataclass

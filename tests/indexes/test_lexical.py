@@ -1,4 +1,4 @@
-"""The lexical side of the store (indexes/lexical.py): code-aware terms, FTS5 rows that follow every write of the
+"""The lexical side of the store (indexes/lexical.py): code-aware terms, postings that follow every write of the
 documents, BM25 equal to a reference implementation, filters, old stores gaining the table, verify()."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import math
 import sqlite3
 
+import bm25s
 import numpy as np
 import pytest
-from rank_bm25 import BM25Okapi
 
 from indexes import Document, DocumentStore, FaissIndex, IndexCorruptError, IndexInputError, lexical
 
@@ -33,12 +33,14 @@ def test_path_terms_and_symbol_names():
     assert lexical.symbol_names({"symbols": [["get", "method", 1, 2, "A"], ["get", "method", 4, 5, "B"], "Top"]}) == [
         "get", "Top"]
     assert lexical.fields("a/b.py", {"symbols": [["getUser", "function", 1, 3, None]]}, "return 1") == (
-        "py", "getuser get user", "return 1")
+        ["py"], ["getus", "get", "user"], ["return", "1"])  # Porter stems of terms()
 
 
-def test_match_expression_is_an_or_of_distinct_quoted_terms():
-    assert lexical.match_expression('getUser "quoted" OR NOT getUser') == '"getuser" OR "get" OR "user" OR "quoted"'
-    assert lexical.match_expression("the a of ... !!") is None
+def test_query_terms_are_distinct_porter_stems_without_diacritics():
+    assert lexical.query_terms('getUser "quoted" OR NOT getUser') == ["getus", "get", "user", "quot"]
+    assert lexical.query_terms("Where are the HTTP retries configured?") == ["where", "http", "retri", "configur"]
+    assert lexical.query_terms("naïve Ärger") == lexical.query_terms("naive arger") == ["naiv", "arger"]
+    assert lexical.query_terms("the a of ... !!") == []
 
 
 CORPUS = {
@@ -54,43 +56,106 @@ CORPUS = {
 
 
 def store_with(tmp_path, corpus) -> DocumentStore:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     store = DocumentStore(tmp_path / "store.sqlite")
     store.put([Document(doc_id, text=text) for doc_id, text in corpus.items()])
     return store
 
 
-def test_bm25_equals_rank_bm25_on_fts5s_own_tokens(tmp_path):
-    """FTS5's bm25() against rank_bm25's BM25Okapi (k1 1.2, b 0.75) fed the very tokens FTS5 indexed (its
-    fts5vocab instance table: Porter stems): same scores for every query, over every matching document."""
-    store = store_with(tmp_path, CORPUS)
-    db = store.db
-    db.execute("CREATE VIRTUAL TABLE temp.tokens USING fts5vocab(main, lexical, 'instance')")
-    row_of = dict(db.execute("SELECT doc_id, id FROM lexical_ids"))
-    ids = sorted(CORPUS)
-    documents = [[t for (t,) in db.execute("SELECT term FROM tokens WHERE doc = ? ORDER BY col, offset", (row_of[i],))]
-                 for i in ids]
-    reference = BM25Okapi(documents, k1=1.2, b=0.75)
-    for query in ["fox hound", "forest birds dawn", "parser tokens code", "quick sort", "garden"]:
-        stems = {t for (t,) in db.execute("SELECT term FROM tokens")}
-        query_stems = [s for s in stems if any(s == lexical_stem(db, w) for w in lexical.terms(query))]
-        expected = reference.get_scores(query_stems)
-        got = dict(store.lexical_search(query, k=100))
+def flat_tokens(source, text) -> list[str]:
+    """A document's indexed terms over all its fields, as one list (weights 1: what flat BM25 sees)."""
+    return [t for field in lexical.fields(source, {}, text) for t in field]
+
+
+def assert_equals_bm25s(store, corpus: dict[str, tuple[str | None, str]], queries) -> None:
+    """Every query's scores equal bm25s's Lucene BM25 (k1 0.9, b 0.4) over the same tokens, for every document."""
+    ids = sorted(corpus)
+    reference = bm25s.BM25(method="lucene", k1=0.9, b=0.4)
+    reference.index([flat_tokens(*corpus[i]) for i in ids], show_progress=False)
+    for query in queries:
+        expected = reference.get_scores(lexical.query_terms(query))
+        got = dict(store.lexical_search(query, k=len(ids) + 5))
         assert set(got) == {i for i, score in zip(ids, expected) if score > 0}, query
         for doc_id, score in zip(ids, expected):
             if doc_id in got:
-                assert got[doc_id] == pytest.approx(score, rel=1e-9, abs=1e-12), (query, doc_id)
-    # every query term above is in fewer than half the documents: FTS5 and rank_bm25 only differ beyond that (idf <= 0)
-    assert all(len(d) for d in documents)
+                assert got[doc_id] == pytest.approx(score, rel=1e-5), (query, doc_id)
 
 
-def lexical_stem(db: sqlite3.Connection, word: str) -> str:
-    """The stem FTS5's porter tokenizer gives ``word`` (through a scratch table with the same tokenizer)."""
-    db.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.stems USING fts5(w, "
-               "tokenize = \"porter unicode61 remove_diacritics 2 tokenchars '_'\")")
-    db.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.stem_terms USING fts5vocab(temp, stems, 'row')")
-    db.execute("DELETE FROM temp.stems")
-    db.execute("INSERT INTO temp.stems (w) VALUES (?)", (word,))
-    return db.execute("SELECT term FROM temp.stem_terms").fetchone()[0]
+def test_bm25_equals_bm25s_lucene_on_our_tokens(tmp_path):
+    store = store_with(tmp_path, CORPUS)
+    assert_equals_bm25s(store, {i: (None, t) for i, t in CORPUS.items()},
+                        ["fox hound", "forest birds dawn", "parser tokens code", "quick sort", "garden", "the forest"])
+    store.close()
+
+
+def test_segments_merge_and_skip_deleted_documents_exactly(tmp_path, monkeypatch):
+    """Many small writes, replacements and deletes (segments piling up, merging, holding dead postings), then a
+    compaction: after each phase the scores equal bm25s over the live documents only."""
+    monkeypatch.setattr(lexical, "MERGE_FACTOR", 3)
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(40)]
+    make = lambda: " ".join(rng.choice(words, size=rng.integers(3, 15), p=zipf))  # noqa: E731
+    zipf = 1 / np.arange(1, 41)
+    zipf /= zipf.sum()
+    store = DocumentStore(tmp_path / "store.sqlite")
+    corpus: dict[str, tuple[str | None, str]] = {}
+    for step in range(30):
+        batch = {f"d{rng.integers(0, 60)}": (f"src/p{step % 4}.py", make()) for _ in range(rng.integers(1, 4))}
+        store.put([Document(i, source=src, text=text) for i, (src, text) in batch.items()])
+        corpus.update(batch)
+        if step % 5 == 4:
+            gone = [i for i in list(corpus) if rng.random() < 0.2]
+            store.delete(gone)
+            for i in gone:
+                del corpus[i]
+    segments = store.db.execute("SELECT count(*) FROM lexical_segments").fetchone()[0]
+    assert 1 < segments < 30  # merged on the way (30 writes), not yet into one
+    queries = ["w0 w5", "w1", "w30 w39 w2", "p1 w3", "w12 w13 w14"]
+    assert_equals_bm25s(store, corpus, queries)
+    with store.transaction() as db:
+        lexical.optimize(db)
+        assert lexical.check(db) is None
+    assert store.db.execute("SELECT count(*) FROM lexical_segments").fetchone()[0] == 1
+    posted = {r for (blob,) in store.db.execute("SELECT rows FROM lexical_postings")
+              for r in np.frombuffer(blob, lexical.ROW).tolist()}
+    assert posted == {r for (r,) in store.db.execute("SELECT id FROM lexical_ids")}  # no dead postings left
+    assert_equals_bm25s(store, corpus, queries)
+    store.close()
+
+
+def test_a_document_rewritten_with_the_same_fields_keeps_its_postings(tmp_path):
+    """A chunk written again with only other metadata changed (its vector landing after its text) is not re-indexed:
+    same row, no new segment; a changed text, path or symbol is."""
+    store = DocumentStore(tmp_path / "store.sqlite")
+    store.put([Document("a", source="a.py", text="alpha beta", metadata={"pending": True})])
+    state = lambda: store.db.execute("SELECT (SELECT id FROM lexical_ids), (SELECT count(*) FROM lexical_segments)"  # noqa: E731
+                                     ).fetchone()
+    before = state()
+    store.put([Document("a", source="a.py", text="alpha beta", metadata={"pending": False})])
+    assert state() == before
+    for changed in (Document("a", source="a.py", text="alpha gamma"), Document("a", source="b.py", text="alpha gamma"),
+                    Document("a", source="b.py", text="alpha gamma", metadata={"symbols": ["beta"]})):
+        store.put([changed])
+        assert state()[0] != before[0]
+        before = state()
+    assert [d for d, _ in store.lexical_search("beta", 5, weights=(0.0, 1.0, 0.0))] == ["a"]  # the symbol
+    store.close()
+
+
+def test_a_reader_sees_another_connections_commits(tmp_path):
+    """The collection statistics a store caches follow commits made through another connection."""
+    writer = store_with(tmp_path, {"a": "alpha beta", "b": "beta gamma"})
+    reader = DocumentStore(tmp_path / "store.sqlite", readonly=True)
+    before = dict(reader.lexical_search("beta", 5))
+    writer.put([Document("c", text="delta"), Document("d", text="beta beta beta")])
+    after = dict(reader.lexical_search("beta", 5))
+    assert set(before) == {"a", "b"} and set(after) == {"a", "b", "d"}
+    assert after["a"] != before["a"]  # N, the idf and the average length changed
+    writer.delete(["d"])
+    fresh = store_with(tmp_path / "fresh", {"a": "alpha beta", "b": "beta gamma", "c": "delta"})
+    assert reader.lexical_search("beta", 5) == fresh.lexical_search("beta", 5)
+    for store in (reader, writer, fresh):
+        store.close()
 
 
 def test_fields_are_weighted_and_identifiers_match_either_way(tmp_path):
@@ -136,6 +201,23 @@ def test_filters_restrict_lexical_hits(tmp_path):
         store.lexical_search("forest", 10, filter="no_such_column = 1")
 
 
+def test_a_selective_filter_and_ties_give_the_unfiltered_ranking_filtered(tmp_path):
+    """Candidates are checked against a filter best first in growing batches: with 400 matching documents, many tied,
+    and a filter that passes one in twenty, the hits are the unfiltered ranking's filtered, in order."""
+    rng = np.random.default_rng(1)
+    corpus = {f"d{i:03d}": " ".join(rng.choice(["alpha", "beta", "gamma", "delta"], size=int(rng.integers(1, 4))))
+              for i in range(400)}
+    store = store_with(tmp_path, corpus)
+    everything = store.lexical_search("alpha beta", 1000)
+    assert len(everything) > 250 and len({s for _, s in everything}) < 30  # many ties
+    assert everything == sorted(everything, key=lambda hit: (-hit[1], hit[0]))
+    passes = lambda doc_id: int(doc_id[1:]) % 20 == 7  # noqa: E731
+    expected = [hit for hit in everything if passes(hit[0])][:10]
+    assert store.lexical_search("alpha beta", 10, filter=("CAST(substr(doc_id, 2) AS INTEGER) % 20 = 7", ())) == expected
+    assert store.lexical_search("alpha beta", 10) == everything[:10]
+    store.close()
+
+
 def test_rows_follow_add_update_remove_compact(tmp_path):
     rng = np.random.default_rng(0)
     index = FaissIndex.create(tmp_path / "ix", 8)
@@ -157,7 +239,8 @@ def test_rows_follow_add_update_remove_compact(tmp_path):
     index.verify()
     with index.store.read_transaction() as db:
         assert lexical.check(db) is None
-        assert db.execute("SELECT count(*) FROM lexical").fetchone()[0] == len(index.store) == 2
+        assert db.execute("SELECT count(*) FROM lexical_ids").fetchone()[0] == len(index.store) == 2
+        assert db.execute("SELECT count(*) FROM lexical_segments").fetchone()[0] == 1  # compact merged them all
     index.store.delete(["b"])
     assert found("delta") == set()
     index.close()
@@ -168,8 +251,14 @@ def test_verify_finds_a_lexical_table_out_of_step(tmp_path):
     index.add(["a", "b"], np.eye(2, 4, dtype=np.float32), [Document("a", text="one"), Document("b", text="two")])
     index.verify()
     with index.store.transaction() as db:
-        db.execute("DELETE FROM lexical WHERE rowid = (SELECT id FROM lexical_ids WHERE doc_id = 'a')")
+        db.execute("DELETE FROM lexical_ids WHERE doc_id = 'a'")
     with pytest.raises(IndexCorruptError, match="lexical table holds 1 rows"):
+        index.verify()
+    with index.store.transaction() as db:
+        db.execute("INSERT INTO lexical_ids (doc_id, length, digest) VALUES ('a', 1, 0)")
+        index.verify()
+        db.execute("UPDATE lexical_postings SET counts = x'01' WHERE term = 'two'")
+    with pytest.raises(IndexCorruptError, match="1 damaged posting lists"):
         index.verify()
     index.close()
 
@@ -177,8 +266,8 @@ def test_verify_finds_a_lexical_table_out_of_step(tmp_path):
 def test_an_old_store_gains_its_lexical_rows_when_opened_for_writing(tmp_path):
     store = store_with(tmp_path, CORPUS)
     with store.transaction() as db:  # what a store written before the lexical side looks like
-        db.execute("DROP TABLE lexical")
-        db.execute("DROP TABLE lexical_ids")
+        for table in ("lexical_ids", "lexical_segments", "lexical_postings", "lexical_generation"):
+            db.execute(f"DROP TABLE {table}")
         db.execute("DELETE FROM meta WHERE key = 'lexical_version'")
     store.close()
     reader = DocumentStore(tmp_path / "store.sqlite", readonly=True)
@@ -195,21 +284,40 @@ def test_an_old_store_gains_its_lexical_rows_when_opened_for_writing(tmp_path):
 def test_rows_are_rewritten_when_the_terms_change(tmp_path, monkeypatch):
     store_with(tmp_path, {"a": "getUserById"}).close()
     monkeypatch.setattr(lexical, "TERMS_VERSION", lexical.TERMS_VERSION + 1)
-    monkeypatch.setattr(lexical, "terms", lambda text: [w.lower() + "zz" for w in text.split()])
+    monkeypatch.setattr(lexical, "_word_terms", lambda word: (word.lower() + "zz",))
+    monkeypatch.setattr(lexical, "_TERMS", {})  # the word caches of the real terms
+    monkeypatch.setattr(lexical, "_INDEXED", {})
     store = DocumentStore(tmp_path / "store.sqlite")
     assert store.get_meta("lexical_version") == lexical.TERMS_VERSION
     assert [d for d, _ in store.lexical_search("getUserById", 5)] == ["a"]
-    assert store.db.execute("SELECT body FROM lexical").fetchone()[0] == "getuserbyidzz"
+    assert [t for (t,) in store.db.execute("SELECT term FROM lexical_postings WHERE field = 2")] == ["getuserbyidzz"]
     store.close()
 
 
-def test_idf_of_a_term_in_most_documents_is_floored_not_negative(tmp_path):
-    """FTS5's idf: log((N - n + 0.5) / (n + 0.5)), floored at 1e-6 (a term in most documents ranks nothing)."""
+def test_a_store_of_the_fts5_version_is_rewritten_on_open(tmp_path):
+    """TERMS_VERSION 1 kept an FTS5 table named "lexical": opening such a store for writing drops it and writes the
+    postings (one transaction), and searches find what they found before."""
+    store = store_with(tmp_path, CORPUS)
+    with store.transaction() as db:
+        for table in ("lexical_ids", "lexical_segments", "lexical_postings", "lexical_generation"):
+            db.execute(f"DROP TABLE {table}")
+        db.execute("CREATE VIRTUAL TABLE lexical USING fts5(path, symbols, body)")
+        db.execute("CREATE TABLE lexical_ids (id INTEGER PRIMARY KEY, doc_id TEXT NOT NULL UNIQUE)")
+        db.execute("UPDATE meta SET value = 1 WHERE key = 'lexical_version'")
+    store.close()
+    store = DocumentStore(tmp_path / "store.sqlite")
+    assert store.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'lexical'").fetchone() is None
+    assert {d for d, _ in store.lexical_search("forest", 10)} == {"d2", "d4", "d6"}
+    store.close()
+
+
+def test_lucene_idf_ranks_a_term_in_every_document_a_little(tmp_path):
+    """Lucene's idf, log(1 + (N - n + 0.5) / (n + 0.5)), is positive even for a term in every document."""
     store = store_with(tmp_path, {f"d{i}": "common" + (" rare" if i == 0 else "") for i in range(6)})
     scores = dict(store.lexical_search("common rare", 10))
     assert len(scores) == 6 and max(scores, key=scores.get) == "d0"
-    assert all(0 <= s < 1e-5 for d, s in scores.items() if d != "d0")
-    length, average = 2, 7 / 6  # d0 holds two terms; the six documents seven
-    expected = math.log((6 - 1 + 0.5) / 1.5) * 2.2 / (1 + 1.2 * (0.25 + 0.75 * length / average))
-    assert scores["d0"] == pytest.approx(expected, abs=1e-5)
+    average = 7 / 6  # d0 holds two terms, the others one
+    common = lambda length: math.log(1 + 0.5 / 6.5) / (1 + 0.9 * (0.6 + 0.4 * length / average))  # noqa: E731
+    rare = math.log(1 + 5.5 / 1.5) / (1 + 0.9 * (0.6 + 0.4 * 2 / average))
+    assert scores["d1"] == pytest.approx(common(1)) and scores["d0"] == pytest.approx(common(2) + rare)
     store.close()
