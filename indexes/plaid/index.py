@@ -249,6 +249,29 @@ class PlaidIndex(VectorIndex):
         """Tokens stored (those of removed documents included, until compact)."""
         return _n_tokens(self._snapshot())
 
+    def token_scores(self, query: np.ndarray, doc_ids: Sequence[str]) -> list[np.ndarray | None]:
+        """For each document id, the cosines of ``query``'s tokens with the document's stored token vectors
+        (queries x tokens), decoded from its codes and residuals as the search's last stage scores them; None for a
+        document not in the last commit. What a hit's token alignment is read from (a span, not a ranking)."""
+        snapshot = self._view(None)[0]
+        codec = snapshot.shared.codec
+        out: list[np.ndarray | None] = [None] * len(doc_ids)
+        if codec is None:
+            return out
+        query = np.ascontiguousarray(query, dtype=np.float32)
+        centroid_scores = codec.centroid_scores(query)
+        for i, doc_id in enumerate(doc_ids):
+            row = snapshot.row_of.get(doc_id)
+            for segment in snapshot.segments.values() if row is not None else ():
+                local = np.flatnonzero(segment.rows == row)
+                if len(local):
+                    data, d = segment.data, int(local[0])
+                    a, b = int(data.doc_offsets[d]), int(data.doc_offsets[d + 1])
+                    out[i] = codec.scores(query, centroid_scores, np.array(data.codes[a:b]),
+                                          data.residuals_of(local[:1]), np.array(data.inverse_norms[a:b]))
+                    break
+        return out
+
     # ----- growth
     def rebuild(self) -> None:
         """Re-cluster: train a new codec on a sample of the (decompressed) live tokens, re-encode every document

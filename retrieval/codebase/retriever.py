@@ -12,7 +12,7 @@ import os
 import shutil
 import threading
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,6 +33,7 @@ from .rebuild import REBUILD_WAIT, fresh_name, rebuild_lock, remove_folder, remo
 from ..fusion import MODES, fuse
 from .ranking import Rules, rerank
 from .snippets import best_lines, query_terms
+from .alignment import Alignment, hit_alignment
 from .spans import best_span
 from .sources import DEFAULT_MAX_FILE_BYTES, files_under, language_of
 
@@ -280,11 +281,11 @@ class Retriever:
         if mode != "semantic" and not index.store.lexical_ready:
             mode = "semantic"  # an old index opened read-only: the next `mret index` adds the lexical side
         depth = max(CANDIDATES, 3 * k) if mode == "hybrid" or rules.any else k
-        candidates = self._candidates(query, mode, depth, allowed)
+        candidates, encoded = self._candidates(query, mode, depth, allowed)
         terms = query_terms(query)
         hits = []
         for doc, score in rerank(query, candidates, rules, k):
-            start, end = best_span(doc, query)
+            start, end = best_span(doc, query, self._alignment(index, query, encoded, doc))
             text = doc.text or ""
             first = doc.start_line or 1
             span_text = "\n".join(text.split("\n")[start - first:end - first + 1])
@@ -293,12 +294,20 @@ class Retriever:
                             first, doc.end_line or first))
         return hits
 
+    def _alignment(self, index: FaissIndex | PlaidIndex, query: str, encoded: list[Any] | None,
+                   doc: Document) -> Callable[[], Alignment | None] | None:
+        """ColBERT (PLAID) indexes: the query's token alignment with ``doc``, from the index's stored vectors
+        (alignment.py), computed only if the span rules ask for it; None for dense indexes and lexical searches."""
+        if encoded is None or not isinstance(index, PlaidIndex):
+            return None
+        return lambda: hit_alignment(index, self.model, query, encoded[0], doc)
+
     def _candidates(self, query: str, mode: Mode, depth: int,
-                    allowed: list[str] | None) -> list[tuple[Document, float]]:
-        """(document, score) best first: the semantic, lexical or fused ranking, ``depth`` long. The vector search and
-        the documents' lookup read one commit; in hybrid mode the lexical search runs in a worker thread (its own
-        connection: it may see a newer commit, whose removed documents are then left out) while the query is
-        encoded (SQLite works without the GIL)."""
+                    allowed: list[str] | None) -> tuple[list[tuple[Document, float]], list[Any] | None]:
+        """(document, score) best first: the semantic, lexical or fused ranking, ``depth`` long, and the encoded query
+        (None in lexical mode). The vector search and the documents' lookup read one commit; in hybrid mode the
+        lexical search runs in a worker thread (its own connection: it may see a newer commit, whose removed
+        documents are then left out) while the query is encoded (SQLite works without the GIL)."""
         index, store = self.vectors, self.vectors.store
         lexical = None
         if mode != "semantic":
@@ -309,7 +318,7 @@ class Retriever:
             found = (lexical.result() if mode == "lexical" else semantic if lexical is None
                      else fuse(semantic, lexical.result(), depth))
             documents = index.documents([doc_id for doc_id, _ in found])
-        return [(doc, score) for doc, (_, score) in zip(documents, found) if doc is not None]
+        return [(doc, score) for doc, (_, score) in zip(documents, found) if doc is not None], encoded
 
     def _worker(self) -> ThreadPoolExecutor:
         if self._executor is None:
