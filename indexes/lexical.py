@@ -64,6 +64,7 @@ DEFAULT_WEIGHTS = (1.0, 1.0, 1.0)
 K1, B = 0.9, 0.4  # Lucene's BM25 as Pyserini runs it for its published BEIR figures
 MAX_QUERY_TERMS = 64  # a pasted file as a query: its first distinct terms are enough, and bound the query's cost
 MAX_TERM_CHARS = 64  # longer "words" are hashes, base64 and minified code
+REBUILD_BATCH = 5000  # documents per segment when a store's rows are rewritten
 MERGE_FACTOR = 8  # segments of one size class (a power of 8 postings) merge into one when this many exist
 ROW, COUNT = np.dtype("<u4"), np.dtype("<u2")  # a posting: the document's row id and the term's count in the field
 
@@ -306,7 +307,8 @@ def rebuild(db: sqlite3.Connection) -> None:
         db.execute(f"DROP TABLE IF EXISTS {table}")
     create(db)
     rows = db.execute("SELECT doc_id, source, metadata, text FROM documents ORDER BY rowid")
-    write_rows(db, ((doc_id, source, json.loads(metadata), text) for doc_id, source, metadata, text in rows.fetchall()))
+    while batch := rows.fetchmany(REBUILD_BATCH):  # a segment per batch: the postings of a few thousand in memory
+        write_rows(db, [(doc_id, source, json.loads(metadata), text) for doc_id, source, metadata, text in batch])
 
 
 def optimize(db: sqlite3.Connection) -> None:
