@@ -106,14 +106,15 @@ def _word_terms(word: str) -> tuple[str, ...]:
 
 def index_terms(words: list[str]) -> list[str]:
     """The indexed form of ``terms``' output: diacritics removed, then Porter's stem."""
-    missing = [w for w in dict.fromkeys(words) if w not in _STEMS]
+    stems = {word: _STEMS.get(word) for word in words}
+    missing = [word for word, stem in stems.items() if stem is None]
     if missing:
         stemmer = getattr(_local, "stemmer", None)
         if stemmer is None:
             stemmer = _local.stemmer = Stemmer.Stemmer("porter")
         for word, stem in zip(missing, stemmer.stemWords([w if w.isascii() else _fold(w) for w in missing])):
-            _cache(_STEMS, word, stem)
-    return [_STEMS[w] for w in words]
+            stems[word] = _cache(_STEMS, word, stem)
+    return [stems[word] for word in words]  # type: ignore[misc]
 
 
 def _fold(word: str) -> str:

@@ -19,6 +19,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import PurePosixPath
 
 from indexes import Document
@@ -68,6 +69,7 @@ def queried_names(query: str) -> set[str]:
     return names
 
 
+@lru_cache(maxsize=1 << 16)  # a search checks up to 100 candidates' paths, and the same paths come back
 def is_secondary(path: str) -> bool:
     """A test, example, benchmark, generated or vendored file (by its folders or its name)."""
     parts = PurePosixPath(path).parts
@@ -104,9 +106,15 @@ def rerank(query: str, candidates: Sequence[tuple[Document, float]], rules: Rule
 
 
 def _names_file(path: str, query_terms: set[str]) -> bool:
-    stem = PurePosixPath(path).name.split(".")[0].strip("_").lower()
-    parts = set(terms(stem)) - {stem}  # retry_policy: retry, policy
+    stem, parts = _stem_terms(path)
     return len(stem) >= 3 and (stem in query_terms or bool(parts) and parts <= query_terms)
+
+
+@lru_cache(maxsize=1 << 16)
+def _stem_terms(path: str) -> tuple[str, frozenset[str]]:
+    """A file's stem and the parts of it (retry_policy: retry, policy)."""
+    stem = PurePosixPath(path).name.split(".")[0].strip("_").lower()
+    return stem, frozenset(terms(stem)) - {stem}
 
 
 def _limit_per_file(ranked: list[tuple[Document, float]], limit: int) -> list[tuple[Document, float]]:

@@ -7,6 +7,7 @@ import math
 import sqlite3
 
 import bm25s
+import Stemmer
 import numpy as np
 import pytest
 
@@ -321,3 +322,19 @@ def test_lucene_idf_ranks_a_term_in_every_document_a_little(tmp_path):
     rare = math.log(1 + 5.5 / 1.5) / (1 + 0.9 * (0.6 + 0.4 * 2 / average))
     assert scores["d1"] == pytest.approx(common(1)) and scores["d0"] == pytest.approx(common(2) + rare)
     store.close()
+
+
+def test_the_word_caches_starting_over_mid_text_change_nothing(monkeypatch):
+    """The stem and term caches are cleared when full, even in the middle of a text: the terms are the stemmer's."""
+    monkeypatch.setattr(lexical, "CACHE_WORDS", 50)
+    monkeypatch.setattr(lexical, "_STEMS", {})
+    monkeypatch.setattr(lexical, "_INDEXED", {})
+    stemmer = Stemmer.Stemmer("porter")
+    rng = np.random.default_rng(0)
+    words = ["".join(rng.choice(list("aeioubcdfglmnrst"), size=int(rng.integers(4, 9)))) + str(rng.choice(
+        ["ing", "ed", "s", "ation", ""])) for _ in range(500)]
+    for _ in range(5):
+        rng.shuffle(words)
+        assert lexical.index_terms(words) == stemmer.stemWords(words)
+        assert lexical.indexed_terms(" ".join(words)) == stemmer.stemWords(
+            [w for w in words if w not in lexical.STOP_WORDS])
