@@ -135,3 +135,16 @@ def assert_same_ranking(actual: Sequence[Sequence[Hit]], expected: Sequence[Sequ
             if end < len(want):  # the last run may be cut at k, beside ties not shown: only its scores count
                 assert {h[0] for h in got[start:end]} == {h[0] for h in want[start:end]}, (query, got, want)
             start = end
+
+
+def long_chunk():
+    """A 300-line chunk (lines 11-310 of big.py) defining parse_header at 110-112 and retry_later at 210-212, filler
+    around them: what span rules pick from."""
+    from indexes import Document
+
+    lines = [f"# filler line {i}" for i in range(1, 301)]
+    lines[99:104] = ["def parse_header(raw):", "    fields = raw.split(':')", "    return fields", "", ""]
+    lines[199:204] = ["def retry_later(delay):", "    backoff = delay * 2", "    schedule(backoff)", "", ""]
+    return Document("big#0", source="big.py", start_line=11, end_line=310, text="\n".join(lines),
+                    metadata={"symbols": [["parse_header", "function", 110, 112, None],
+                                          ["retry_later", "function", 210, 212, None]]})

@@ -4,7 +4,6 @@ documents, BM25 equal to a reference implementation, filters, old stores gaining
 from __future__ import annotations
 
 import math
-import sqlite3
 
 import bm25s
 import Stemmer

@@ -13,7 +13,7 @@ from indexes import Document
 from retrieval.codebase.ranking import Rules, is_secondary, queried_names, rerank
 from retrieval.codebase.spans import MAX_SPAN_LINES, best_span
 from retrieval.fusion import fuse
-from support import TOKENIZER_DIR, dense_model_folder, single_torch_thread
+from support import TOKENIZER_DIR, dense_model_folder, long_chunk, single_torch_thread
 
 
 # ----- fusion
@@ -99,15 +99,6 @@ def test_with_every_rule_off_the_fused_ranking_is_kept_as_it_is():
 
 
 # ----- spans
-def long_chunk() -> Document:
-    lines = [f"# filler line {i}" for i in range(1, 301)]
-    lines[99:104] = ["def parse_header(raw):", "    fields = raw.split(':')", "    return fields", "", ""]
-    lines[199:204] = ["def retry_later(delay):", "    backoff = delay * 2", "    schedule(backoff)", "", ""]
-    return Document("big#0", source="big.py", start_line=11, end_line=310, text="\n".join(lines),
-                    metadata={"symbols": [["parse_header", "function", 110, 112, None],
-                                          ["retry_later", "function", 210, 212, None]]})
-
-
 def test_span_is_the_queried_definition_or_the_best_matching_part():
     chunk = long_chunk()
     assert best_span(chunk, "parse_header") == (110, 112)

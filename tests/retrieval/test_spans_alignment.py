@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from support import PYLATE_MODEL
+from support import PYLATE_MODEL, long_chunk
 
-from indexes import Document, PlaidIndex
+from indexes import PlaidIndex
 from retrieval.codebase.alignment import Alignment, align, query_token_rows, stored_scores, token_lines
 from retrieval.codebase.spans import MAX_SPAN_LINES, aligned_span, best_span
 from retrieval.heads.colbert import ColBERT
@@ -87,15 +87,6 @@ def test_align_takes_each_query_tokens_best_token_and_each_lines_best():
     assert np.isneginf(alignment.line_scores[:, [1, 3]]).all()
     assert alignment.mass(3, 4) == 0 and alignment.mass(5, 6) == pytest.approx(0.8)
     assert align(scores, lines[:4], 3, 6) is None  # vectors and lines that do not belong together
-
-
-def long_chunk() -> Document:
-    lines = [f"# filler line {i}" for i in range(1, 301)]
-    lines[99:104] = ["def parse_header(raw):", "    fields = raw.split(':')", "    return fields", "", ""]
-    lines[199:204] = ["def retry_later(delay):", "    backoff = delay * 2", "    schedule(backoff)", "", ""]
-    return Document("big#0", source="big.py", start_line=11, end_line=310, text="\n".join(lines),
-                    metadata={"symbols": [["parse_header", "function", 110, 112, None],
-                                          ["retry_later", "function", 210, 212, None]]})
 
 
 def aligned_at(lines: list[int], scores: list[float], first: int = 11, last: int = 310) -> Alignment:
