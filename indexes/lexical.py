@@ -14,13 +14,14 @@ letters are dropped (they are noise in prose and in code); diacritics are remove
 
 Why our own postings and not SQLite FTS5 (which this module used first): FTS5's ``bm25()`` has k1 = 1.2 and b = 0.75
 built in, where the published BM25 figures use Lucene's (k1 0.9, b 0.4, idf log(1 + (N - n + 0.5) / (n + 0.5))), and
-it scores every row that holds any query term one row at a time (18 ms at the median on 100k code chunks), where
-reading a few posting lists and scoring them with numpy takes about a millisecond (README, "Hybrid search").
+it scores every row that holds any query term one row at a time, where reading the query terms' posting lists and
+scoring them with numpy is several times faster on a large index (README, "Hybrid search", for the figures).
 
 Layout, as Lucene's: a write adds a *segment* (for each term and field, the rows holding it and their term
 frequencies, two packed arrays per SQLite row); a delete removes only the document's id row, and its postings are
 skipped until a merge rewrites them; segments of the same size class merge when ``MERGE_FACTOR`` of them pile up, and
-``optimize`` (compaction) merges all. Collection statistics (live rows, lengths) are cached per store and reloaded
+``optimize`` (compaction) merges all. A document written again with the same path, symbols and text (a chunk whose
+vector lands after its text) keeps its row and postings. Collection statistics (live rows, lengths) are cached per store and reloaded
 when the ``generation`` token changes (every write sets a new random one, so a rolled-back write never aliases a
 later commit).
 
