@@ -25,10 +25,11 @@ vector lands after its text) keeps its row and postings. Collection statistics (
 when the ``generation`` token changes (every write sets a new random one, so a rolled-back write never aliases a
 later commit).
 
-BM25: score(d) = sum over distinct query terms t of idf(t) * tf / (tf + k1 * (1 - b + b * len(d) / avg len)), with
-tf = the sum over fields of the field's weight times t's count there, len(d) the document's term count over all
-fields, idf = log(1 + (N - n + 0.5) / (n + 0.5)) (Lucene's), n the live documents holding t in a searched field. A
-query is the OR of its terms (any term may match).
+BM25F (Robertson and Zaragoza's BM25 over fields): score(d) = sum over distinct query terms t of idf(t) * x / (k1 + x),
+x = the sum over fields f of weight(f) * count(t, f) / (1 - b + b * len(d, f) / avg len(f)): each field's count is
+normalized by that field's own length (a path or a list of defined names is short; a body is long), then weighted;
+idf = log(1 + (N - n + 0.5) / (n + 0.5)) (Lucene's), n the live documents holding t in a searched field. With one
+field this is Lucene's BM25 exactly. A query is the OR of its terms (any term may match).
 """
 
 from __future__ import annotations
@@ -48,11 +49,12 @@ from typing import Any
 import numpy as np
 import Stemmer
 
-TERMS_VERSION = 2  # bump when terms(), index_terms() or the tables change: stores rebuild their rows on open
+TERMS_VERSION = 3  # bump when terms(), index_terms() or the tables change: stores rebuild their rows on open
 IDS, SEGMENTS, POSTINGS, GENERATION = "lexical_ids", "lexical_segments", "lexical_postings", "lexical_generation"
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS {IDS} (id INTEGER PRIMARY KEY AUTOINCREMENT, doc_id TEXT NOT NULL UNIQUE,
-    length INTEGER NOT NULL, digest INTEGER NOT NULL);
+    path_length INTEGER NOT NULL, symbols_length INTEGER NOT NULL, body_length INTEGER NOT NULL,
+    digest INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS {SEGMENTS} (segment INTEGER PRIMARY KEY AUTOINCREMENT, postings INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS {POSTINGS} (term TEXT NOT NULL, field INTEGER NOT NULL, segment INTEGER NOT NULL,
     rows BLOB NOT NULL, counts BLOB NOT NULL, PRIMARY KEY (term, field, segment)) WITHOUT ROWID;
@@ -197,13 +199,13 @@ def write_rows(db: sqlite3.Connection, documents: Iterable[tuple[str, str | None
     lengths = []
     for row, (doc_id, source, metadata, text) in enumerate(documents, start=first):
         values = fields(source, metadata, text)
-        lengths.append((row, doc_id, sum(map(len, values)), _digest(source, metadata, text)))
+        lengths.append((row, doc_id, *map(len, values), _digest(source, metadata, text)))
         for field, field_terms in enumerate(values):
             counted = Counter(field_terms)
             keys += [vocabulary.setdefault((term, field), len(vocabulary)) for term in counted]
             rows += [row] * len(counted)
             counts += counted.values()
-    db.executemany(f"INSERT INTO {IDS} (id, doc_id, length, digest) VALUES (?, ?, ?, ?)", lengths)
+    db.executemany(f"INSERT INTO {IDS} VALUES (?, ?, ?, ?, ?, ?)", lengths)
     if vocabulary:
         order = np.argsort(np.array(keys), kind="stable")  # grouped by (term, field), rows ascending within
         bounds = np.searchsorted(np.array(keys)[order], np.arange(len(vocabulary) + 1))
@@ -337,13 +339,13 @@ def check(db: sqlite3.Connection) -> str | None:
 
 @dataclass(frozen=True)
 class Statistics:
-    """What BM25 needs of the whole collection, at one generation: which row ids are live, their lengths."""
+    """What BM25F needs of the whole collection, at one generation: which row ids are live, their fields' lengths."""
 
     token: int
     live: np.ndarray  # bool, by row id
-    length: np.ndarray  # float64, by row id (0 for dead rows)
+    lengths: np.ndarray  # float64 (row id, field): terms in the field (0 for dead rows)
     count: int
-    average_length: float
+    average_lengths: np.ndarray  # per field, over the live documents (1 where a field is empty everywhere)
 
 
 class StatisticsCache:
@@ -359,12 +361,13 @@ class StatisticsCache:
         if statistics is not None and statistics.token == token:
             return statistics
         with self._lock:
-            ids = np.array(db.execute(f"SELECT id, length FROM {IDS}").fetchall(), dtype=np.int64).reshape(-1, 2)
+            ids = np.array(db.execute(f"SELECT id, path_length, symbols_length, body_length FROM {IDS}").fetchall(),
+                           dtype=np.int64).reshape(-1, 1 + len(FIELDS))
             size = int(ids[:, 0].max()) + 1 if len(ids) else 0
-            live, length = np.zeros(size, bool), np.zeros(size, np.float64)
-            live[ids[:, 0]], length[ids[:, 0]] = True, ids[:, 1]
-            average = float(ids[:, 1].mean()) if len(ids) else 0.0
-            self._statistics = Statistics(token, live, length, len(ids), average if average > 0 else 1.0)
+            live, lengths = np.zeros(size, bool), np.zeros((size, len(FIELDS)), np.float64)
+            live[ids[:, 0]], lengths[ids[:, 0]] = True, ids[:, 1:]
+            average = ids[:, 1:].mean(axis=0) if len(ids) else np.zeros(len(FIELDS))
+            self._statistics = Statistics(token, live, lengths, len(ids), np.where(average > 0, average, 1.0))
             return self._statistics
 
 
@@ -387,30 +390,32 @@ def search(db: sqlite3.Connection, query: str, k: int, where: str = "", params: 
 
 def _scores(db: sqlite3.Connection, wanted: list[str], searched: list[int], weights: Sequence[float],
             statistics: Statistics, k1: float, b: float) -> tuple[np.ndarray, np.ndarray]:
-    """(row ids, BM25 scores) of every live document holding a query term in a searched field."""
-    postings: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    """(row ids, BM25F scores) of every live document holding a query term in a searched field."""
+    postings: dict[str, list[tuple[int, bytes, bytes]]] = {}
     found = db.execute(f"SELECT term, field, rows, counts FROM {POSTINGS} WHERE term IN ({','.join('?' * len(wanted))}) "
                        f"AND field IN ({','.join(map(str, searched))})", wanted)
     for term, field, rows, counts in found:
-        postings.setdefault(term, []).append((np.frombuffer(rows, ROW).astype(np.int64),
-                                              np.frombuffer(counts, COUNT) * float(weights[field])))
+        postings.setdefault(term, []).append((field, rows, counts))
     every_row, every_score = [], []
     for lists in postings.values():
-        rows = np.concatenate([r for r, _ in lists]) if len(lists) > 1 else lists[0][0]
-        frequency = np.concatenate([f for _, f in lists]) if len(lists) > 1 else lists[0][1]
-        if len(rows) and rows.max() >= len(statistics.live):  # rows of a later commit than the statistics'
-            rows, frequency = rows[rows < len(statistics.live)], frequency[rows < len(statistics.live)]
-        keep = statistics.live[rows]
-        rows, frequency = rows[keep], frequency[keep]
+        term_rows, term_frequency = [], []
+        for field, blob, counts in lists:  # each field's count, weighted and normalized by the field's own length
+            rows = np.frombuffer(blob, ROW).astype(np.int64)
+            keep = rows < len(statistics.live)  # (a row beyond the statistics is from a later commit than they are)
+            keep[keep] = statistics.live[rows[keep]]
+            rows = rows[keep]
+            length = statistics.lengths[rows, field] / statistics.average_lengths[field]
+            term_rows.append(rows)
+            term_frequency.append(weights[field] * np.frombuffer(counts, COUNT)[keep] / (1 - b + b * length))
+        rows, frequency = np.concatenate(term_rows), np.concatenate(term_frequency)
         if len(lists) > 1:  # the term in several fields (or, mid-merge, segments) of one document: one frequency
             rows, inverse = np.unique(rows, return_inverse=True)
             frequency = np.bincount(inverse, frequency)
         if not len(rows):
             continue
         idf = math.log(1 + (statistics.count - len(rows) + 0.5) / (len(rows) + 0.5))
-        norm = k1 * (1 - b + b * statistics.length[rows] / statistics.average_length)
         every_row.append(rows)
-        every_score.append(idf * frequency / (frequency + norm))
+        every_score.append(idf * frequency / (frequency + k1))
     if not every_row:
         return np.zeros(0, np.int64), np.zeros(0)
     total = np.bincount(np.concatenate(every_row), np.concatenate(every_score), minlength=len(statistics.live))

@@ -81,6 +81,20 @@ def assert_equals_bm25s(store, corpus: dict[str, tuple[str | None, str]], querie
                 assert got[doc_id] == pytest.approx(score, rel=1e-5), (query, doc_id)
 
 
+def bm25f(corpus: dict[str, tuple[str | None, str]], query: str, k1: float = 0.9, b: float = 0.4) -> dict[str, float]:
+    """BM25F written out plainly (weights 1): each field's count normalized by its own length, summed, saturated."""
+    fields = {i: lexical.fields(source, {}, text) for i, (source, text) in corpus.items()}
+    average = [sum(len(f[j]) for f in fields.values()) / len(fields) or 1.0 for j in range(3)]
+    scores: dict[str, float] = {}
+    for term in lexical.query_terms(query):
+        x = {i: sum(f[j].count(term) / (1 - b + b * len(f[j]) / average[j]) for j in range(3)) for i, f in fields.items()}
+        x = {i: v for i, v in x.items() if v > 0}
+        idf = math.log(1 + (len(fields) - len(x) + 0.5) / (len(x) + 0.5))
+        for i, v in x.items():
+            scores[i] = scores.get(i, 0.0) + idf * v / (k1 + v)
+    return scores
+
+
 def test_bm25_equals_bm25s_lucene_on_our_tokens(tmp_path):
     store = store_with(tmp_path, CORPUS)
     assert_equals_bm25s(store, {i: (None, t) for i, t in CORPUS.items()},
@@ -88,9 +102,18 @@ def test_bm25_equals_bm25s_lucene_on_our_tokens(tmp_path):
     store.close()
 
 
+def assert_equals_bm25f(store, corpus: dict[str, tuple[str | None, str]], queries) -> None:
+    for query in queries:
+        expected = bm25f(corpus, query)
+        got = dict(store.lexical_search(query, k=len(corpus) + 5))
+        assert set(got) == set(expected), query
+        for doc_id, score in expected.items():
+            assert got[doc_id] == pytest.approx(score, rel=1e-9), (query, doc_id)
+
+
 def test_segments_merge_and_skip_deleted_documents_exactly(tmp_path, monkeypatch):
     """Many small writes, replacements and deletes (segments piling up, merging, holding dead postings), then a
-    compaction: after each phase the scores equal bm25s over the live documents only."""
+    compaction: after each phase the scores equal BM25F (path and body fields) over the live documents only."""
     monkeypatch.setattr(lexical, "MERGE_FACTOR", 3)
     rng = np.random.default_rng(0)
     words = [f"w{i}" for i in range(40)]
@@ -111,7 +134,7 @@ def test_segments_merge_and_skip_deleted_documents_exactly(tmp_path, monkeypatch
     segments = store.db.execute("SELECT count(*) FROM lexical_segments").fetchone()[0]
     assert 1 < segments < 30  # merged on the way (30 writes), not yet into one
     queries = ["w0 w5", "w1", "w30 w39 w2", "p1 w3", "w12 w13 w14"]
-    assert_equals_bm25s(store, corpus, queries)
+    assert_equals_bm25f(store, corpus, queries)
     with store.transaction() as db:
         lexical.optimize(db)
         assert lexical.check(db) is None
@@ -119,7 +142,7 @@ def test_segments_merge_and_skip_deleted_documents_exactly(tmp_path, monkeypatch
     posted = {r for (blob,) in store.db.execute("SELECT rows FROM lexical_postings")
               for r in np.frombuffer(blob, lexical.ROW).tolist()}
     assert posted == {r for (r,) in store.db.execute("SELECT id FROM lexical_ids")}  # no dead postings left
-    assert_equals_bm25s(store, corpus, queries)
+    assert_equals_bm25f(store, corpus, queries)
     store.close()
 
 
@@ -255,7 +278,7 @@ def test_verify_finds_a_lexical_table_out_of_step(tmp_path):
     with pytest.raises(IndexCorruptError, match="lexical table holds 1 rows"):
         index.verify()
     with index.store.transaction() as db:
-        db.execute("INSERT INTO lexical_ids (doc_id, length, digest) VALUES ('a', 1, 0)")
+        db.execute("INSERT INTO lexical_ids (doc_id, path_length, symbols_length, body_length, digest) VALUES ('a', 0, 0, 1, 0)")
         index.verify()
         db.execute("UPDATE lexical_postings SET counts = x'01' WHERE term = 'two'")
     with pytest.raises(IndexCorruptError, match="1 damaged posting lists"):
@@ -308,6 +331,19 @@ def test_a_store_of_the_fts5_version_is_rewritten_on_open(tmp_path):
     store = DocumentStore(tmp_path / "store.sqlite")
     assert store.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'lexical'").fetchone() is None
     assert {d for d, _ in store.lexical_search("forest", 10)} == {"d2", "d4", "d6"}
+    store.close()
+
+
+def test_fields_are_normalized_by_their_own_lengths(tmp_path):
+    """BM25F: a term in a short path field counts more than in a long one, whatever the bodies' lengths; with one
+    field (no path, no symbols) the scores are BM25's (the bm25s test above)."""
+    corpus = {"short": ("retry.py", "x1 " * 50), "long": ("retry/policy/backoff/jitter/helpers.py", "x1 " * 5),
+              "other": ("misc.py", "retry once")}
+    store = store_with(tmp_path, {})
+    store.put([Document(i, source=src, text=text) for i, (src, text) in corpus.items()])
+    scores = dict(store.lexical_search("retry", 5, weights=(1.0, 0.0, 0.0)))
+    assert scores["short"] > scores["long"]  # with one length over all fields, "long" (5 body words) would win
+    assert_equals_bm25f(store, corpus, ["retry", "retry policy x1", "helpers once"])
     store.close()
 
 
