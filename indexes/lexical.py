@@ -43,7 +43,7 @@ import threading
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field as dataclass_field
 from typing import Any
 
 import numpy as np
@@ -343,9 +343,18 @@ class Statistics:
 
     token: int
     live: np.ndarray  # bool, by row id
-    lengths: np.ndarray  # float64 (row id, field): terms in the field (0 for dead rows)
+    lengths: np.ndarray  # float64 (field, row id): terms in the field (0 for dead rows)
     count: int
     average_lengths: np.ndarray  # per field, over the live documents (1 where a field is empty everywhere)
+    _norms: dict[float, np.ndarray] = dataclass_field(default_factory=dict, compare=False)
+
+    def inverse_norms(self, b: float) -> np.ndarray:
+        """(field, row id): 1 / (1 - b + b * length / average length), the factor a count in the field is scaled by
+        (computed once per b)."""
+        norms = self._norms.get(b)
+        if norms is None:
+            norms = self._norms[b] = 1 / (1 - b + b * self.lengths / self.average_lengths[:, None])
+        return norms
 
 
 class StatisticsCache:
@@ -364,8 +373,8 @@ class StatisticsCache:
             ids = np.array(db.execute(f"SELECT id, path_length, symbols_length, body_length FROM {IDS}").fetchall(),
                            dtype=np.int64).reshape(-1, 1 + len(FIELDS))
             size = int(ids[:, 0].max()) + 1 if len(ids) else 0
-            live, lengths = np.zeros(size, bool), np.zeros((size, len(FIELDS)), np.float64)
-            live[ids[:, 0]], lengths[ids[:, 0]] = True, ids[:, 1:]
+            live, lengths = np.zeros(size, bool), np.zeros((len(FIELDS), size), np.float64)
+            live[ids[:, 0]], lengths[:, ids[:, 0]] = True, ids[:, 1:].T
             average = ids[:, 1:].mean(axis=0) if len(ids) else np.zeros(len(FIELDS))
             self._statistics = Statistics(token, live, lengths, len(ids), np.where(average > 0, average, 1.0))
             return self._statistics
@@ -397,6 +406,7 @@ def _scores(db: sqlite3.Connection, wanted: list[str], searched: list[int], weig
     for term, field, rows, counts in found:
         postings.setdefault(term, []).append((field, rows, counts))
     every_row, every_score = [], []
+    inverse_norms = statistics.inverse_norms(b)
     for lists in postings.values():
         term_rows, term_frequency = [], []
         for field, blob, counts in lists:  # each field's count, weighted and normalized by the field's own length
@@ -404,9 +414,8 @@ def _scores(db: sqlite3.Connection, wanted: list[str], searched: list[int], weig
             keep = rows < len(statistics.live)  # (a row beyond the statistics is from a later commit than they are)
             keep[keep] = statistics.live[rows[keep]]
             rows = rows[keep]
-            length = statistics.lengths[rows, field] / statistics.average_lengths[field]
             term_rows.append(rows)
-            term_frequency.append(weights[field] * np.frombuffer(counts, COUNT)[keep] / (1 - b + b * length))
+            term_frequency.append(weights[field] * np.frombuffer(counts, COUNT)[keep] * inverse_norms[field][rows])
         rows, frequency = np.concatenate(term_rows), np.concatenate(term_frequency)
         if len(lists) > 1:  # the term in several fields (or, mid-merge, segments) of one document: one frequency
             rows, inverse = np.unique(rows, return_inverse=True)
