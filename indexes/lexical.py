@@ -186,9 +186,9 @@ def exists(db: sqlite3.Connection) -> bool:
 def write_rows(db: sqlite3.Connection, documents: Iterable[tuple[str, str | None, dict[str, Any], str | None]]) -> None:
     """Insert or replace the rows of ``(doc_id, source, metadata, text)``, inside the caller's transaction: one new
     segment for them all (then merges, if a size class is full)."""
-    documents = _changed(db, documents)
-    delete_rows(db, [doc_id for doc_id, *_ in documents])
-    if not documents:
+    changed = _changed(db, documents)
+    delete_rows(db, [document[0] for document, _ in changed])
+    if not changed:
         return
     last = db.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (IDS,)).fetchone()
     first = (last[0] if last else 0) + 1  # row ids are never reused (AUTOINCREMENT): a deleted one's postings linger
@@ -197,9 +197,9 @@ def write_rows(db: sqlite3.Connection, documents: Iterable[tuple[str, str | None
     rows: list[int] = []
     counts: list[int] = []
     lengths = []
-    for row, (doc_id, source, metadata, text) in enumerate(documents, start=first):
+    for row, ((doc_id, source, metadata, text), digest) in enumerate(changed, start=first):
         values = fields(source, metadata, text)
-        lengths.append((row, doc_id, *map(len, values), _digest(source, metadata, text)))
+        lengths.append((row, doc_id, *map(len, values), digest))
         for field, field_terms in enumerate(values):
             counted = Counter(field_terms)
             keys += [vocabulary.setdefault((term, field), len(vocabulary)) for term in counted]
@@ -217,18 +217,18 @@ def write_rows(db: sqlite3.Connection, documents: Iterable[tuple[str, str | None
 
 
 def _changed(db: sqlite3.Connection, documents: Iterable[tuple[str, str | None, dict[str, Any], str | None]]
-             ) -> list[tuple[str, str | None, dict[str, Any], str | None]]:
-    """The documents whose indexed fields differ from their stored rows' (or that have none): a document written
-    again with only other metadata changed (a chunk's vector landing after its text) keeps its postings."""
+             ) -> list[tuple[tuple[str, str | None, dict[str, Any], str | None], int]]:
+    """The documents whose indexed fields differ from their stored rows' (or that have none), with their digests: a
+    document written again with only other metadata changed (a chunk's vector landing after its text) keeps its
+    postings."""
     documents = list(documents)
     stored: dict[str, int] = {}
     for start in range(0, len(documents), 500):
         chunk = [doc_id for doc_id, *_ in documents[start:start + 500]]
         stored.update(db.execute(f"SELECT doc_id, digest FROM {IDS} WHERE doc_id IN ({','.join('?' * len(chunk))})",
                                  chunk).fetchall())
-    if not stored:
-        return documents
-    return [document for document in documents if stored.get(document[0]) != _digest(*document[1:])]
+    digested = [(document, _digest(*document[1:])) for document in documents]
+    return [(document, digest) for document, digest in digested if stored.get(document[0]) != digest]
 
 
 def _digest(source: str | None, metadata: dict[str, Any], text: str | None) -> int:
