@@ -99,6 +99,33 @@ def load(url: str, clients: int, per_client: int, texts: list[str]) -> tuple[flo
     return (*percentiles(latencies), len(latencies) / seconds, errors[0])
 
 
+def beside_python(model: str, texts: list[str]) -> dict[str, tuple[float, float]]:
+    """p50 ms of one query's encoding, alone and beside a thread that only runs Python (as request threads do),
+    eager and traced (what the server runs): the GIL's convoy effect on an eager forward."""
+    from retrieval.heads import load_head
+
+    head = load_head(model, "dense")
+    out = {}
+    for traced in (False, True):
+        head.backbone.trace = traced
+        head.encode_queries(["warm up"])
+        timings = []
+        for busy in (False, True):
+            stop = threading.Event()
+            spinner = threading.Thread(target=lambda: [None for _ in iter(stop.is_set, True)], daemon=True)
+            if busy:
+                spinner.start()
+            latencies = []
+            for text in texts[:8]:
+                begin = time.perf_counter()
+                head.encode_queries([text])
+                latencies.append(time.perf_counter() - begin)
+            stop.set()
+            timings.append(statistics.median(latencies) * 1000)
+        out["traced" if traced else "eager"] = (timings[0], timings[1])
+    return out
+
+
 def start_server(*args: str) -> tuple[subprocess.Popen, str, Path]:
     folder = Path(args[args.index("--collection") + 1]) if "--collection" in args else Path(args[0]) / ".mret"
     process = subprocess.Popen([sys.executable, "-m", "retrieval.cli", "serve", "--port", "0", *args], cwd=ROOT,
@@ -190,6 +217,8 @@ def main() -> None:
         finally:
             process.terminate()
             process.wait(timeout=30)
+    for name, (alone, beside) in beside_python(args.model, texts).items():
+        print(f"query encoding, {name}: p50 {alone:.1f} ms alone, {beside:.1f} ms beside a busy Python thread")
     if args.watch_files:
         times = watch_latency(args.model, args.watch_files, args.watch_edits)
         print(f"--watch, {args.watch_files:,} files: write -> searchable p50 {statistics.median(times):.2f} s, "

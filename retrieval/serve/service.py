@@ -5,6 +5,7 @@ whose single-query encodings are batched across threads (batching.py)."""
 from __future__ import annotations
 
 import threading
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -55,7 +56,8 @@ class TreeService:
                filter: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         if filter:
             raise Unsupported("filter applies to document collections; a tree's index takes path_glob and type")
-        hits = self.retriever.search(query, k=k, path_glob=path_glob, file_type=file_type, mode=mode or "hybrid")
+        with _searching(self.retriever.model):
+            hits = self.retriever.search(query, k=k, path_glob=path_glob, file_type=file_type, mode=mode or "hybrid")
         return [{**hit.to_json(), "snippet_line": hit.snippet_line} for hit in hits]
 
     def status(self) -> dict[str, Any]:
@@ -90,7 +92,8 @@ class CollectionService:
                filter: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         if path_glob or file_type:
             raise Unsupported("path_glob and type apply to a tree's index; filter a collection by its metadata")
-        return self.collection.search(query, k, filter, mode or "hybrid")
+        with _searching(self.collection.head):
+            return self.collection.search(query, k, filter, mode or "hybrid")
 
     def status(self) -> dict[str, Any]:
         return self.collection.status()
@@ -107,6 +110,11 @@ class CollectionService:
     def close(self) -> None:
         self.collection.close()
         _close_batcher(self.collection.head)
+
+
+def _searching(head: Any) -> Any:
+    """A search in progress, for the batcher to wait for its query (a plain head: nothing to tell)."""
+    return head.searching() if isinstance(head, BatchingHead) else nullcontext()
 
 
 def _close_batcher(head: Any) -> None:

@@ -100,3 +100,56 @@ def test_a_request_racing_close_is_answered_or_refused_never_lost():
     asker.start()
     asker.join(timeout=10)
     assert outcome in (["answered"], ["closed"]), "the request was lost behind the batcher's stop"
+
+
+def test_a_lone_search_is_not_kept_waiting_for_company():
+    """No other search in progress: the batch of one runs at once, not after max_wait (here 5 s)."""
+    head = StandIn()
+    batcher = QueryBatcher(head, max_wait=5.0)
+    try:
+        began = time.perf_counter()
+        with batcher.searching():
+            batcher.encode("query")
+        assert time.perf_counter() - began < 2.5
+        assert head.calls == [1]
+    finally:
+        batcher.close()
+
+
+def test_the_batcher_waits_for_a_search_in_progress_that_has_not_asked_yet():
+    """Two searches in progress; the second asks 50 ms after the first (its lexical side, say): one encoder call."""
+    head = StandIn()
+    batcher = QueryBatcher(head, max_wait=5.0)
+    second_started = threading.Event()
+
+    def second() -> None:
+        with batcher.searching():
+            second_started.set()
+            time.sleep(0.05)
+            batcher.encode("second")
+
+    try:
+        thread = threading.Thread(target=second)
+        thread.start()
+        second_started.wait(5)
+        with batcher.searching():
+            batcher.encode("first")
+        thread.join(timeout=10)
+        assert head.calls == [2]
+    finally:
+        batcher.close()
+
+
+def test_a_search_that_never_asks_stops_being_waited_for():
+    """A lexical-only search ends without a query vector: the next lone search does not wait for it."""
+    head = StandIn()
+    batcher = QueryBatcher(head, max_wait=5.0)
+    try:
+        with batcher.searching():
+            pass
+        began = time.perf_counter()
+        with batcher.searching():
+            batcher.encode("query")
+        assert time.perf_counter() - began < 2.5 and batcher._coming == 0
+    finally:
+        batcher.close()
