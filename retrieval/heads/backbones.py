@@ -9,6 +9,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -105,12 +106,12 @@ class TransformersBackbone(nn.Module):
         """(batch, longest, hidden): the padded batch transformers' kernels need."""
         pad = self.tokenizer.pad_token_id or 0
         length = max(len(ids) for ids in token_ids)
-        ids = torch.full((len(token_ids), length), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
+        ids = np.full((len(token_ids), length), pad, dtype=np.int64)  # (numpy: no torch call, no GIL hand-off, per row)
+        mask = np.zeros_like(ids)
         for row, row_ids in enumerate(token_ids):
-            ids[row, : len(row_ids)] = torch.tensor(row_ids)
+            ids[row, : len(row_ids)] = row_ids
             mask[row, : len(row_ids) if key_lengths is None else key_lengths[row]] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
+        ids, mask = torch.from_numpy(ids).to(self.device), torch.from_numpy(mask).to(self.device)
         traced = self._trace() if self.trace and not torch.is_grad_enabled() else None
         if traced is None:
             return self.model(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -145,6 +146,7 @@ class TransformersBackbone(nn.Module):
         """Every linear layer of the transformers model (query/key/value, attention output, intermediate, output) to
         dynamic int8, for CPU inference."""
         quantize_linears(self.model)
+        self._traced = None  # (a trace made before holds the float32 layers)
 
     def save(self, folder: Path) -> None:
         refuse_int8(self.model)
