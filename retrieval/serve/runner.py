@@ -87,7 +87,14 @@ class Server:
         self.uvicorn.should_exit = True
 
     def run(self) -> None:
+        previous = sys.getswitchinterval()
         sys.setswitchinterval(SWITCH_INTERVAL_S)
+        try:
+            self._run()
+        finally:
+            sys.setswitchinterval(previous)
+
+    def _run(self) -> None:
         self.service.warm_up()  # the model and the index, before /health answers
         if self.watcher is not None:
             self.watcher.start()

@@ -249,3 +249,17 @@ def test_the_fast_path_parses_what_it_fully_understands_and_leaves_the_rest(argv
         assert parsed is None
     else:
         assert parsed is not None and {key: parsed[key] for key in expected} == expected
+
+
+def test_the_server_shortens_the_gil_switch_interval_while_it_runs(service):
+    """Query encodings hand the GIL back at every torch call: the server lets a waiting thread in after 0.1 ms, not
+    Python's 5 ms, and gives the process its own setting back when it stops."""
+    import sys
+
+    from retrieval.serve.runner import SWITCH_INTERVAL_S
+
+    before = sys.getswitchinterval()
+    assert before != SWITCH_INTERVAL_S
+    with live_server(service):
+        assert abs(sys.getswitchinterval() - SWITCH_INTERVAL_S) < 1e-9  # (kept in microseconds)
+    assert sys.getswitchinterval() == before
