@@ -103,28 +103,33 @@ def load(url: str, clients: int, per_client: int, texts: list[str]) -> tuple[flo
 
 def beside_python(model: str, texts: list[str]) -> dict[str, tuple[float, float]]:
     """p50 ms of one query's encoding, alone and beside a thread that only runs Python (as request threads do),
-    eager and traced (what the server runs): the GIL's convoy effect on an eager forward."""
+    eager and traced, at Python's default GIL switch interval and at the server's: the GIL's convoy effect."""
     from retrieval.heads import load_head
+    from retrieval.serve.runner import SWITCH_INTERVAL_S
 
     head = load_head(model, "dense")
+    default = sys.getswitchinterval()
     out = {}
-    for traced in (False, True):
-        head.backbone.trace = traced
-        head.encode_queries(["warm up"])
-        timings = []
-        for busy in (False, True):
-            stop = threading.Event()
-            spinner = threading.Thread(target=lambda: [None for _ in iter(stop.is_set, True)], daemon=True)
-            if busy:
-                spinner.start()
-            latencies = []
-            for text in texts[:8]:
-                begin = time.perf_counter()
-                head.encode_queries([text])
-                latencies.append(time.perf_counter() - begin)
-            stop.set()
-            timings.append(statistics.median(latencies) * 1000)
-        out["traced" if traced else "eager"] = (timings[0], timings[1])
+    for interval in (default, SWITCH_INTERVAL_S):
+        sys.setswitchinterval(interval)
+        for traced in (False, True):
+            head.backbone.trace = traced
+            head.encode_queries(["warm up"])
+            timings = []
+            for busy in (False, True):
+                stop = threading.Event()
+                spinner = threading.Thread(target=lambda: [None for _ in iter(stop.is_set, True)], daemon=True)
+                if busy:
+                    spinner.start()
+                latencies = []
+                for text in texts[:8]:
+                    begin = time.perf_counter()
+                    head.encode_queries([text])
+                    latencies.append(time.perf_counter() - begin)
+                stop.set()
+                timings.append(statistics.median(latencies) * 1000)
+            out[f"{'traced' if traced else 'eager'}, switch interval {interval * 1000:g} ms"] = (timings[0], timings[1])
+    sys.setswitchinterval(default)
     return out
 
 
