@@ -108,6 +108,8 @@ def beside_python(model: str, texts: list[str]) -> dict[str, tuple[float, float]
     from retrieval.serve.runner import SWITCH_INTERVAL_S
 
     head = load_head(model, "dense")
+    if not hasattr(head.backbone, "trace"):
+        raise SystemExit("the convoy measurement compares eager and traced transformers forwards: use a BERT-like model")
     default = sys.getswitchinterval()
     out = {}
     for interval in (default, SWITCH_INTERVAL_S):
@@ -118,7 +120,12 @@ def beside_python(model: str, texts: list[str]) -> dict[str, tuple[float, float]
             timings = []
             for busy in (False, True):
                 stop = threading.Event()
-                spinner = threading.Thread(target=lambda: [None for _ in iter(stop.is_set, True)], daemon=True)
+
+                def spin() -> None:
+                    while not stop.is_set():
+                        pass
+
+                spinner = threading.Thread(target=spin, daemon=True)
                 if busy:
                     spinner.start()
                 latencies = []
@@ -214,7 +221,7 @@ def main() -> None:
                  for traced in (False, True)}
         qps = max(rate for _, _, rate in loops.values())  # the faster loop is the baseline
         print(f"{args.docs:,} docs, torch threads {args.threads}, {os.cpu_count()} CPUs")
-        print(f"| client | p50 ms | p99 ms | queries/s | x sequential API | errors |\n|---|---:|---:|---:|---:|---:|")
+        print("| client | p50 ms | p99 ms | queries/s | x sequential API | errors |\n|---|---:|---:|---:|---:|---:|")
         for traced, (p50, p99, rate) in loops.items():
             name = "traced forward, as the server" if traced else "eager forward, the default"
             print(f"| Python API, in a loop ({name}) | {p50:.1f} | {p99:.1f} | {rate:.1f} | {rate / qps:.2f} | 0 |")

@@ -19,6 +19,7 @@ from encoder.tokenizer import Tokenizer
 from modernretrieval.errors import SettingsError
 
 from .precision import is_int8, quantize_linears
+from .tracing import TracedForward
 
 
 class ModernBertBackbone(nn.Module):
@@ -66,8 +67,8 @@ class TransformersBackbone(nn.Module):
         self.tokenizer = Tokenizer.from_folder(folder)
         self.hidden_size = self.model.config.hidden_size
         self.max_length = getattr(self.model.config, "max_position_embeddings", 512)
-        self.trace = False  # run inference through a TorchScript trace (a server turns it on: see _trace)
-        self._traced: tuple[tuple, torch.jit.ScriptModule | None] | None = None  # (the weights' key, the trace)
+        self.trace = False  # inference through a TorchScript trace (servers turn it on: see tracing.py)
+        self.traced = TracedForward(self.model, self.max_length)
 
     @property
     def device(self) -> torch.device:
@@ -112,41 +113,17 @@ class TransformersBackbone(nn.Module):
             ids[row, : len(row_ids)] = row_ids
             mask[row, : len(row_ids) if key_lengths is None else key_lengths[row]] = 1
         ids, mask = torch.from_numpy(ids).to(self.device), torch.from_numpy(mask).to(self.device)
-        traced = self._trace() if self.trace and not torch.is_grad_enabled() else None
-        if traced is None:
-            return self.model(input_ids=ids, attention_mask=mask).last_hidden_state
-        with torch.jit.optimized_execution(False):  # no re-specialisation per new shape
-            return traced(ids, mask)
-
-    def _trace(self) -> torch.jit.ScriptModule | None:
-        """The model's inference forward as a TorchScript trace, made once per device/dtype/weights, or None (eager).
-
-        Why: an eager forward takes the GIL back after each of its ~150 operations, so in a server, where request
-        threads run Python beside the query encoder, every operation waits its turn (the convoy effect: a query's
-        encoding became 50x slower beside one busy Python thread); a traced forward runs its whole graph in C++ with
-        the GIL released, and drops transformers' per-module Python too. The trace is checked against the eager model
-        on other shapes and masks before use; a model that does not trace, or traces differently, stays eager. Off
-        by default: tracing costs ~0.5 s once, which a one-shot `mret search` would pay for nothing.
-        """
-        first = next(self.model.parameters())
-        key = (first.device, first.dtype, first.data_ptr(), self.model.training)
-        if self._traced is not None and self._traced[0] == key:
-            return self._traced[1]
-        self._traced = (key, None)
-        if self.model.training or first.device.type != "cpu":
-            return None
-        try:
-            traced = _trace_checked(_LastHiddenState(self.model), first.device)
-        except Exception:  # noqa: BLE001 - any architecture transformers has: eager is always right
-            traced = None
-        self._traced = (key, traced)
-        return traced
+        if self.trace and not torch.is_grad_enabled():
+            states = self.traced(ids, mask)
+            if states is not None:
+                return states
+        return self.model(input_ids=ids, attention_mask=mask).last_hidden_state
 
     def quantize_int8(self) -> None:
         """Every linear layer of the transformers model (query/key/value, attention output, intermediate, output) to
         dynamic int8, for CPU inference."""
         quantize_linears(self.model)
-        self._traced = None  # (a trace made before holds the float32 layers)
+        self.traced.invalidate()  # (a trace made before holds the float32 layers)
 
     def save(self, folder: Path) -> None:
         refuse_int8(self.model)
@@ -155,49 +132,6 @@ class TransformersBackbone(nn.Module):
         for name in ("tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
             if (self.folder / name).exists() and (folder / name) != (self.folder / name):
                 (folder / name).write_bytes((self.folder / name).read_bytes())
-
-
-class _LastHiddenState(nn.Module):
-    """A transformers model as a function of (input_ids, attention_mask) -> last_hidden_state, for tracing."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-
-def _example(shape: tuple[int, int], padded_from: int | None, device: torch.device) -> tuple[torch.Tensor, ...]:
-    generator = torch.Generator().manual_seed(shape[0] * 1000 + shape[1])
-    ids = torch.randint(1000, 2000, shape, generator=generator)  # (ids every BERT-like vocabulary holds)
-    mask = torch.ones_like(ids)
-    if padded_from is not None:
-        mask[-1, padded_from:] = 0
-    return ids.to(device), mask.to(device)
-
-
-def _trace_checked(module: nn.Module, device: torch.device) -> torch.jit.ScriptModule | None:
-    """``module`` traced on a padded batch (so the mask is always applied, not skipped as for an all-ones mask),
-    then compared with eager on other shapes: None when any output differs."""
-    import logging
-    import warnings
-
-    quiet = logging.getLogger("transformers")  # (tracing reads every attribute, some of which log a warning)
-    level = quiet.level
-    with torch.inference_mode(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # (tracer warnings about Python values: the checks below decide)
-        quiet.setLevel(logging.ERROR)
-        try:
-            traced = torch.jit.trace(module, _example((2, 12), 7, device), check_trace=False)
-        finally:
-            quiet.setLevel(level)
-        with torch.jit.optimized_execution(False):
-            for shape, padded_from in (((1, 5), None), ((3, 19), 4), ((1, 1), None)):
-                inputs = _example(shape, padded_from, device)
-                if not torch.allclose(traced(*inputs), module(*inputs), rtol=1e-4, atol=1e-5):
-                    return None
-    return traced
 
 
 def refuse_int8(model: nn.Module) -> None:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..heads.backbones import TransformersBackbone
@@ -62,20 +62,25 @@ class QueryBatcher:
 
     @contextmanager
     def searching(self) -> Iterator[None]:
-        """Marks this thread's search as in progress until it asks for its query vector (or ends without one)."""
+        """Marks this thread's search as in progress until it asks for its query vector (or ends without one).
+        Re-entrant: a search inside a search is the same search."""
+        if getattr(self._local, "coming", False):
+            yield
+            return
         with self._lock:
             self._coming += 1
-        self._local.coming = True
+            self._local.coming = True
         try:
             yield
         finally:
-            self._asked()
+            with self._lock:
+                self._asked()
 
     def _asked(self) -> None:
+        """(under the lock) This thread's search has asked, or ended."""
         if getattr(self._local, "coming", False):
             self._local.coming = False
-            with self._lock:
-                self._coming -= 1
+            self._coming -= 1
 
     def encode(self, text: str) -> Any:
         """The query's encoding (a vector for a dense head, a token matrix for ColBERT)."""
@@ -83,8 +88,8 @@ class QueryBatcher:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the query batcher is closed")
+            self._asked()  # before the put: the batcher must not wait for a query it already holds
             self._queue.put((text, future))
-        self._asked()
         return future.result()
 
     def close(self) -> None:

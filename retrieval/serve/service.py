@@ -56,7 +56,7 @@ class TreeService:
                filter: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         if filter:
             raise Unsupported("filter applies to document collections; a tree's index takes path_glob and type")
-        with _searching(self.retriever.model):
+        with _searching(self.retriever.model, mode):
             hits = self.retriever.search(query, k=k, path_glob=path_glob, file_type=file_type, mode=mode or "hybrid")
         return [{**hit.to_json(), "snippet_line": hit.snippet_line} for hit in hits]
 
@@ -92,7 +92,7 @@ class CollectionService:
                filter: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         if path_glob or file_type:
             raise Unsupported("path_glob and type apply to a tree's index; filter a collection by its metadata")
-        with _searching(self.collection.head):
+        with _searching(self.collection.head, mode):
             return self.collection.search(query, k, filter, mode or "hybrid")
 
     def status(self) -> dict[str, Any]:
@@ -112,9 +112,10 @@ class CollectionService:
         _close_batcher(self.collection.head)
 
 
-def _searching(head: Any) -> Any:
-    """A search in progress, for the batcher to wait for its query (a plain head: nothing to tell)."""
-    return head.searching() if isinstance(head, BatchingHead) else nullcontext()
+def _searching(head: Any, mode: str | None) -> Any:
+    """A search in progress, for the batcher to wait for its query (a lexical search asks none; a plain head:
+    nothing to tell)."""
+    return head.searching() if isinstance(head, BatchingHead) and mode != "lexical" else nullcontext()
 
 
 def _close_batcher(head: Any) -> None:

@@ -27,7 +27,8 @@ def test_concurrent_requests_share_encoder_calls_and_get_their_own_rows():
     rows: dict[int, np.ndarray] = {}
 
     def ask(i: int) -> None:
-        rows[i] = wrapped.encode_queries(["x" * i])
+        with wrapped.searching():
+            rows[i] = wrapped.encode_queries(["x" * i])
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(1, 9)]
     for thread in threads:
@@ -153,3 +154,52 @@ def test_a_search_that_never_asks_stops_being_waited_for():
         assert time.perf_counter() - began < 2.5 and batcher._coming == 0
     finally:
         batcher.close()
+
+
+def test_a_search_inside_a_search_is_the_same_search():
+    """searching() is re-entrant: the inner one neither counts twice nor leaves the outer one counted forever."""
+    batcher = QueryBatcher(StandIn(), max_wait=5.0)
+    try:
+        with batcher.searching():
+            with batcher.searching():
+                assert batcher._coming == 1
+            assert batcher._coming == 1
+            batcher.encode("query")
+            assert batcher._coming == 0
+        assert batcher._coming == 0
+    finally:
+        batcher.close()
+
+
+def test_services_mark_their_searches_and_a_lexical_one_is_not_waited_for(tmp_path, monkeypatch):
+    """The collection service wraps a search in searching() (its BM25 side runs before it asks for the vector),
+    except a lexical search, which never asks."""
+    from retrieval.serve.collection import Collection
+    from retrieval.serve.service import CollectionService
+
+    seen: list[int] = []
+
+    class Store:
+        def lexical_search(self, *args):
+            seen.append(head.batcher._coming)
+            return []
+
+    class Vectors:
+        store = Store()
+
+        def search(self, vectors, k, filter=None):
+            return [[]]
+
+        def documents(self, ids):
+            return []
+
+    head = BatchingHead(StandIn())
+    collection = Collection.__new__(Collection)
+    collection.head, collection.vectors = head, Vectors()
+    service = CollectionService(collection)
+    try:
+        service.search("a query", 5, mode="hybrid")
+        service.search("a query", 5, mode="lexical")
+        assert seen == [1, 0] and head.batcher._coming == 0
+    finally:
+        head.batcher.close()

@@ -195,8 +195,9 @@ def test_concurrent_searches_are_batched_and_equal_single_ones(service):
     out: dict[int, object] = {}
 
     def one(i: int) -> None:
-        start.wait()
-        out[i] = batched.encode_queries([texts[i]])[0]
+        with batched.searching():  # (as the services mark their searches)
+            start.wait()
+            out[i] = batched.encode_queries([texts[i]])[0]
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(len(texts))]
     for t in threads:
