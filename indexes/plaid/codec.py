@@ -39,6 +39,7 @@ import torch
 ASSIGN_CHUNK = 1 << 16
 DECODE_CHUNK = 2048  # tokens decoded at a time in search (see ResidualCodec.scores)
 QUANTIZER_SAMPLE = 200_000  # scaled residuals the codebooks are fitted on (they need far fewer tokens than k-means)
+PQ_BLAS_THRESHOLD = 20  # points from which faiss assigns with BLAS while the codebooks are fitted
 
 
 @dataclass
@@ -260,7 +261,14 @@ def fit_residual_quantizer(residuals: np.ndarray, nbits: int, seed: int = 0) -> 
     quantizer = faiss.ProductQuantizer(dim, n_bytes, 8)
     quantizer.cp.seed = seed
     quantizer.cp.min_points_per_centroid = 1  # small samples are expected (tests, tiny corpora): no warning
-    quantizer.train(np.ascontiguousarray(residuals @ rotation.T))
+    # faiss (1.15) assigns fewer than `distance_compute_blas_threshold` (128,000) points without BLAS, a path that
+    # is ~5x slower for these few-dimensional k-means of 256 entries: BLAS from 20 points on (faiss's old default)
+    blas_threshold = faiss.cvar.distance_compute_blas_threshold
+    faiss.cvar.distance_compute_blas_threshold = min(blas_threshold, PQ_BLAS_THRESHOLD)
+    try:
+        quantizer.train(np.ascontiguousarray(residuals @ rotation.T))
+    finally:
+        faiss.cvar.distance_compute_blas_threshold = blas_threshold
     codebooks = faiss.vector_to_array(quantizer.centroids).reshape(n_bytes, 256, 8 // nbits)
     return rotation, codebooks.astype(np.float32)
 
