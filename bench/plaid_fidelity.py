@@ -101,6 +101,7 @@ def run(name: str, nbits: int, max_queries: int | None, settings_list: list[dict
         ndcg = {name: evaluate(r, data.qrels)["ndcg@10"] for name, r in exact_runs.items()}
         result = {"dataset": name, "documents": len(tokens.doc_ids), "tokens": int(len(tokens.docs)),
                   "queries": len(query_ids), "nbits": nbits, "centroids": int(len(codec.centroids)),
+                  "regions": codec.n_regions,
                   "build_s": round(build_s, 1), "recall@10 codec ceiling": round(float(np.mean(ceiling_share)), 4),
                   "ndcg@10 exact": round(ndcg["exact"], 4), "ndcg@10 ceiling": round(ndcg["ceiling"], 4),
                   "searches": []}
@@ -147,8 +148,14 @@ def main() -> None:
                         help="a JSON list of SearchSettings overrides, each measured on the same index ({}: defaults)")
     parser.add_argument("--latency-queries", type=int, default=200)
     parser.add_argument("--build", default="{}", help='PlaidIndex.create options, e.g. \'{"centroid_factor": 16}\'')
+    parser.add_argument("--regions", type=int, default=None, help="ResidualCodec.REGIONS for this run (default: "
+                        "the codec's own)")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    if args.regions is not None:
+        from indexes.plaid.codec import ResidualCodec
+
+        ResidualCodec.REGIONS = args.regions
     for name in args.datasets.split(","):
         result = run(name, args.nbits, args.queries, json.loads(args.settings), args.latency_queries,
                      json.loads(args.build))
