@@ -186,29 +186,34 @@ class ResidualCodec:
                inverse_norms: np.ndarray) -> np.ndarray:
         """query (n_q, dim) against decompressed tokens: (n_q, n) cosines, as query @ decompress(...).T, but as
         (query . centroid + scale * (rotation @ query) . coded residual) / norm, where query . centroid is already in
-        ``centroid_scores``: the query is rotated once instead of every token. Only the residuals are decoded (one
-        table lookup per byte, in torch: multithreaded), ``DECODE_CHUNK`` tokens at a time: each chunk's decoded
-        residuals stay in cache for the product, which makes decoding 128 documents 3x faster than decoding them at
-        once, and bounds the memory it takes."""
+        ``centroid_scores``: the query is rotated once per region instead of every token. Only the residuals are
+        decoded (one table lookup per byte, in torch: multithreaded), ``DECODE_CHUNK`` tokens at a time: each chunk's
+        decoded residuals stay in cache for the product, which makes decoding 128 documents 3x faster than decoding
+        them at once, and bounds the memory it takes. With regions, the tokens are taken region by region (sorted
+        once, their scores put back in order once): each chunk reads one region's table, which stays in cache (all
+        regions' tables together do not), and is one product with one rotated query."""
         query_t = torch.from_numpy(query) @ self._torch_rotation.transpose(1, 2)  # (regions, n_q, dim)
-        packed_t = torch.from_numpy(packed)
-        offsets = torch.from_numpy(self._region_offsets[codes])
-        scores = torch.empty((len(query), len(codes)), dtype=torch.float32)
-        for start in range(0, len(codes), DECODE_CHUNK):
-            stop = min(start + DECODE_CHUNK, len(codes))
+        order = np.argsort(self.regions[codes], kind="stable") if self.n_regions > 1 else None
+        by_region_codes = codes if order is None else codes[order]
+        by_region_packed = np.asarray(packed) if order is None else np.asarray(packed)[order]
+        token_regions = self.regions[by_region_codes]
+        cuts = np.union1d(np.arange(0, len(codes), DECODE_CHUNK), np.flatnonzero(np.diff(token_regions)) + 1)
+        packed_t = torch.from_numpy(by_region_packed)
+        offsets = torch.from_numpy(self._region_offsets[by_region_codes])
+        products = torch.empty((len(query), len(codes)), dtype=torch.float32)
+        for start, stop in zip(cuts.tolist(), [*cuts[1:].tolist(), len(codes)]):
             rows = (packed_t[start:stop].int() + self._position_offsets + offsets[start:stop, None]).reshape(-1)
             residuals = torch.index_select(self._torch_table, 0, rows).reshape(-1, self.dim)
-            for region, at in self._by_region(codes[start:stop]):
-                if len(at) == stop - start:
-                    scores[:, start:stop] = query_t[region] @ residuals.T
-                else:
-                    at_t = torch.from_numpy(at)
-                    scores[:, start + at_t] = query_t[region] @ residuals[at_t].T
+            products[:, start:stop] = query_t[token_regions[start]] @ residuals.T
+        if order is not None:
+            in_order = torch.empty_like(products)
+            in_order[:, torch.from_numpy(order)] = products
+            products = in_order
         codes = codes.astype(np.int64)
-        scores *= torch.from_numpy(self.scales[codes])
-        scores += torch.from_numpy(centroid_scores[:, codes])
-        scores *= torch.from_numpy(inverse_norms)
-        return scores.numpy()
+        products *= torch.from_numpy(self.scales[codes])
+        products += torch.from_numpy(centroid_scores[:, codes])
+        products *= torch.from_numpy(inverse_norms)
+        return products.numpy()
 
 
 def assign(centroids: np.ndarray, vectors: np.ndarray) -> np.ndarray:
