@@ -20,7 +20,7 @@ from .warm import ServerInfo, remove_server_file, write_server_file
 log = logging.getLogger("mret.serve")
 # How long a thread may keep the GIL while another waits for it (Python's default: 5 ms). A query's encoding hands
 # the GIL back at every torch call (tokens, pooling, the traced forward); beside request threads running Python each
-# hand-back could cost up to the interval: at 0.1 ms a query beside a busy thread takes ~1.6x its time alone, not 20x.
+# hand-back could cost up to the interval (figures: README, "A warm index for tools", Speed).
 SWITCH_INTERVAL_S = 0.0001
 
 
