@@ -18,7 +18,7 @@ from encoder.packing import batches_by_token_budget, pack
 from encoder.tokenizer import Tokenizer
 from modernretrieval.errors import SettingsError
 
-from .precision import is_int8, quantize_linears
+from .precision import is_int8, quantize_linears, release_checkpoint
 from .tracing import TracedForward
 
 
@@ -45,6 +45,7 @@ class ModernBertBackbone(nn.Module):
         """The body's linear layers (fused Wqkv, Wo, GeGLU Wi, Wo) to dynamic int8, for CPU inference; the MLM head,
         unused here and tied to the embedding, is left alone."""
         quantize_linears(self.model.model)
+        release_checkpoint(self.model)  # (the tied decoder is the embedding's Parameter: it stays tied)
 
     def save(self, folder: Path) -> None:
         refuse_int8(self.model)
@@ -122,7 +123,7 @@ class TransformersBackbone(nn.Module):
     def quantize_int8(self) -> None:
         """Every linear layer of the transformers model (query/key/value, attention output, intermediate, output) to
         dynamic int8, for CPU inference."""
-        quantize_linears(self.model)
+        release_checkpoint(quantize_linears(self.model))
         self.traced.invalidate()  # (a trace made before holds the float32 layers)
 
     def save(self, folder: Path) -> None:

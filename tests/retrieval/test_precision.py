@@ -93,10 +93,17 @@ def test_auto_on_cpu_takes_the_faster_format_measured_once(tmp_path, monkeypatch
     saved = json.loads((tmp_path / "cache" / "precision.json").read_text())
     assert saved[precision.machine_key()]["dtype"] == "bfloat16"
     assert precision.cpu_model() in precision.machine_key() and torch.__version__ in precision.machine_key()
+    # the same model name with other bf16 instructions (one "AMD EPYC" with AVX512-BF16, one without): measured anew
+    flags = precision.cpu_flags()
+    monkeypatch.setattr(precision, "cpu_flags", lambda: flags ^ {"avx512_bf16"})
+    timings["bfloat16"] = 2.0
+    assert resolve("cpu", "auto").dtype == torch.float32 and len(calls) == 2
+    monkeypatch.setattr(precision, "cpu_flags", lambda: flags)
+    assert resolve("cpu", "auto").dtype == torch.bfloat16 and len(calls) == 2  # each CPU keeps its own answer
 
     (tmp_path / "cache" / "precision.json").write_text("{damaged")  # unreadable: measured again, rewritten
     timings["bfloat16"] = 0.95  # not clearly faster: float32, which is exact, wins the tie
-    assert resolve("cpu", "auto").dtype == torch.float32 and len(calls) == 2
+    assert resolve("cpu", "auto").dtype == torch.float32 and len(calls) == 3
     assert json.loads((tmp_path / "cache" / "precision.json").read_text())[precision.machine_key()]["dtype"] == "float32"
 
 
@@ -163,6 +170,30 @@ def test_int8_colbert_heads_on_both_backbones(minilm_folder, scifact_texts):
     approximate = int8.encode_documents(texts)
     assert [len(a) for a in exact] == [len(a) for a in approximate]
     assert np.mean([cosines(a, b).mean() for a, b in zip(exact, approximate)]) >= 0.99
+
+
+def _storages(module: nn.Module) -> set[int]:
+    return {t.untyped_storage().data_ptr() for t in [*module.parameters(), *module.buffers()]}
+
+
+@pytest.mark.parametrize("model", ["modernbert", "minilm"])
+def test_int8_lets_go_of_the_checkpoint_file_it_was_loaded_from(model, tiny_dense, minilm_folder):
+    """safetensors loads weights as views of one memory-mapped file; after quantizing, no parameter may still be such
+    a view (the mapping, and every float32 page quantizing read, would stay resident: an int8 run's peak RSS was
+    above float32's). The MLM decoder stays tied to the embedding; the vectors do not change."""
+    folder = tiny_dense if model == "modernbert" else minilm_folder
+    head = load_head(folder, "dense")
+    backbone = head.backbone
+    loaded = _storages(backbone.model)
+    texts = ["def load(path): return json.loads(path.read_text())", "tides and the moon"]
+    before = head.encode_documents(texts) if model == "modernbert" else None
+    backbone.quantize_int8()
+    assert not loaded & _storages(backbone.model)
+    if model == "modernbert":
+        decoder = getattr(backbone.model, "decoder", None)
+        if decoder is not None and backbone.model.config.tie_word_embeddings:
+            assert decoder.weight is backbone.model.model.embeddings.tok_embeddings.weight
+        assert cosines(before, head.encode_documents(texts)).min() >= 0.99
 
 
 @pytest.fixture(scope="module")
