@@ -1,6 +1,7 @@
 """Documents/s encoding a collection in one process vs on a local Ray cluster (retrieval.distributed), in turns.
 
-    python bench/distributed_encode.py [--docs 5183] [--rounds 2] [--workers 2] [--model FOLDER --kind dense]
+    python bench/distributed_encode.py [--docs 5183] [--rounds 2] [--workers 2] [--ideal] [--files]
+                                       [--model FOLDER --kind dense]
 
 Both sides encode the same SciFact documents with the same model through the one pipeline (``encode_texts``, chunks
 of 128, each finished chunk saved as a part, as the eval cache does), from a fresh parts folder each time:
@@ -13,6 +14,10 @@ of 128, each finished chunk saved as a part, as the eval cache does), from a fre
 Each side's job time includes loading the model; one process's encoding time alone is printed too. Ray's own
 startup (``ray.init``) is printed apart: a cluster is started once, not per job. Best of ``--rounds``, alternating, so
 that drift on a shared machine hits both. The ratio is Ray / one process (documents/s); overhead = 1 - ratio.
+
+``--files`` adds the path of ``mret embed --ray``: the same texts written as two parquet files, read by Ray Data into
+the cluster, sorted into the pipeline's chunks there (the driver never holds them) and the output written in input
+order; its job time counts all of that.
 
 ``--ideal`` adds a third side: one process with one worker's threads; ``workers`` such processes splitting the work
 perfectly would take its load time + its encoding time / workers. Ray / that ideal isolates Ray's own cost from how
@@ -56,6 +61,17 @@ def on_ray(spec, texts: list[str], parts: Path, workers: int | None, cpus: int) 
     return time.perf_counter() - started, report
 
 
+def on_ray_files(spec, files: Path, parts: Path, workers: int | None, cpus: int) -> tuple[float, object]:
+    """``mret embed --ray`` on parquet files without the command line: read into the cluster, encoded through
+    ``encode_blocks`` (the driver never holds the texts), the output written in input order."""
+    from retrieval.distributed.files import embed_corpus, read_corpus, write_output
+
+    started = time.perf_counter()
+    run = embed_corpus(spec, read_corpus([files]), parts, workers=workers, progress=False)
+    write_output(run, parts / "out.npy", spec.kind)
+    return time.perf_counter() - started, run.report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", type=Path, default=SCIFACT)
@@ -67,6 +83,8 @@ def main() -> None:
     parser.add_argument("--kind", default="dense", choices=["dense", "colbert"])
     parser.add_argument("--token-embeddings", action="store_true", help="colbert over a plain encoder's token states")
     parser.add_argument("--ideal", action="store_true", help="also time one worker's share alone (see above)")
+    parser.add_argument("--files", action="store_true", help="also time `mret embed --ray`'s path: the texts as "
+                        "parquet files, read into the cluster, never on the driver (see above)")
     args = parser.parse_args()
 
     import ray
@@ -93,9 +111,19 @@ def main() -> None:
 
     single, ray_runs, ideal = [], [], []
     worker_threads = max(1, args.cpus // workers)
-    sides = ("one process", "ray") + (("one worker's threads",) if args.ideal else ())
+    sides = ("one process", "ray") + (("one worker's threads",) if args.ideal else ()) + (("files",) if args.files
+                                                                                        else ())
     scratch = Path(tempfile.mkdtemp(prefix="distributed-encode-"))
+    files_runs = []
     try:
+        if args.files:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            (scratch / "corpus").mkdir()
+            for n, start in enumerate(range(0, len(texts), -(-len(texts) // 2))):
+                pq.write_table(pa.table({"text": texts[start:start + -(-len(texts) // 2)]}),
+                               scratch / "corpus" / f"part-{n}.parquet")
         for round_number in range(args.rounds):
             for side in sides:
                 parts = scratch / f"{side}-{round_number}"
@@ -110,6 +138,11 @@ def main() -> None:
                     print(f"round {round_number + 1} one process on {worker_threads} thread(s): job {job:.1f} s, "
                           f"encoding alone {encoding:.1f} s; {workers} such workers, ideally: {ideal[-1]:.1f} s "
                           f"({len(texts) / ideal[-1]:.1f} docs/s)")
+                elif side == "files":
+                    job, report = on_ray_files(spec, scratch / "corpus", parts, workers, args.cpus)
+                    files_runs.append(job)
+                    print(f"round {round_number + 1} ray, parquet files kept in the cluster: job {job:.1f} s "
+                          f"({len(texts) / job:.1f} docs/s); {report.describe()}")
                 else:
                     job, report = on_ray(spec, texts, parts, workers, args.cpus)
                     ray_runs.append(job)
@@ -123,6 +156,10 @@ def main() -> None:
     print(f"best: one process {len(texts) / best_single:.1f} docs/s (encoding alone {len(texts) / best_encoding:.1f}"
           f"); Ray, {workers} workers: {len(texts) / best_ray:.1f} docs/s; ratio Ray / one process {ratio:.3f} "
           f"(overhead {100 * (1 - ratio):.1f}%)")
+    if files_runs:
+        print(f"Ray on parquet files (read, sorted into chunks in the cluster, output written): "
+              f"{len(texts) / min(files_runs):.1f} docs/s; ratio to one process {best_single / min(files_runs):.3f} "
+              f"(overhead {100 * (1 - best_single / min(files_runs)):.1f}%)")
     if ideal:
         print(f"Ray / {workers} ideal workers of {worker_threads} thread(s) ({len(texts) / min(ideal):.1f} docs/s): "
               f"{min(ideal) / best_ray:.3f} (Ray's own overhead {100 * (1 - min(ideal) / best_ray):.1f}%)")

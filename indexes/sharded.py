@@ -15,6 +15,7 @@ top ``k`` is in its own shard's top ``k``. Filters are passed to every shard's s
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from collections.abc import Iterable, Sequence
@@ -36,7 +37,7 @@ from .store import Document, Filter, is_sql_filter
 MANIFEST = "manifest.json"
 FORMAT = 1
 BACKENDS: dict[str, type[VectorIndex]] = {"faiss": FaissIndex, "plaid": PlaidIndex}
-BUILD_BATCH = 256  # documents per PLAID add_stream batch
+BUILD_BATCH = 256  # documents per add_stream batch when a shard is built from memory
 
 
 def shard_name(number: int) -> str:
@@ -47,6 +48,8 @@ def split(n: int, n_shards: int) -> list[range]:
     """``n`` documents in input order cut into ``n_shards`` contiguous ranges whose sizes differ by at most one."""
     if n_shards < 1:
         raise IndexInputError(f"the number of shards must be at least 1, got {n_shards}")
+    if n_shards > n:
+        raise IndexInputError(f"{n_shards} shards for {n} documents: a shard holds one document at least")
     bounds = [n * i // n_shards for i in range(n_shards + 1)]
     return [range(a, b) for a, b in zip(bounds, bounds[1:])]
 
@@ -63,32 +66,49 @@ def train_shared_codec(embeddings: Iterable[np.ndarray], total_tokens: int | Non
 def build_shard(folder: str | Path, backend: str, ids: Sequence[str], embeddings: Any,
                 documents: Sequence[Document] | None = None, codec: ResidualCodec | None = None,
                 codec_tokens: int = 0, **settings: Any) -> int:
-    """Build one shard, an ordinary index, from its documents; returns how many it holds.
+    """Build one shard, an ordinary index, from its documents held in memory; returns how many it holds.
+    ``embeddings``: an (n, dim) array for FAISS, one (n_tokens, dim) array per document for PLAID. The rest is
+    ``build_shard_stream``'s."""
+    starts = range(0, len(ids), BUILD_BATCH)
+    return build_shard_stream(folder, backend, ids, (
+        Batch(list(ids[i: i + BUILD_BATCH]), take_range(embeddings, range(i, min(i + BUILD_BATCH, len(ids)))),
+              None if documents is None else list(documents[i: i + BUILD_BATCH])) for i in starts),
+        codec, codec_tokens, **settings)
 
-    A shard left complete by an earlier run (it opens and holds these ids, with this codec) is kept as it is, so a
-    rerun after a crash builds only the missing ones; anything else in ``folder`` is removed first. ``backend``:
-    "faiss" (``settings`` go to FaissIndex.create, e.g. kind="flat") or "plaid" (``codec`` is the shared codec,
-    required; ``settings`` go to PlaidIndex.create). ``embeddings``: an (n, dim) array for FAISS, one (n_tokens,
-    dim) array per document for PLAID."""
+
+def build_shard_stream(folder: str | Path, backend: str, ids: Sequence[str],
+                       batches: Iterable[Batch | tuple[Sequence[str], Any]], codec: ResidualCodec | None = None,
+                       codec_tokens: int = 0, **settings: Any) -> int:
+    """Build one shard from a stream of batches (``add_stream``: one batch in memory at a time, one commit), so a
+    shard larger than memory can be built; returns how many documents it holds.
+
+    ``ids``: every id the batches bring. A shard left complete by an earlier run (it opens and holds these ids,
+    with this codec) is kept as it is and the batches are not read, so a rerun after a crash builds only the
+    missing ones; anything else in ``folder`` is removed first. ``backend``: "faiss" (``settings`` go to
+    FaissIndex.create, e.g. kind="flat") or "plaid" (``codec`` is the shared codec, required; ``settings`` go to
+    PlaidIndex.create)."""
     folder = Path(folder)
     cls = _index_class(backend)
     if _complete(folder, cls, ids, codec):
         return len(ids)
+    if backend == "plaid" and codec is None:
+        raise IndexInputError("a PLAID shard needs the shared codec (train_shared_codec)")
     shutil.rmtree(folder, ignore_errors=True)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    stream = iter(batches)
+    first = next(stream, None)
+    if first is None:
+        raise IndexInputError(f"shard {folder.name} has no documents")
+    stream = itertools.chain([first], stream)
     if backend == "faiss":
-        vectors = np.asarray(embeddings, dtype=np.float32)
-        with FaissIndex.create(folder, int(vectors.shape[1]), **settings) as index:
-            index.add(list(ids), vectors, documents)
-            return len(index)
-    if codec is None:
-        raise IndexInputError("a PLAID shard needs the shared codec (train_shared_codec)")
-    settings = {key: value for key, value in settings.items() if key != "nbits"}  # the codec's
-    with PlaidIndex.create(folder, codec.dim, nbits=codec.nbits, codec=codec, codec_tokens=codec_tokens,
-                           **settings) as index:
-        index.add_stream(Batch(list(ids[i: i + BUILD_BATCH]), list(embeddings[i: i + BUILD_BATCH]),
-                               None if documents is None else list(documents[i: i + BUILD_BATCH]))
-                         for i in range(0, len(ids), BUILD_BATCH))
+        embeddings = first.embeddings if isinstance(first, Batch) else first[1]
+        index = FaissIndex.create(folder, int(np.asarray(embeddings).shape[1]), **settings)
+    else:
+        settings = {key: value for key, value in settings.items() if key != "nbits"}  # the codec's
+        index = PlaidIndex.create(folder, codec.dim, nbits=codec.nbits, codec=codec, codec_tokens=codec_tokens,
+                                  **settings)
+    with index:
+        index.add_stream(stream)
         return len(index)
 
 

@@ -54,17 +54,13 @@ def encode_texts(head: Head, texts: Sequence[str], is_query: bool, *, chunk_text
     ``chunk_texts`` is never served (its parts are encoded again and overwritten); it does not record the head: a
     folder must belong to one head and its settings (``eval.encode`` names it after its cache key); a part is
     written whole or not at all. ``progress`` is called with the number of texts of each chunk once it is done."""
-    if chunk_texts < 1:
-        raise ValueError(f"chunk_texts must be at least 1, got {chunk_texts}")
-    order = sorted(range(len(texts)), key=lambda i: (-len(texts[i]), i))
     rows: list[np.ndarray] = [np.empty(0)] * len(texts)
     seconds, tokens = 0.0, 0
-    for number, start in enumerate(range(0, len(order), chunk_texts)):
-        chunk = order[start: start + chunk_texts]
+    for number, chunk in enumerate(chunk_plan([len(text) for text in texts], chunk_texts)):
         batch = [texts[i] for i in chunk]
-        part = parts / f"{'queries' if is_query else 'docs'}-{number:06d}.npz" if parts is not None else None
+        part = parts / part_name(number, is_query) if parts is not None else None
         digest = texts_digest(batch, is_query)
-        saved = _read_part(part, digest, len(batch)) if part is not None and part.exists() else None
+        saved = read_part(part, len(batch), digest) if part is not None and part.exists() else None
         if saved is None:
             encode = head.encode_queries if is_query else head.encode_documents  # looked up now: may be replaced
             begin = time.perf_counter()
@@ -80,6 +76,21 @@ def encode_texts(head: Head, texts: Sequence[str], is_query: bool, *, chunk_text
         if progress is not None:
             progress(len(chunk))
     return Encoded(rows, seconds, tokens)
+
+
+def chunk_plan(lengths: Sequence[int], chunk_texts: int = CHUNK_TEXTS) -> list[list[int]]:
+    """The chunks ``encode_texts`` makes of texts of these lengths (in characters), as lists of input positions, in
+    part-number order: longest first (ties in input order), ``chunk_texts`` at a time. Lengths are all it needs, so a
+    distributed run can make the plan without holding the texts."""
+    if chunk_texts < 1:
+        raise ValueError(f"chunk_texts must be at least 1, got {chunk_texts}")
+    order = np.lexsort((np.arange(len(lengths)), -np.asarray(lengths, dtype=np.int64))) if len(lengths) else []
+    return [list(map(int, order[start: start + chunk_texts])) for start in range(0, len(order), chunk_texts)]
+
+
+def part_name(number: int, is_query: bool) -> str:
+    """The file of chunk ``number`` in a ``parts`` folder."""
+    return f"{'queries' if is_query else 'docs'}-{number:06d}.npz"
 
 
 def texts_digest(texts: list[str], is_query: bool) -> str:
@@ -99,16 +110,32 @@ def _save_part(f: BinaryIO, digest: str, rows: list[np.ndarray], seconds: float,
              tokens=tokens, texts=np.array(digest))
 
 
-def _read_part(part: Path, digest: str, n: int) -> tuple[list[np.ndarray], float, int] | None:
-    """A saved chunk as (rows, seconds, tokens); None when unreadable, of other texts or of the wrong size: then
-    it is encoded again."""
+def saved_digest(part: Path) -> str | None:
+    """The digest of the texts of a saved part (its vectors are not read); None when missing or unreadable."""
+    try:
+        with np.load(part, allow_pickle=False) as f:
+            return str(f["texts"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+
+
+def saved_row_lengths(part: Path) -> np.ndarray:
+    """The token count of each row of a saved multi-vector part (its vectors are not read)."""
+    with np.load(part, allow_pickle=False) as f:
+        return f["lengths"]
+
+
+def read_part(part: Path, n: int | None, digest: str | None = None) -> tuple[list[np.ndarray], float, int] | None:
+    """A saved chunk of ``n`` texts (None: any number) as (rows, seconds, tokens); None when unreadable, of the
+    wrong size or (with ``digest``) of other texts: then it is encoded again."""
     try:
         with np.load(part, allow_pickle=False) as f:
             rows, lengths = f["rows"], f["lengths"]
             seconds, tokens, texts = float(f["seconds"]), int(f["tokens"]), str(f["texts"])
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
         return None
-    if texts != digest or len(lengths) != n:
+    n = len(lengths) if n is None else n
+    if (digest is not None and texts != digest) or len(lengths) != n:
         return None
     if lengths.any():  # per-token rows, packed
         if lengths.sum() != len(rows):

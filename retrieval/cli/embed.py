@@ -91,19 +91,19 @@ def embed_on_ray(model: str, inputs: list[str], output: Path, kind: str, query: 
     import shutil
 
     from retrieval.distributed import HeadSpec, connect
-    from retrieval.distributed.files import Corpus, embed_corpus, read_corpus
+    from retrieval.distributed.files import corpus_from_texts, embed_corpus, read_corpus, write_output
 
     if workers is not None and workers < 1:
         fail(f"--workers must be at least 1, got {workers}")
     cluster = connect(address)
     if len(inputs) == 1 and Path(inputs[0]).suffix == ".txt":
-        corpus = Corpus(read_texts(Path(inputs[0])), None, inputs)
+        corpus = corpus_from_texts(read_texts(Path(inputs[0])), inputs)
     else:
         corpus = read_corpus(inputs)
     local = Path(model).expanduser()
     spec = HeadSpec(str(local.resolve()) if local.exists() else model, kind, device=device, dtype=dtype)
     parts = output.with_name(output.name + ".parts")
-    err.print(f"{cluster.describe()}: {len(corpus.texts)} texts; parts in {parts}", highlight=False, soft_wrap=True)
+    err.print(f"{cluster.describe()}: {corpus.size} texts; parts in {parts}", highlight=False, soft_wrap=True)
     written = 0
 
     def progress(texts: int) -> None:
@@ -117,7 +117,9 @@ def embed_on_ray(model: str, inputs: list[str], output: Path, kind: str, query: 
         write_ids(ids_path(output), run.ids)
     else:
         ids_path(output).unlink(missing_ok=True)  # an earlier run's ids would not be these rows'
-    write_vectors(output, kind, run.encoded.rows)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    shape = write_output(run, output, kind)
+    err.print(f"wrote {output}: {corpus.size} texts, array {shape}", highlight=False)
     shutil.rmtree(parts)
     if run.ids is not None:
         err.print(f"wrote {ids_path(output)}: the id of each row", highlight=False)

@@ -18,7 +18,8 @@ from modernretrieval.errors import SettingsError
 
 from .cluster import connect
 from .encode import CHUNK_TEXTS, EncodeReport, HeadSpec, encode_parts, read_parts
-from .shards import RayShardedIndex, build_sharded_on_ray
+from .from_parts import build_sharded_from_parts
+from .shards import RayShardedIndex
 
 QUERY_BATCH = 32
 INDEXES = {"dense": ("flat", "hnsw"), "colbert": ("plaid",)}
@@ -61,16 +62,16 @@ def beir_run_on_ray(dataset: BeirDataset, spec: HeadSpec, folder: Path, shards: 
     parts = folder / "parts"
     report = encode_parts(spec, parts, doc_texts, query_texts, workers=workers, gpus_per_worker=gpus_per_worker,
                           progress=progress, address=address)
-    docs = read_parts(parts, doc_texts, False, CHUNK_TEXTS).rows
     queries = read_parts(parts, query_texts, True, CHUNK_TEXTS).rows
     timings["encode_s"] = time.perf_counter() - started
 
-    begun = time.perf_counter()
+    begun = time.perf_counter()  # the documents' vectors go from the parts to the shard tasks, not through here
     location = folder / (f"index-{index}-{shards}" + (f"-{nbits}bit" if spec.kind == "colbert" else ""))
+    lengths = [len(text) for text in doc_texts]
     if spec.kind == "dense":
-        manifest = build_sharded_on_ray(location, "faiss", doc_ids, np.stack(docs), shards, kind=index)
+        manifest = build_sharded_from_parts(location, "faiss", parts, doc_ids, lengths, shards, kind=index)
     else:
-        manifest = build_sharded_on_ray(location, "plaid", doc_ids, docs, shards, nbits=nbits)
+        manifest = build_sharded_from_parts(location, "plaid", parts, doc_ids, lengths, shards, nbits=nbits)
     timings["index_s"] = time.perf_counter() - begun
 
     begun = time.perf_counter()

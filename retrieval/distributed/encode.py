@@ -1,7 +1,9 @@
 """Encoding a collection on a Ray cluster, through the one encoding pipeline, into the parts the single node reads.
 
 The work is cut exactly as ``retrieval.encoding.encode_texts`` cuts it (texts longest first, ``chunk_texts`` at a
-time; the plan is read from that function itself, never re-derived), and each chunk is one row of a Ray Dataset.
+time: ``chunk_plan``, the pipeline's own plan), and each chunk is one row of a Ray Dataset. This is the path for texts
+the caller holds (a BEIR dataset, the files of a tree); ``retrieval.distributed.blocks`` is the one for corpora the
+driver never holds.
 ``map_batches`` sends the rows to a pool of actors (``ChunkEncoder``), each loading the head once (one GPU per actor
 when the cluster has GPUs, CPU actors otherwise) and encoding its chunk with ``encode_texts``: the same model call on
 the same batch as on one machine, so the vectors are the same. The actor returns the chunk as the pipeline saves it
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import tempfile
 import time
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from modernretrieval.files import atomic_write
-from retrieval.encoding import CHUNK_TEXTS, Encoded, encode_texts, texts_digest
+from retrieval.encoding import CHUNK_TEXTS, Encoded, chunk_plan, encode_texts, part_name, saved_digest, texts_digest
 from retrieval.heads.base import Head, Kind
 from retrieval.heads.loading import load_head
 
@@ -104,14 +105,7 @@ class ChunkEncoder:
 
 def plan(texts: Sequence[str], is_query: bool, chunk_texts: int = CHUNK_TEXTS) -> list[list[str]]:
     """The chunks ``encode_texts`` makes of ``texts``, in its order (its part numbers)."""
-    recorder = _Recorder()
-    encode_texts(recorder, texts, is_query, chunk_texts=chunk_texts)
-    return recorder.chunks
-
-
-def part_name(number: int, is_query: bool) -> str:
-    """Where ``encode_texts`` saves chunk ``number`` in its ``parts`` folder (tests check the two agree)."""
-    return f"{'queries' if is_query else 'docs'}-{number:06d}.npz"
+    return [[texts[i] for i in chunk] for chunk in chunk_plan([len(text) for text in texts], chunk_texts)]
 
 
 def encode_parts(load: Callable[[], Head], parts: Path, documents: Sequence[str] = (), queries: Sequence[str] = (),
@@ -128,16 +122,12 @@ def encode_parts(load: Callable[[], Head], parts: Path, documents: Sequence[str]
     ray = require_ray()
     cluster = connect(address)
     started = time.perf_counter()
-    if gpus_per_worker is None:
-        gpus_per_worker = 1.0 if cluster.gpus else 0.0
-    if workers is None:
-        workers = (int(cluster.gpus / gpus_per_worker) if gpus_per_worker
-                   else max(1, int(cluster.cpus // cpus_per_worker)))
+    workers, gpus_per_worker = pool_size(cluster, workers, gpus_per_worker, cpus_per_worker)
     rows, total = [], 0
     for texts, is_query in ((documents, False), (queries, True)):
         for number, chunk in enumerate(plan(texts, is_query, chunk_texts)):
             total += 1
-            if not _done(parts / part_name(number, is_query), chunk, is_query):
+            if saved_digest(parts / part_name(number, is_query)) != texts_digest(chunk, is_query):
                 rows.append({"number": number, "is_query": is_query, "texts": chunk})
     report = EncodeReport(total, 0, total - len(rows), len(documents) + len(queries), workers, cpus_per_worker,
                           gpus_per_worker, 0.0)
@@ -149,7 +139,7 @@ def encode_parts(load: Callable[[], Head], parts: Path, documents: Sequence[str]
             num_cpus=cpus_per_worker, num_gpus=gpus_per_worker or None)
         # Ray Data's actor pools restart a dead actor and retry its chunk (max_restarts = max_task_retries = -1)
         sizes = {(row["number"], row["is_query"]): len(row["texts"]) for row in rows}
-        with _progress(progress, sum(sizes.values())) as advance:
+        with ProgressStep(progress, sum(sizes.values())) as advance:
             for row in dataset.iter_rows():
                 number, is_query = int(row["number"]), bool(row["is_query"])
                 data = row["part"]
@@ -158,6 +148,14 @@ def encode_parts(load: Callable[[], Head], parts: Path, documents: Sequence[str]
                 advance(sizes[number, is_query])
     report.seconds = time.perf_counter() - started
     return report
+
+
+def pool_size(cluster: Any, workers: int | None, gpus_per_worker: float | None,
+              cpus_per_worker: float) -> tuple[int, float]:
+    """An actor pool's size and each actor's GPUs: ``workers`` when given, else one actor per GPU
+    (``gpus_per_worker`` default 1) when the cluster has GPUs, else one per ``cpus_per_worker`` CPUs."""
+    gpus = (1.0 if cluster.gpus else 0.0) if gpus_per_worker is None else gpus_per_worker
+    return workers or (int(cluster.gpus / gpus) if gpus else max(1, int(cluster.cpus // cpus_per_worker))), gpus
 
 
 class RayEncoder:
@@ -171,8 +169,7 @@ class RayEncoder:
                  cpus_per_worker: float = 1, chunk_texts: int = CHUNK_TEXTS, address: str | None = "local"):
         self.ray = require_ray()
         cluster = connect(address)
-        gpus = (1.0 if cluster.gpus else 0.0) if gpus_per_worker is None else gpus_per_worker
-        self.workers = workers or (int(cluster.gpus / gpus) if gpus else max(1, int(cluster.cpus // cpus_per_worker)))
+        self.workers, gpus = pool_size(cluster, workers, gpus_per_worker, cpus_per_worker)
         self.gpus_per_worker, self.cpus_per_worker, self.chunk_texts = gpus, cpus_per_worker, chunk_texts
         actor = self.ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus or None, max_restarts=-1,
                                 max_task_retries=-1)(ChunkEncoder)
@@ -211,39 +208,20 @@ class MissingPartError(RuntimeError):
     """A chunk is not in the parts folder (its encoding did not finish)."""
 
 
-def _done(part: Path, chunk: list[str], is_query: bool) -> bool:
-    """A part of exactly these texts is saved (only its digest is read, not its vectors)."""
-    try:
-        with np.load(part, allow_pickle=False) as f:
-            return str(f["texts"]) == texts_digest(chunk, is_query)
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # missing or damaged: encode it again
-        return False
-
-
-class _Recorder:
-    """The ``Head`` interface without a model: records the chunks ``encode_texts`` asks for."""
-
-    def __init__(self) -> None:
-        self.chunks: list[list[str]] = []
+class _Refuser:
+    """The ``Head`` interface without a model, for ``encode_texts`` to read saved parts: a chunk to encode is
+    missing."""
 
     def tokenize(self, texts: Sequence[str], is_query: bool) -> list[list[int]]:
         return [[] for _ in texts]
 
-    def encode_documents(self, texts: Sequence[str], show_progress: bool | None = None) -> list[np.ndarray]:
-        self.chunks.append(list(texts))
-        return [np.zeros(1, np.float32) for _ in texts]
-
-    encode_queries = encode_documents
-
-
-class _Refuser(_Recorder):
     def encode_documents(self, texts: Sequence[str], show_progress: bool | None = None) -> list[np.ndarray]:
         raise MissingPartError(f"a chunk of {len(texts)} texts has no part: run encode_parts (again) first")
 
     encode_queries = encode_documents
 
 
-class _progress:
+class ProgressStep:
     """A context giving ``advance(n)``: a tqdm bar, the caller's function, or nothing."""
 
     def __init__(self, progress: bool | Callable[[int], object] | None, total: int):

@@ -18,7 +18,7 @@ from retrieval.encoding import encode_texts
 ray = pytest.importorskip("ray", reason='Ray is not installed: pip install -e ".[distributed]"')
 
 from retrieval.distributed import HeadSpec, RayEncoder, encode_parts, read_parts
-from retrieval.distributed.encode import plan
+from retrieval.distributed.encode import MissingPartError, plan
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the helpers below travel to the actors
 
@@ -139,6 +139,41 @@ def test_a_killed_run_resumes_and_an_actor_that_dies_is_retried(dense_run, dense
     assert sum(encoded_texts(log)) == len(DOCS) - sum(written)  # finished chunks were not encoded again
     for a, b in zip(read_parts(parts, DOCS, False, CHUNK).rows, read_parts(dense_run[0], DOCS, False, CHUNK).rows):
         assert np.array_equal(a, b)
+
+
+def test_a_corpus_kept_in_the_cluster_gives_the_same_parts_resumes_and_survives_a_dead_actor(dense_run, dense_spec,
+                                                                                              tmp_path):
+    """The path for corpora larger than the driver (``encode_blocks``: the texts in the object store, the chunks
+    gathered by a sort): killed after two parts, rerun with an actor that exits in the middle of its second chunk,
+    it encodes only the chunks left and writes parts identical to ``encode_parts``'s, which the single-node pipeline
+    reads; the rows come back in input order."""
+    from retrieval.distributed.blocks import encode_blocks, read_plan
+    from retrieval.distributed.files import corpus_from_texts
+
+    corpus = corpus_from_texts(DOCS, [], block_texts=10)  # four blocks: chunks gather rows from several
+    parts, written = tmp_path / "parts", []
+
+    def kill_after_two(n: int) -> None:
+        written.append(n)
+        if len(written) == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        encode_blocks(dense_spec, parts, corpus.blocks, corpus.lengths, chunk_texts=CHUNK, workers=1,
+                      progress=kill_after_two)
+    log, crashed = tmp_path / "calls", tmp_path / "crashed"
+    report, digests = encode_blocks(Counting(dense_spec, log, crash_on=2, crashed=crashed), parts, corpus.blocks,
+                                    corpus.lengths, chunk_texts=CHUNK, workers=1, progress=False)
+    assert crashed.exists() and (report.chunks, report.skipped, report.encoded) == (5, 2, 3)
+    assert sum(encoded_texts(log)) == len(DOCS) - sum(written)
+    lengths = np.concatenate(corpus.lengths)
+    for a, b in zip(read_plan(parts, lengths, digests, False, CHUNK).rows,
+                    read_parts(dense_run[0], DOCS, False, CHUNK).rows):
+        assert np.array_equal(a, b)
+    assert len(read_parts(parts, DOCS, False, CHUNK).rows) == len(DOCS)  # the single-node reader takes them
+    (parts / "docs-000001.npz").unlink()
+    with pytest.raises(MissingPartError):
+        read_plan(parts, lengths, digests, False, CHUNK)
 
 
 def test_a_pool_kept_between_calls_encodes_as_the_pipeline(dense_run, dense_spec):

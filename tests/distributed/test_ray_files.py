@@ -152,6 +152,13 @@ def test_mistakes_are_one_line_and_exit_2(ray_cluster, minilm_folder, tmp_path, 
         (["-i", tmp_path / "broken.jsonl"], "cannot read"),
         (["-i", tmp_path / "ok.parquet", "-i", tmp_path / "in.txt"], "one format at a time"),
         (["-i", tmp_path / "nowhere.parquet"], "does not exist"),
+        (["-i", write_jsonl(tmp_path / "null.jsonl", [{"text": "a"}, {"text": "b"}, {"text": None}])],
+         "row 2 has no text"),
+        (["-i", write_jsonl(tmp_path / "numbers.jsonl", [{"text": 1}, {"text": 2}])], '"text" column holds int64'),
+        (["-i", write_parquet(tmp_path / "noid", [{"id": "a", "text": "x"}, {"id": None, "text": "y"}], files=1)],
+         'an "id" is missing at row 1'),
+        (["-i", write_jsonl(tmp_path / "ids.jsonl", [{"id": "a", "text": "x"}]),
+          "-i", write_jsonl(tmp_path / "noids.jsonl", [{"text": "y"}])], 'some rows have an "id" and some have none'),
     ]
     for args, message in cases:
         out = mret("embed", "--ray", "local", "-m", minilm_folder, "-o", tmp_path / "o.npy", *args, code=2)
@@ -160,3 +167,57 @@ def test_mistakes_are_one_line_and_exit_2(ray_cluster, minilm_folder, tmp_path, 
     out = mret("embed", "--ray", "local", "-m", minilm_folder, "-i", tmp_path / "ok.parquet", "-o", tmp_path / "o.npy",
                code=2)
     assert 'pip install -e ".[distributed]"' in out and out.count("error:") == 1
+
+
+def strings_in(value) -> list[str]:
+    """Every string inside what the driver received: containers, numpy arrays, pyarrow tables and arrays."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (pa.Table, pa.RecordBatch)):
+        return [s for column in value.columns for s in strings_in(column)]
+    if isinstance(value, (pa.Array, pa.ChunkedArray)):
+        return [v for v in value.to_pylist() if isinstance(v, str)]
+    if isinstance(value, np.ndarray):
+        return [str(v) for v in value.ravel()] if value.dtype.kind in "OU" else []
+    if isinstance(value, dict):
+        return [s for item in value.items() for s in strings_in(item)]
+    if isinstance(value, (list, tuple, set)):
+        return [s for item in value for s in strings_in(item)]
+    return []
+
+
+def test_the_driver_never_receives_the_texts(ray_cluster, corpus, minilm_folder, tmp_path, monkeypatch):
+    """A corpus larger than the driver's memory can be encoded: of the texts, the driver receives (ray.get, the
+    datasets it iterates) their lengths and ids, then the encoded parts, never a text. (Streaming the texts to the
+    driver to cut the chunks, as this module once did, fails here.)"""
+    import ray
+
+    from retrieval.distributed import HeadSpec
+    from retrieval.distributed.files import embed_corpus, read_corpus
+
+    received: list = []
+    real_get = ray.get
+
+    def get(*args, **kwargs):
+        received.append(real_get(*args, **kwargs))
+        return received[-1]
+
+    def recorded(iterate):
+        def wrapper(self, *args, **kwargs):
+            for item in iterate(self, *args, **kwargs):
+                received.append(item)
+                yield item
+        return wrapper
+
+    monkeypatch.setattr(ray, "get", get)
+    for name in ("iter_rows", "iter_batches"):
+        monkeypatch.setattr(ray.data.Dataset, name, recorded(getattr(ray.data.Dataset, name)))
+    folder = write_parquet(tmp_path / "pq", corpus)
+    spec = HeadSpec(str(Path(minilm_folder).resolve()), "dense")
+    run = embed_corpus(spec, read_corpus([folder]), tmp_path / "parts", workers=2, progress=False)
+    monkeypatch.undo()
+    assert run.report.encoded == 3 and len(run.rows().rows) == len(corpus)
+    assert len(received) > 3  # the lengths, the parts
+    texts = {(r["title"] + " " + r["text"]).strip() for r in corpus} | {r["text"] for r in corpus}
+    assert not texts & set(strings_in(received))
+    assert set(strings_in(received)) >= {r["id"] for r in corpus}  # the check sees what it should

@@ -66,6 +66,8 @@ def test_split_is_contiguous_and_balanced():
     assert [len(r) for r in split(7, 7)] == [1] * 7
     with pytest.raises(IndexInputError):
         split(5, 0)
+    with pytest.raises(IndexInputError, match="3 shards for 2 documents"):
+        split(2, 3)
 
 
 def test_merge_keeps_the_best_k_of_every_shard():

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from retrieval.encoding import encode_texts
+from retrieval.encoding import chunk_plan, encode_texts
 
 DIM = 4
 TEXTS = ["a b", "a much longer text than the others here", "c", "middle sized text", "d e f", "g",
@@ -68,6 +68,16 @@ def test_equal_lengths_keep_input_order():
     head = StandInHead("dense")
     encode_texts(head, ["bb", "aa", "cc", "d"], False, chunk_texts=2)
     assert head.calls == [["bb", "aa"], ["cc", "d"]]
+
+
+def test_the_plan_made_from_lengths_alone_is_the_chunks_encoded():
+    """A distributed run makes the plan from the texts' lengths (it never holds the texts): the same chunks."""
+    texts = [("xy" * (i * 7 % 11)) + str(i % 3) for i in range(40)]  # many ties
+    head = StandInHead("dense")
+    encode_texts(head, texts, False, chunk_texts=6)
+    plan = chunk_plan([len(text) for text in texts], 6)
+    assert [[texts[i] for i in chunk] for chunk in plan] == head.calls
+    assert sorted(i for chunk in plan for i in chunk) == list(range(40)) and chunk_plan([], 6) == []
 
 
 @pytest.mark.parametrize("kind", ["dense", "colbert"])
