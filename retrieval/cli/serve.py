@@ -5,7 +5,9 @@ commands."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Optional
 
@@ -45,6 +47,18 @@ def _tree_service(path: Optional[Path], index_dir: Optional[Path], model: Option
     return TreeService(ServedRetriever.open(folder, show_progress=False))
 
 
+def limit_threads(threads: int | None, environ: MutableMapping[str, str] = os.environ) -> None:
+    """Set the server's OpenMP/BLAS thread count for every thread it will start (torch's and faiss's counts are
+    per OS thread: ``torch.set_num_threads`` in the main thread leaves the batcher's and the request threads' at
+    every core). None: 1 unless OMP_NUM_THREADS is set; 0: leave the libraries' defaults."""
+    if threads == 0 or (threads is None and "OMP_NUM_THREADS" in environ):
+        return
+    if "torch" in sys.modules or "faiss" in sys.modules:  # too late for the environment (an in-process caller)
+        return
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        environ[name] = str(threads or 1)
+
+
 def _logging() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
@@ -65,8 +79,13 @@ def serve_command(
         "Require Authorization: Bearer KEY on every route but /health.")),
     watch: bool = typer.Option(False, "--watch", help="Keep the index in step with the tree as files change."),
     idle_exit: Optional[float] = typer.Option(None, "--idle-exit", hidden=True, help="Stop after this many idle seconds."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=0, help=(
+        "CPU threads of each model call and vector search (torch, faiss). Default 1 (or OMP_NUM_THREADS when set): "
+        "concurrent searches are batched and spread over the cores, where more threads per call spin against each "
+        "other (README: Speed). 0: the libraries' own default (every core).")),
 ) -> None:
     """Serve an index over HTTP (JSON; OpenAPI docs at /docs): one model loaded once, many concurrent searches."""
+    limit_threads(threads)  # before torch or faiss is imported: OpenMP reads it once, for every thread
     _need("fastapi")
     _need("uvicorn")
     from ..serve.runner import Server, check_bind

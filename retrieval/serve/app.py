@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -205,7 +206,9 @@ def create_app(service: Service, api_key: str | None = None, local_token: str | 
 
     @app.get("/health", summary="200 once the model and the index are loaded")
     async def health() -> dict[str, Any]:  # (async: answered on the event loop, no thread hop)
-        return {"status": "ok", "pid": os.getpid(), "kind": service.kind, "searches": counters.searches}
+        torch = sys.modules.get("torch")  # the threads a call gets in a thread other than the main one
+        return {"status": "ok", "pid": os.getpid(), "kind": service.kind, "searches": counters.searches,
+                "threads": torch.get_num_threads() if torch is not None else None}
 
     @app.get("/status", summary="What the index holds (as `mret status --json` prints)")
     def status() -> dict[str, Any]:

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import httpx
 import pytest
 
-from serving import live_server, spawn_server, wait_for_server_file
+from serving import ROOT, child_env, live_server, spawn_server, wait_for_server_file
 
 
 @pytest.fixture()
@@ -154,3 +156,24 @@ def test_sigkill_during_batches_keeps_exactly_the_acknowledged_ones(tmp_path, mo
     assert extra <= {len(acknowledged)}  # at most the batch in flight, whose answer the kill cut off...
     for batch in extra:
         assert {f"b{batch}-{i}" for i in range(20)} <= present  # ...and then whole, never a part of it
+
+
+def test_the_server_runs_its_threads_single_threaded_unless_asked(tmp_path, model_dir):
+    """torch's and faiss's thread counts are per OS thread: `mret serve` sets them for every thread it starts
+    (OMP_NUM_THREADS before torch loads), so its batcher and request threads do not spin against each other.
+    /health reports the count seen outside the main thread."""
+    env = {k: v for k, v in child_env().items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    seen = {}
+    for args in ((), ("--threads", "2")):
+        folder = tmp_path / f"docs{len(args)}"
+        process = subprocess.Popen([sys.executable, "-m", "retrieval.cli", "serve", "--port", "0", "--collection",
+                                    str(folder), "--model", str(model_dir), "--kind", "dense", *args], cwd=ROOT,
+                                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            info = wait_for_server_file(folder, process)
+            health = httpx.get(f"http://127.0.0.1:{info['port']}/health", timeout=30).json()
+            seen[args] = health["threads"]
+        finally:
+            process.kill()
+            process.wait()
+    assert seen == {(): 1, ("--threads", "2"): 2}
