@@ -47,6 +47,14 @@ def _tree_service(path: Optional[Path], index_dir: Optional[Path], model: Option
     return TreeService(ServedRetriever.open(folder, show_progress=False))
 
 
+def _indexes_first(path: Optional[Path], index_dir: Optional[Path], collection: Optional[Path], watch: bool) -> bool:
+    """``mret serve PATH --watch`` on a tree without an index: the server indexes it before serving."""
+    from ..codebase.location import CONFIG, INDEX_DIR_NAME
+
+    return watch and collection is None and path is not None and not ((index_dir or path / INDEX_DIR_NAME)
+                                                                      / CONFIG).exists()
+
+
 def limit_threads(threads: int | None, environ: MutableMapping[str, str] = os.environ) -> None:
     """Set the server's OpenMP/BLAS thread count for every thread it will start (torch's and faiss's counts are
     per OS thread: ``torch.set_num_threads`` in the main thread leaves the batcher's and the request threads' at
@@ -85,6 +93,8 @@ def serve_command(
         "other (README: Speed). 0: the libraries' own default (every core).")),
 ) -> None:
     """Serve an index over HTTP (JSON; OpenAPI docs at /docs): one model loaded once, many concurrent searches."""
+    if threads is None and _indexes_first(path, index_dir, collection, watch):
+        threads = 0  # the first index of the tree is the work to speed up: every core (README: Threads)
     limit_threads(threads)  # before torch or faiss is imported: OpenMP reads it once, for every thread
     _need("fastapi")
     _need("uvicorn")

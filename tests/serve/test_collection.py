@@ -160,20 +160,27 @@ def test_sigkill_during_batches_keeps_exactly_the_acknowledged_ones(tmp_path, mo
 
 def test_the_server_runs_its_threads_single_threaded_unless_asked(tmp_path, model_dir):
     """torch's and faiss's thread counts are per OS thread: `mret serve` sets them for every thread it starts
-    (OMP_NUM_THREADS before torch loads), so its batcher and request threads do not spin against each other.
-    /health reports the count seen outside the main thread."""
+    (OMP_NUM_THREADS before torch loads), so its batcher and request threads do not spin against each other;
+    `--threads` sets another count; a server that must first index its tree keeps every core. /health reports the
+    count seen outside the main thread."""
     env = {k: v for k, v in child_env().items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    cores = int(subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"], env=env,
+                               capture_output=True, text=True, check=True).stdout)
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "a.py").write_text("def retry(): pass\n")
+    runs = {"collection": ("--collection", str(tmp_path / "docs"), "--model", str(model_dir), "--kind", "dense"),
+            "--threads 2": ("--collection", str(tmp_path / "docs"), "--threads", "2"),
+            # a tree the server must index first: that run gets every core
+            "first index": (str(tmp_path / "tree"), "--watch", "--model", str(model_dir), "--kind", "dense")}
     seen = {}
-    for args in ((), ("--threads", "2")):
-        folder = tmp_path / f"docs{len(args)}"
-        process = subprocess.Popen([sys.executable, "-m", "retrieval.cli", "serve", "--port", "0", "--collection",
-                                    str(folder), "--model", str(model_dir), "--kind", "dense", *args], cwd=ROOT,
+    for name, args in runs.items():
+        process = subprocess.Popen([sys.executable, "-m", "retrieval.cli", "serve", "--port", "0", *args], cwd=ROOT,
                                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
+            folder = tmp_path / ("tree/.mret" if name == "first index" else "docs")
             info = wait_for_server_file(folder, process)
-            health = httpx.get(f"http://127.0.0.1:{info['port']}/health", timeout=30).json()
-            seen[args] = health["threads"]
+            seen[name] = httpx.get(f"http://127.0.0.1:{info['port']}/health", timeout=30).json()["threads"]
         finally:
             process.kill()
             process.wait()
-    assert seen == {(): 1, ("--threads", "2"): 2}
+    assert seen == {"collection": 1, "--threads 2": 2, "first index": cores}
