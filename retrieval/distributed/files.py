@@ -7,18 +7,19 @@ columns used are read: ``text`` (required), ``title`` (optional: joined before t
 .jsonl's title, so the vectors are those of single-process ``mret embed``) and ``id`` (optional: returned in input
 order so that the caller can write them beside the vectors). Input order is the order of the files as given
 (a folder's files sorted by name, a glob's matches sorted) and of the rows within each file; Ray Data keeps it
-(``preserve_order``) while the rows stream back. JSON lines are read by pyarrow's reader (a file at a time), which
+(``preserve_order``) in the order of the materialized blocks. JSON lines are read by pyarrow's reader (a file at a time), which
 keeps ``"id": "4983"`` a string (``lines=True`` would parse them with pandas, which makes it the number 4983).
 
 The texts stay in the cluster: the read is materialized in Ray's object store (spilled to disk when larger than it),
 and the driver gathers only each text's length and id; ``retrieval.distributed.blocks`` makes the pipeline's plan
 from the lengths and has Ray Data gather each chunk's texts by sorting them into place. So a corpus larger than the
 driver's memory (MS MARCO's passages are ~3 GB of text) is encoded as a small one is; the output (the vectors) is
-written by the driver, as ``mret embed`` writes it.
+written by the driver from the parts, a chunk at a time (``write_output``), in the files ``mret embed`` writes.
 
 Resumable: the parts go to a folder the caller names (``mret embed`` uses ``<output>.parts``), stamped with the
-settings of the run (``parts.json``: model, kind, query, dtype, chunk size); a rerun with the same settings skips
-every chunk already written, a folder of other settings is refused rather than served.
+settings of the run (``parts.json``: model, kind, query, dtype, chunk size); a rerun with the same settings reads
+and sorts the files again but encodes no chunk already written, a folder of other settings is refused rather than
+served.
 """
 
 from __future__ import annotations
