@@ -107,7 +107,7 @@ def run(name: str, nbits: int, max_queries: int | None, settings_list: list[dict
                   "ndcg@10 exact": round(ndcg["exact"], 4), "ndcg@10 ceiling": round(ndcg["ceiling"], 4),
                   "searches": []}
         for overrides in settings_list:
-            settings = replace(SearchSettings.for_k(K), **overrides)
+            settings = replace(SearchSettings.for_k(K, len(tokens.doc_ids)), **overrides)
             shares: dict[str, list[float]] = {s: [] for s in ("stage 1", "stage 2", "stage 3", "final")}
             counts: dict[str, list[int]] = {s: [] for s in ("stage 1", "stage 2", "stage 3")}
             final_run: dict[str, dict[str, float]] = {}

@@ -330,7 +330,6 @@ class PlaidIndex(VectorIndex):
     # ----- search
     def _search(self, snapshot: Snapshot, queries: list[np.ndarray], k: int, allowed: np.ndarray | None,
                 **options: Any):
-        settings = replace(SearchSettings.for_k(k), **options)
         empty = (np.zeros(0, np.int64), np.zeros(0, np.float32))
         codec = snapshot.shared.codec
         if codec is None:
@@ -341,6 +340,7 @@ class PlaidIndex(VectorIndex):
             rows, scores = [], []
             for segment in snapshot.segments.values():
                 local = None if allowed is None else allowed[segment.rows]
+                settings = replace(SearchSettings.for_k(k, len(segment.rows)), **options)
                 docs, exact = search_segment(codec, segment.data, query, centroid_scores, k, settings, local)
                 rows.append(segment.rows[docs])
                 scores.append(exact)

@@ -228,6 +228,33 @@ def test_default_search_finds_the_exact_top_10(tmp_path):
     assert np.mean(recall) >= 0.9
 
 
+def test_stages_keep_more_documents_in_a_larger_segment(tmp_path, monkeypatch):
+    """Stages 2 and 3 grow with the square root of a segment's documents (from REFERENCE_DOCS up, capped at the
+    widest tier), and a search gives each segment the counts for its own size."""
+    from indexes.plaid import index as plaid_index
+    from indexes.plaid import search as plaid_search
+
+    for_k, ref = plaid_search.SearchSettings.for_k, plaid_search.REFERENCE_DOCS
+    assert for_k(10, 100) == for_k(10, ref) == for_k(10)
+    assert (for_k(10).n_candidates, for_k(10).n_full_scores) == (512, 192)
+    assert (for_k(10, 4 * ref).n_candidates, for_k(10, 4 * ref).n_full_scores) == (1024, 384)
+    assert (for_k(50, 4 * ref).n_candidates, for_k(50, 4 * ref).n_full_scores) == (2048, 512)
+    assert (for_k(10, 10**9).n_candidates, for_k(10, 10**9).n_full_scores) == (4096, 1024)  # the widest tier's
+    assert for_k(500, 10**9) == for_k(500)
+
+    monkeypatch.setattr(plaid_search, "REFERENCE_DOCS", 25)
+    seen, search_segment = [], plaid_index.search_segment
+    monkeypatch.setattr(plaid_index, "search_segment", lambda *a, **kw: seen.append(a[5]) or search_segment(*a, **kw))
+    docs = corpus(7, 500)
+    index = PlaidIndex.create(tmp_path / "ix", dim=DIM, nbits=2)
+    index.add(ids(400), docs[:400])
+    index.add(ids(100, 400), docs[400:])
+    index.search(queries_from(docs, 8, 1), k=10)
+    assert sorted((s.n_candidates, s.n_full_scores) for s in seen) == [(1024, 384), (2048, 768)]
+    index.search(queries_from(docs, 8, 1), k=10, n_full_scores=50)  # a caller's count still wins
+    assert [s.n_full_scores for s in seen[2:]] == [50, 50]
+
+
 def test_remove_update_filter_reopen_compact(tmp_path):
     docs = corpus(5, 200)
     index = PlaidIndex.create(tmp_path / "ix", dim=DIM)
