@@ -94,9 +94,9 @@ def encode_blocks(load: Callable[[], Head], parts: Path, blocks: list, lengths: 
                 if len(data):
                     atomic_write(parts / part_name(number, is_query), lambda f, data=data: f.write(data))
                     report.encoded += 1
-                    advance(len(chunks[number]))
                 else:
                     report.skipped += 1
+                advance(len(chunks[number]))  # the bar counts every text, a resumed run's saved ones too
     report.seconds = time.perf_counter() - started
     return report, digests
 

@@ -161,10 +161,11 @@ def test_a_corpus_kept_in_the_cluster_gives_the_same_parts_resumes_and_survives_
     with pytest.raises(Killed):
         encode_blocks(dense_spec, parts, corpus.blocks, corpus.lengths, chunk_texts=CHUNK, workers=1,
                       progress=kill_after_two)
-    log, crashed = tmp_path / "calls", tmp_path / "crashed"
+    log, crashed, advanced = tmp_path / "calls", tmp_path / "crashed", []
     report, digests = encode_blocks(Counting(dense_spec, log, crash_on=2, crashed=crashed), parts, corpus.blocks,
-                                    corpus.lengths, chunk_texts=CHUNK, workers=1, progress=False)
+                                    corpus.lengths, chunk_texts=CHUNK, workers=1, progress=advanced.append)
     assert crashed.exists() and (report.chunks, report.skipped, report.encoded) == (5, 2, 3)
+    assert sum(advanced) == len(DOCS)  # the bar reaches its end on a resumed run: the saved chunks count too
     assert sum(encoded_texts(log)) == len(DOCS) - sum(written)
     lengths = np.concatenate(corpus.lengths)
     for a, b in zip(read_plan(parts, lengths, digests, False, CHUNK).rows,
