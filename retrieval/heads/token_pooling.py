@@ -10,8 +10,8 @@ difference: distances are clipped at 0, so that a document with two (nearly) equ
 1.6 raises (tests/fixtures/pylate_pooling); everywhere PyLate pools, the clipping changes nothing.
 
 Queries are never pooled. The clustering is scipy's, on CPU, one document at a time; its time and memory grow with
-the square of a document's vector count (an 8,192-token chunk: a 33M-entry distance matrix and tens of seconds on two
-cores), so on long chunks pooling can cost more than encoding them.
+the square of a document's vector count (an 8,192-token chunk: a 33M-entry distance matrix), a growing share of an
+index's time on long chunks (README: Token pooling, its cost against encoding).
 """
 
 from __future__ import annotations
