@@ -87,16 +87,18 @@ def encode_blocks(load: Callable[[], Head], parts: Path, blocks: list, lengths: 
                                                  "is_query": is_query, "chunk_texts": chunk_texts, "saved": saved},
             batch_size=None, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=min(workers, len(chunks))),
             num_cpus=cpus_per_worker, num_gpus=gpus_per_worker or None)
-        with ProgressStep(progress, texts) as advance:
+        step = ProgressStep(progress, texts)
+        with step as advance:
             for row in encoder.iter_rows():
                 number, data = int(row["number"]), row["part"]
                 digests[number] = str(row["digest"])
                 if len(data):
                     atomic_write(parts / part_name(number, is_query), lambda f, data=data: f.write(data))
                     report.encoded += 1
+                    advance(len(chunks[number]))
                 else:
                     report.skipped += 1
-                advance(len(chunks[number]))  # the bar counts every text, a resumed run's saved ones too
+                    step.skip(len(chunks[number]))
     report.seconds = time.perf_counter() - started
     return report, digests
 

@@ -222,7 +222,7 @@ class _Refuser:
 
 
 class ProgressStep:
-    """A context giving ``advance(n)``: a tqdm bar, the caller's function, or nothing."""
+    """A context giving ``advance(n)`` (n texts encoded): a tqdm bar, the caller's function, or nothing."""
 
     def __init__(self, progress: bool | Callable[[int], object] | None, total: int):
         self.progress, self.total, self.bar = progress, total, None
@@ -235,6 +235,12 @@ class ProgressStep:
         self.bar = tqdm(total=self.total, desc="encoding on Ray", unit="text",
                         disable=None if self.progress is None else not self.progress)
         return self.bar.update
+
+    def skip(self, texts: int) -> None:
+        """Texts a resumed run finds already encoded: they move the bar (its total counts them) but are not passed to
+        a caller's function, which counts the texts encoded by this run."""
+        if self.bar is not None:
+            self.bar.update(texts)
 
     def __exit__(self, *exc: object) -> None:
         if self.bar is not None:
