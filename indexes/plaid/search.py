@@ -40,8 +40,8 @@ class SearchSettings:
 
         Stages 2 and 3 of the first two tiers keep more documents in a larger segment (``n_docs``), in proportion
         to the square root of its size over ``REFERENCE_DOCS`` (the size they were measured at), up to the widest
-        tier's counts: with the counts fixed, a segment of 4x the documents lost 0.009 of recall@10 in stages 2-3
-        (the candidates grow with the corpus; what they keep did not). The square root keeps the search's cost
+        tier's counts: the candidates grow with the corpus, and counts fixed at the reference size dropped more of
+        the exact top 10 in a larger one (README: PLAID's fidelity). The square root keeps the search's cost
         sub-linear in the corpus."""
         widest = cls(8, 0.35, max(4 * k, 4096), max(k, 1024))
         if k > 100:
