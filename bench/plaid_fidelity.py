@@ -8,7 +8,9 @@ multi-vector model), and its latency.
 For each dataset: exhaustive MaxSim over the original vectors gives the exact top-10 and nDCG@10 (pytrec_eval); the
 index is built with its defaults; then, per query:
 - "codec ceiling": exhaustive MaxSim over the index's own decompressed vectors: the best any search over this codec
-  can do;
+  can do; with the decoded scores' error against the exact ones on each query's exact top 100 (mean, sd), the median
+  gap between the 10th and 11th exact scores (the error swaps documents across it), and the ceiling a codec whose
+  score error were 0.9x or 0.8x this one's would have;
 - per stage (search.py): the share of the exact top-10 still among the candidates (stage 1), the centroid-pruned
   ones (stage 2), the documents decompressed (stage 3), and the final top-10.
 Latency: ``PlaidIndex.search`` one query at a time, k=10, in this process with torch at 2 threads, after a warm-up;
@@ -90,12 +92,19 @@ def run(name: str, nbits: int, max_queries: int | None, settings_list: list[dict
         segment, codec = next(iter(index._segments.values())).data, index.codec
         decompressed = torch.from_numpy(codec.decompress(segment.codes, np.asarray(segment.residuals)))
         exact_runs: dict[str, dict[str, dict[str, float]]] = {"exact": {}, "ceiling": {}}
-        exact_tops, ceiling_share = [], []
+        exact_tops, ceiling_share, errors, gaps = [], [], [], []
+        shrunk_share: dict[float, list[float]] = {0.9: [], 0.8: []}  # the ceiling if decoding erred less
         for i, query_id in enumerate(query_ids):
             query = tokens.query(i)
             exact_scores, ceiling_scores = maxsim_all(query, originals, offsets), maxsim_all(query, decompressed, offsets)
             exact, ceiling = top(exact_scores), top(ceiling_scores)
             exact_tops.append(set(exact.tolist()))
+            hundred = np.argsort(-exact_scores)[:100]  # what decoding does to the scores near the top
+            errors.append(ceiling_scores[hundred] - exact_scores[hundred])
+            gaps.append(exact_scores[hundred[K - 1]] - exact_scores[hundred[K]])
+            for factor, shares in shrunk_share.items():
+                shrunk = top(exact_scores + factor * (ceiling_scores - exact_scores))
+                shares.append(len(exact_tops[-1] & set(shrunk.tolist())) / K)
             ceiling_share.append(len(exact_tops[-1] & set(ceiling.tolist())) / K)
             exact_runs["exact"][query_id] = {tokens.doc_ids[j]: float(exact_scores[j]) for j in exact}
             exact_runs["ceiling"][query_id] = {tokens.doc_ids[j]: float(ceiling_scores[j]) for j in ceiling}
@@ -105,6 +114,11 @@ def run(name: str, nbits: int, max_queries: int | None, settings_list: list[dict
                   "regions": codec.n_regions,
                   "build_s": round(build_s, 1), "recall@10 codec ceiling": round(float(np.mean(ceiling_share)), 4),
                   "ndcg@10 exact": round(ndcg["exact"], 4), "ndcg@10 ceiling": round(ndcg["ceiling"], 4),
+                  "score error on the exact top 100 (mean, sd)": [round(float(np.mean(np.concatenate(errors))), 4),
+                                                                  round(float(np.std(np.concatenate(errors))), 4)],
+                  "median exact gap 10th-11th": round(float(np.median(gaps)), 4),
+                  "ceiling with the score error x0.9, x0.8": [round(float(np.mean(v)), 4)
+                                                              for v in shrunk_share.values()],
                   "searches": []}
         for overrides in settings_list:
             settings = replace(SearchSettings.for_k(K, len(tokens.doc_ids)), **overrides)
