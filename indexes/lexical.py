@@ -141,8 +141,13 @@ def symbol_names(metadata: dict[str, Any]) -> list[str]:
     """The names a document defines, each once, in order, from its metadata "symbols": a list of names, or of
     lists/tuples whose first item is the name (what the codebase indexer stores: [name, kind, start_line, end_line,
     parent], retrieval/codebase/symbols.py)."""
+    symbols = metadata.get("symbols")
+    if isinstance(symbols, str):
+        symbols = [symbols]
+    if not isinstance(symbols, (list, tuple)):  # a client's metadata may hold anything under "symbols"
+        return []
     names = []
-    for item in metadata.get("symbols") or ():
+    for item in symbols:
         name = item if isinstance(item, str) else item[0] if isinstance(item, (list, tuple)) and item else None
         if isinstance(name, str):
             names.append(name)

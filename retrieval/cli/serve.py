@@ -87,6 +87,8 @@ def serve_command(
         "Require Authorization: Bearer KEY on every route but /health.")),
     watch: bool = typer.Option(False, "--watch", help="Keep the index in step with the tree as files change."),
     idle_exit: Optional[float] = typer.Option(None, "--idle-exit", hidden=True, help="Stop after this many idle seconds."),
+    private: bool = typer.Option(False, "--private", hidden=True, help=(
+        "Every route but /health needs the server file's token (the background server of mret search --keep-warm).")),
     threads: Optional[int] = typer.Option(None, "--threads", min=0, help=(
         "CPU threads of each model call and vector search (torch, faiss). Default 1 (or OMP_NUM_THREADS when set): "
         "concurrent searches are batched and spread over the cores, where more threads per call spin against each "
@@ -124,7 +126,7 @@ def serve_command(
                       "; API key required" if api_key else ""), highlight=False, soft_wrap=True)
 
     try:
-        Server(service, host, port, api_key, Path(folder), idle_exit, watch, on_ready=ready).run()
+        Server(service, host, port, api_key, Path(folder), idle_exit, watch, on_ready=ready, private=private).run()
     finally:
         service.close()
 

@@ -113,6 +113,7 @@ class Retriever:
         self._model: Head | None = None
         self._index: FaissIndex | PlaidIndex | None = None
         self._executor: ThreadPoolExecutor | None = None  # hybrid search's lexical side, started on first use
+        self._config_stamp: tuple[int, int, int] | None = None  # config.json as _follow_swap last saw it
 
     @classmethod
     def open(cls, index_dir: str | Path, **kwargs: Any) -> "Retriever":
@@ -211,6 +212,26 @@ class Retriever:
             with self._lock:
                 self.config, self._index = current, None  # threads searching keep the index object they hold
 
+    def _follow_swap(self) -> None:
+        """Before a search: follow a rebuild that another process swapped in (config.json renamed over) since this
+        object last looked. A long-lived reader (a server, the MCP tools) would otherwise keep searching the old
+        folder, which the rebuild deleted. One stat a search; config.json is read only when its stat changed."""
+        try:
+            stat = (self.index_dir / CONFIG).stat()
+        except OSError:
+            return
+        stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if stamp == self._config_stamp:
+            return
+        try:
+            current = IndexConfig.read(self.index_dir)
+        except RetrieverError:  # a config.json being replaced or damaged: keep the index this object has
+            return
+        self._config_stamp = stamp
+        if current is not None and self.config is not None and current.index != self.config.index:
+            with self._lock:
+                self.config, self._index = current, None  # threads searching keep the index object they hold
+
     def _rebuilt_meanwhile(self) -> bool:
         try:
             current = IndexConfig.read(self.index_dir)
@@ -277,6 +298,7 @@ class Retriever:
         if mode not in MODES:
             raise RetrieverError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         rules = Rules() if rules is None else rules
+        self._follow_swap()
         index = self.vectors
         allowed = self._allowed(path_glob, file_type)
         if allowed is not None and not allowed:
@@ -339,7 +361,10 @@ class Retriever:
 
         globs = [path_glob] if isinstance(path_glob, str) else list(path_glob or [])
         types = {t.lower().lstrip(".") for t in ([file_type] if isinstance(file_type, str) else file_type or [])}
-        spec = pathspec.GitIgnoreSpec.from_lines(globs) if globs else None
+        try:
+            spec = pathspec.GitIgnoreSpec.from_lines(globs) if globs else None
+        except ValueError as error:  # pathspec's GitIgnorePatternError: "!" alone, a trailing backslash
+            raise RetrieverError(f"not a valid path glob: {error}") from None
 
         def wanted(source: str) -> bool:
             if spec is not None and not spec.match_file(source):
@@ -376,6 +401,7 @@ class Retriever:
     def status(self) -> dict[str, Any]:
         """What is indexed: root, model, counts by language, tokens, size on disk, the last run; ``pending_chunks``:
         chunks searchable by their text only, their vectors not computed yet (a run in progress, or killed)."""
+        self._follow_swap()
         config = self.config
         if config is None:
             raise RetrieverError(f"no index at {self.index_dir} (run `mret index PATH` first)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 import logging
 import os
 import sys
@@ -21,7 +22,7 @@ from typing import Annotated, Any, Literal
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from starlette.exceptions import HTTPException
 
 from indexes import IndexBusyError, IndexCorruptError
@@ -65,6 +66,25 @@ class DocumentModel(Strict):
     id: Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID)]
     text: Annotated[str, StringConstraints(min_length=1)]
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("metadata")
+    @classmethod
+    def _finite(cls, metadata: dict[str, Any]) -> dict[str, Any]:
+        """NaN and infinities parse (Python's json reads them) but are not JSON: SQLite's JSON functions then
+        refuse the stored row, and answers would carry them."""
+        if not _all_finite(metadata):
+            raise ValueError("metadata holds NaN or an infinite number, which JSON cannot carry")
+        return metadata
+
+
+def _all_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_all_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_all_finite(v) for v in value)
+    return True
 
 
 class DocumentsRequest(Strict):
@@ -176,9 +196,11 @@ class Counters:
 
 
 def create_app(service: Service, api_key: str | None = None, local_token: str | None = None,
-               on_shutdown: Callable[[], None] | None = None) -> tuple[Any, FastAPI]:
+               on_shutdown: Callable[[], None] | None = None, private: bool = False) -> tuple[Any, FastAPI]:
     """(the ASGI app to run, the FastAPI app inside it) for ``service``. ``local_token``: accepted wherever the API
-    key is, and the only key that /shutdown takes."""
+    key is, and the only key that /shutdown takes. ``private``: a key (the API key or the token) is required even
+    without an API key (the background server that ``mret search --keep-warm`` starts: only whoever can read the
+    index folder's server file may use it; a loopback port is open to every local user)."""
     app = FastAPI(title="modernretrieval", version="1", summary="Search a codebase or a document collection.")
     counters = app.state.counters = Counters()
 
@@ -224,7 +246,9 @@ def create_app(service: Service, api_key: str | None = None, local_token: str | 
         took_ms = round((time.perf_counter() - started) * 1000, 3)
         # serialized here: FastAPI passes a Response through, without jsonable_encoder and the response model's
         # validation (0.2-0.3 ms a request of CPU that 16 clients share; README); the schema keeps SearchResponse
-        return Response(json.dumps({"results": results, "took_ms": took_ms}), media_type="application/json")
+        body = json.dumps({"results": results, "took_ms": took_ms}, ensure_ascii=False, allow_nan=False,
+                          separators=(",", ":"))  # as Starlette's JSONResponse writes it
+        return Response(body, media_type="application/json")
 
     @app.post("/documents", summary="Add or replace a batch of documents (collections), in one commit")
     def put_documents(request: DocumentsRequest) -> dict[str, Any]:
@@ -232,7 +256,7 @@ def create_app(service: Service, api_key: str | None = None, local_token: str | 
         generation = service.put(documents)
         return {"added_or_replaced": len(documents), "generation": generation}
 
-    @app.delete("/documents/{doc_id}", summary="Remove a document (collections)")
+    @app.delete("/documents/{doc_id:path}", summary="Remove a document (collections; an id may hold '/')")
     def delete_document(doc_id: str) -> dict[str, Any]:
         if not service.delete(doc_id):
             raise HTTPException(404, f"no document {doc_id!r}")
@@ -247,4 +271,5 @@ def create_app(service: Service, api_key: str | None = None, local_token: str | 
             on_shutdown()
         return {"stopping": True}
 
-    return BodyLimit(Auth(app, bool(api_key), [key for key in (api_key, local_token) if key])), app
+    # the key is checked first: a client without it is refused before its body is read
+    return Auth(BodyLimit(app), bool(api_key) or private, [key for key in (api_key, local_token) if key]), app

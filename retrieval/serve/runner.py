@@ -56,7 +56,7 @@ class Server:
 
     def __init__(self, service: Service, host: str = "127.0.0.1", port: int = 8765, api_key: str | None = None,
                  index_dir: Path | None = None, idle_exit: float | None = None, watch: bool = False,
-                 on_ready: Callable[[str], None] | None = None):
+                 on_ready: Callable[[str], None] | None = None, private: bool = False):
         import uvicorn
 
         from .app import create_app
@@ -64,7 +64,7 @@ class Server:
         check_bind(host, api_key)
         self.service, self.index_dir, self.idle_exit = service, index_dir, idle_exit
         self.token = secrets.token_urlsafe(24)
-        self.asgi, self.app = create_app(service, api_key, self.token, on_shutdown=self.stop)
+        self.asgi, self.app = create_app(service, api_key, self.token, on_shutdown=self.stop, private=private)
         self.socket = bind(host, port)
         self.host, self.port = host, self.socket.getsockname()[1]
         self.on_ready = on_ready

@@ -2,8 +2,9 @@
 the server file, the fast search through a running server, starting a background one, stopping it.
 
 A server (``mret serve``, or the background one that ``mret search --keep-warm`` leaves) writes ``server.json`` in
-its index folder: pid, address, port and a random token, readable by the owner only (0600). Anyone who can read the
-index folder's file may use the server; the token keeps other local users off the loopback port. Finding a server is
+its index folder: pid, address, port and a random token, readable by the owner only (0600). The background server
+requires the token on every route but /health (``--private``): anyone who can read the server file may use it, other
+local users may not; a server started by hand answers whoever reaches it, unless it has an API key. Finding a server is
 one small file read and one ``kill(pid, 0)``; a stale file (a killed server) costs one refused connection at most,
 after which ``mret search`` does the work itself, as it always did.
 """
@@ -120,8 +121,11 @@ def warm_search(index_dir: Path | None, query: str, k: int, path_glob: list[str]
         return None
     if status != 200 or not isinstance(answer, dict):
         return None
-    return [RemoteHit(r["path"], r["start_line"], r["end_line"], r["score"], r["snippet"],
-                      r.get("snippet_line", r["start_line"])) for r in answer["results"]]
+    try:
+        return [RemoteHit(r["path"], r["start_line"], r["end_line"], r["score"], r["snippet"],
+                          r.get("snippet_line", r["start_line"])) for r in answer["results"]]
+    except (KeyError, TypeError):  # not a tree's server (a document collection's): search locally
+        return None
 
 
 def start_background(index_dir: Path, idle_seconds: float = DEFAULT_IDLE_S) -> bool:
@@ -143,7 +147,7 @@ def start_background(index_dir: Path, idle_seconds: float = DEFAULT_IDLE_S) -> b
         return False
     log = open(index_dir / "server.log", "ab")
     subprocess.Popen([sys.executable, "-m", "retrieval.cli", "serve", "--index-dir", str(index_dir), "--port", "0",
-                      "--idle-exit", str(idle_seconds)], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                      "--idle-exit", str(idle_seconds), "--private"], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                      start_new_session=True, close_fds=True)
     log.close()
     return True

@@ -195,8 +195,15 @@ def test_other_runs_follow_a_rebuild_or_fail_clearly(tmp_path, model_dir):
         before = [h.path for h in first.search(QUERIES[0], k=5)]  # its index is open
         with Retriever(root, show_progress=False) as other:
             other.index(rebuild=True)
-        assert [h.path for h in first.search(QUERIES[0], k=5)] == before  # the old files stay readable (POSIX)
+        assert [h.path for h in first.search(QUERIES[0], k=5)] == before  # the same files, the new folder
+        assert first.config.index == active_folder(index_dir).name  # a search follows the swap (a server would)
         (root / "json" / "tool.py").write_text("def tide_tables():\n    return 'weekly'\n")
+        with Retriever(root, show_progress=False) as other:
+            other.index(rebuild=True)
+        found = first.search("tide_tables weekly", k=1, mode="lexical")  # what only the newest folder holds
+        assert found and found[0].path == "json/tool.py" and "tide_tables" in found[0].text
+        assert first.status()["files"] == 5 and first.config.index == active_folder(index_dir).name
+        (root / "json" / "tool.py").write_text("def tide_tables():\n    return 'monthly'\n")
         summary = first.index()  # follows config.json to the new folder: one file to encode, no damage
         assert (summary.encoded_files, summary.files) == (1, 5)
         assert first.config.index == active_folder(index_dir).name

@@ -65,6 +65,26 @@ def test_documents_filter_and_delete(collection):
         assert client.get("/status").json()["documents"] == 6
 
 
+def test_what_a_client_may_put_in_a_document_is_answered_not_crashed_on(collection):
+    """Ids with '/' can be deleted; NaN or infinite metadata (Python's json parses them; JSON cannot carry them and
+    SQLite's JSON functions refuse the stored row) is a 422; "symbols" of any type is taken or ignored, not a 500."""
+    with live_server(collection) as live, live.client() as client:
+        for raw in (b'{"documents": [{"id": "n", "text": "t", "metadata": {"x": NaN}}]}',
+                    b'{"documents": [{"id": "n", "text": "t", "metadata": {"x": [1, {"y": Infinity}]}}]}',
+                    b'{"documents": [{"id": "n", "text": "t", "metadata": {"x": 1e400}}]}'):
+            response = client.post("/documents", content=raw)
+            assert response.status_code == 422 and "NaN or an infinite" in response.json()["error"], raw
+        odd = [{"id": "src/a.py", "text": "alpha beta", "metadata": {"symbols": 5}},
+               {"id": "src/b.py", "text": "gamma delta", "metadata": {"symbols": True, "lang": "en"}},
+               {"id": "c", "text": "epsilon", "metadata": {"symbols": "parse_config"}}]
+        assert client.post("/documents", json={"documents": odd}).status_code == 200
+        found = client.post("/search", json={"query": "parse_config", "mode": "lexical", "filter": {"lang": "en"}})
+        assert found.status_code == 200 and [r["id"] for r in found.json()["results"]] == []
+        assert client.delete("/documents/src/a.py").status_code == 200
+        assert client.delete("/documents/src%2Fb.py").status_code == 200
+        assert client.get("/status").json()["documents"] == 1
+
+
 def test_collections_search_in_every_mode(collection):
     """A collection's texts are searchable by BM25 too (the store's lexical rows): lexical mode ranks the one
     document holding a rare word first, hybrid (the default) keeps it in the fused top results, filters apply to

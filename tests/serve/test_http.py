@@ -91,6 +91,8 @@ BAD = [
     (b'{"query": "x", "mode": "fuzzy"}', "mode"),
     (b'{"query": "\xff\xfe"}', "UTF-8"),
     (b'{"query": "x", "filter": {"lang": "en"}}', "filter"),
+    (b'{"query": "x", "path_glob": "!"}', "glob"),
+    (b'{"query": "x", "path_glob": ["*.py", "\\\\"]}', "glob"),
 ]
 
 
@@ -125,6 +127,47 @@ def test_api_key(service):
         assert client.get("/status", headers=right).status_code == 200
         assert client.post("/search", json={"query": "x"}, headers=right).status_code == 200
         assert client.post("/shutdown", headers=right).status_code == 403  # the API key does not stop the server
+
+
+def test_the_background_server_answers_only_the_server_files_token(service, indexed_tree, monkeypatch):
+    """A loopback port is open to every local user: the server that `mret search --keep-warm` leaves running
+    requires the token of its owner-only server file (`mret search` sends it) on every route but /health."""
+    with live_server(service, private=True) as live, live.client() as client:
+        assert client.get("/health").status_code == 200
+        assert client.post("/search", json={"query": "x"}).status_code == 401
+        assert client.get("/status").status_code == 401
+        token = {"Authorization": f"Bearer {live.server.token}"}
+        assert client.post("/search", json={"query": "x"}, headers=token).status_code == 200
+    started: list[list[str]] = []
+    from retrieval.serve import warm
+
+    monkeypatch.setattr(warm.subprocess, "Popen", lambda argv, **kwargs: started.append(argv))
+    assert warm.start_background(indexed_tree / ".mret")
+    (indexed_tree / ".mret" / warm.STARTING_FILE).unlink()
+    assert "--private" in started[0] and "--idle-exit" in started[0]
+
+
+def test_the_key_is_checked_before_the_body_is_read(service):
+    with live_server(service, api_key="s3cret") as live, live.client() as client:
+        response = client.post("/search", content=b"{" + b" " * (10 << 20) + b"}")
+        assert response.status_code == 401  # not 413: the body of a client without the key is never read
+
+
+def test_a_collections_server_file_leaves_mret_search_to_search_locally(indexed_tree, tmp_path, model_dir):
+    """`mret search --index-dir` on a folder whose server serves a document collection: the fast path finds no
+    tree results in its answer and falls back (no KeyError)."""
+    from retrieval.serve.service import open_service
+    from retrieval.serve.warm import warm_search
+
+    collection = open_service(collection=tmp_path / "docs", model=str(model_dir), kind="dense")
+    try:
+        with live_server(collection, index_dir=tmp_path / "docs") as live, live.client() as client:
+            client.post("/documents", json={"documents": [{"id": "a", "text": "decode JSON"}]})
+            while not (tmp_path / "docs" / "server.json").exists():
+                time.sleep(0.01)
+            assert warm_search(tmp_path / "docs", "decode", 5, None, None) is None
+    finally:
+        collection.close()
 
 
 def test_no_public_address_without_a_key(indexed_tree, monkeypatch):
