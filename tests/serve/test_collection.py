@@ -142,6 +142,33 @@ def test_concurrent_searches_see_one_whole_commit(collection):
     assert len({g for s in seen for g in s}) >= 2  # the readers did run across commits
 
 
+def test_a_commit_between_the_ranking_and_the_documents_does_not_show(collection):
+    """A search reads its rankings and its documents from one commit: a batch committed by another thread right
+    after the lexical ranking (the moment made certain here) is not what the answer's metadata shows."""
+    from retrieval.serve.collection import DocumentIn
+
+    inner = collection.collection
+    inner.put([DocumentIn(f"d{i}", f"document {i} version", {"gen": 0}) for i in range(4)])
+    store = inner.vectors.store
+    lexical_search = store.lexical_search
+
+    def then_a_commit(*args, **kwargs):
+        ranked = lexical_search(*args, **kwargs)
+        writer = threading.Thread(target=inner.put, args=(
+            [DocumentIn(f"d{i}", f"document {i} version", {"gen": 1}) for i in range(4)],))
+        writer.start()
+        writer.join()
+        return ranked
+
+    store.lexical_search = then_a_commit
+    try:
+        results = collection.search("document version", 4)
+    finally:
+        del store.lexical_search
+    assert len(results) == 4 and {r["metadata"]["gen"] for r in results} == {0}
+    assert {r["metadata"]["gen"] for r in collection.search("document version", 4)} == {1}
+
+
 def test_sigkill_during_batches_keeps_exactly_the_acknowledged_ones(tmp_path, model_dir):
     from retrieval.serve.collection import Collection
 
