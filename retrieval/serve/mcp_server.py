@@ -80,8 +80,11 @@ def related(service: TreeService, path: str, start_line: int | None, end_line: i
     from ..codebase.config import RetrieverError
 
     retriever = service.retriever
-    relative = retriever._relative(path)
-    file = Path(retriever.root) / relative
+    root = Path(retriever.root).resolve()
+    file = (root / path).resolve()  # relative to the root whatever the server's working folder (an absolute path
+    if not file.is_relative_to(root):  # stays itself); nothing outside the root is read
+        raise RetrieverError(f"{path} is not under the indexed root {root}")
+    relative = file.relative_to(root).as_posix()
     if not file.is_file():
         raise RetrieverError(f"no file {relative} under {retriever.root}")
     lines = file.read_text(encoding="utf-8", errors="replace").split("\n")

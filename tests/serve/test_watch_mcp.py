@@ -131,3 +131,27 @@ def test_mcp_tools_over_stdio(tmp_path, model_dir):
     assert f"{files} files" in status.content[0].text  # the search brought the new file in first
     lines = [line for line in related.content[0].text.splitlines() if not line.startswith(" ")]
     assert lines and not any(line.startswith("json/decoder.py:1-") for line in lines)
+
+
+def test_related_reads_paths_under_the_root_only(indexed_tree, monkeypatch):
+    """The `related` tool's path is relative to the indexed root whatever the server's working folder, and nothing
+    outside the root (../, an absolute path elsewhere, a symlink out) is read."""
+    from retrieval.codebase.config import RetrieverError
+    from retrieval.serve.mcp_server import related
+    from retrieval.serve.service import open_service
+
+    service = open_service(root=indexed_tree)
+    try:
+        monkeypatch.chdir(indexed_tree / "json")  # `mret mcp` started in a subfolder
+        found = related(service, "json/decoder.py", 1, 20, 3)
+        assert found and all(r["path"] for r in found)
+        assert related(service, str(indexed_tree / "json" / "decoder.py"), 1, 20, 3) == found
+        outside = indexed_tree.parent / "secret.txt"
+        outside.write_text("top secret\n" * 3)
+        (indexed_tree / "link.txt").symlink_to(outside)
+        for path in ("../secret.txt", str(outside), "link.txt", "json/../../secret.txt"):
+            with pytest.raises(RetrieverError, match="not under the indexed root"):
+                related(service, path, None, None, 3)
+    finally:
+        (indexed_tree / "link.txt").unlink(missing_ok=True)
+        service.close()
