@@ -151,11 +151,11 @@ class Collection:
             raise RetrieverError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         where = metadata_filter(filter) if filter else None
         depth = k if mode == "semantic" else max(k, CANDIDATES)
-        encoded = None if mode == "lexical" else self.head.encode_queries([query])
         with self.vectors.store.read_transaction():  # both sides and the documents read from one commit
             lexical = [] if mode == "semantic" else self.vectors.store.lexical_search(query, depth, where,
                                                                                       PROSE_WEIGHTS)
-            semantic = [] if encoded is None else self.vectors.search(encoded, k=depth, filter=where)[0]
+            semantic = [] if mode == "lexical" else \
+                self.vectors.search(self.head.encode_queries([query]), k=depth, filter=where)[0]
             found = semantic if mode == "semantic" else lexical[:k] if mode == "lexical" else \
                 fuse(semantic, lexical, k)
             documents = self.vectors.documents([i for i, _ in found])

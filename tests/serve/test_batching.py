@@ -3,6 +3,8 @@ search waiting forever (each is answered or told the batcher is closed)."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import threading
 import time
 
@@ -180,6 +182,8 @@ def test_services_mark_their_searches_and_a_lexical_one_is_not_waited_for(tmp_pa
     seen: list[int] = []
 
     class Store:
+        read_transaction = nullcontext
+
         def lexical_search(self, *args):
             seen.append(head.batcher._coming)
             return []
