@@ -65,7 +65,8 @@ def index_command(
     max_length: Optional[int] = typer.Option(None, "--max-length", help=(
         "Tokens per chunk, special tokens included (default: the model's maximum, 8192 for ModernBERT).")),
     files_from: Optional[Path] = typer.Option(None, "--files-from", help=(
-        "Index exactly the files listed in this file (one path per line, relative to PATH; '-' reads stdin) "
+        "Index exactly the files listed in this file (one path per line, or NUL-separated as `git ls-files -z` "
+        "prints them; relative to PATH; '-' reads stdin) "
         "instead of walking PATH; indexed files not in the list are removed.")),
     max_file_kb: int = typer.Option(1024, "--max-file-kb", help="Skip files larger than this."),
     pool_factor: Optional[int] = typer.Option(None, "--pool-factor", help=(
@@ -90,7 +91,11 @@ def index_command(
     if files_from is not None:
         if str(files_from) != "-" and not files_from.is_file():
             fail(f"--files-from {files_from}: no such file")
-        files = (sys.stdin if str(files_from) == "-" else files_from.open(encoding="utf-8")).read().splitlines()
+        raw = sys.stdin.buffer.read() if str(files_from) == "-" else files_from.read_bytes()
+        try:  # one path a line, or NUL-separated (`git ls-files -z`, `find -print0`): names may hold anything else
+            files = raw.decode("utf-8").split("\0") if b"\0" in raw else raw.decode("utf-8").splitlines()
+        except UnicodeDecodeError as error:
+            fail(f"--files-from {files_from}: not UTF-8 (byte {error.start})")
     if max_file_kb < 1:
         fail("--max-file-kb must be at least 1")
     retriever = Retriever(path, index_dir, model, kind.value if kind else None, max_length,

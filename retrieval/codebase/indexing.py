@@ -33,7 +33,7 @@ from modernretrieval.files import atomic_write_json
 from ..encoding import Encoded, ahead, encode_texts
 from ..heads import Head
 from .chunking import Chunk, chunk_text
-from .config import LAST_RUN
+from .config import LAST_RUN, RetrieverError
 from .sources import SkippedFile, SourceFile, is_code, language_of, listed, read_source, walk
 from .symbols import Symbol, definitions, rows, symbols_in
 
@@ -94,6 +94,11 @@ def run_index(root: Path, index_dir: Path, vectors: FaissIndex | PlaidIndex, hea
     started = time.perf_counter()
     found = listed(root, files) if files is not None else walk(root, exclude=[index_dir])
     known = vectors.store.files()
+    if files is not None and not found.files and known:  # a list of nothing would empty the index: a mistake
+        count = sum(found.skipped.values())
+        what = (f"none of the {count} paths listed is a file to index under {root} (paths are relative to PATH, "
+                "or absolute)") if count else "the file list is empty"
+        raise RetrieverError(f"{what}; the index was left as it was (`mret remove` removes files)")
     summary = IndexSummary(skipped=dict(found.skipped), lister=found.lister)
     present = {f.path for f in found.files}
     gone = [path for path in known if path not in present]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from indexes import Document, FaissIndex, PlaidIndex
+from indexes.base import FILES, LOCK, STORE
 from modernretrieval.errors import SettingsError
 from modernretrieval.files import folder_bytes, fsync_dir
 
@@ -262,6 +263,7 @@ class Retriever:
         return summary
 
     def _create(self) -> None:
+        self._check_new_index_dir()  # before the model loads
         model = self.model
         config = IndexConfig(
             format=FORMAT, root=str(self.root), model=model_name(self._wanted["model"] or DEFAULT_MODELS[model.kind]),
@@ -273,12 +275,32 @@ class Retriever:
             length = model.document_length
             raise RetrieverError(f"--max-length {length} is too small for this model: it leaves {budget} tokens of "
                                  f"text per chunk; use at least {length - budget + MIN_CHUNK_TOKENS}")
-        if (self.index_dir / INDEX).exists():  # a killed first run, before config.json: start again
+        if (self.index_dir / INDEX).exists():  # a killed first run, before config.json: start again (checked above)
             shutil.rmtree(self.index_dir / INDEX)
         self.index_dir.mkdir(parents=True, exist_ok=True)
         config.create_vectors(self.index_dir)
         config.write(self.index_dir)  # last: a folder with config.json holds a whole empty index
         self.config = config
+
+    def _check_new_index_dir(self) -> None:
+        """A first run writes into a new or empty folder, or one that a killed first run left (its vector folder
+        alone, which it deletes): never into the tree itself, a file, or a folder of the user's own files."""
+        folder = self.index_dir
+        if folder.exists() and not folder.is_dir():
+            raise RetrieverError(f"{folder} is a file; the index needs a folder (choose another --index-dir)")
+        if folder.resolve() == self.root:
+            raise RetrieverError(f"the index folder {folder} is the tree itself; choose a folder of its own "
+                                 f"(by default {self.root / INDEX_DIR_NAME})")
+        if not folder.is_dir():
+            return
+        leftover = folder / INDEX
+        others = sorted(p.name for p in folder.iterdir() if p.name != INDEX)
+        ours = leftover.is_dir() and all(p.name in (FILES, LOCK) or p.name.startswith(STORE)
+                                         for p in leftover.iterdir())
+        if others or (leftover.exists() and not ours):
+            shown = ", ".join((others or [INDEX])[:3]) + (", ..." if len(others) > 3 else "")
+            raise RetrieverError(f"{folder} holds files that are not an index ({shown}); choose a new or empty "
+                                 "folder for the index")
 
     # ----- searching
     def search(self, query: str, k: int = 10, path_glob: str | Sequence[str] | None = None,
@@ -359,7 +381,7 @@ class Retriever:
             return None
         import pathspec
 
-        globs = [path_glob] if isinstance(path_glob, str) else list(path_glob or [])
+        globs = [_root_relative(g, self.root) for g in ([path_glob] if isinstance(path_glob, str) else path_glob or [])]
         types = {t.lower().lstrip(".") for t in ([file_type] if isinstance(file_type, str) else file_type or [])}
         try:
             spec = pathspec.GitIgnoreSpec.from_lines(globs) if globs else None
@@ -414,3 +436,12 @@ class Retriever:
                 "chunks": len(store), "pending_chunks": pending_chunks(self.vectors), "tokens": store.metadata_sum("tokens"),
                 "languages": dict(languages.most_common()), "bytes_on_disk": size, "index": self.vectors.stats(),
                 "last_run": read_last_run(self.index_dir)}
+
+
+def _root_relative(glob: str, root: Path) -> str:
+    """A glob as the shell or an editor writes it ("./src/**", the root's absolute path in front) is matched as the
+    root-relative pattern it means; paths in the index are relative to the root."""
+    prefix = root.as_posix().rstrip("/") + "/"
+    if glob.startswith(prefix):
+        return "/" + glob[len(prefix):]
+    return glob[1:] if glob.startswith("./") else glob  # "/json/*.py": anchored at the root, as "./" meant

@@ -106,7 +106,7 @@ class _IgnoreRules:
                 lines = (folder / name).read_text(encoding="utf-8", errors="replace").splitlines()
             except OSError:
                 continue
-            specs.append(pathspec.GitIgnoreSpec.from_lines(lines))
+            specs.append(_ignore_spec(lines))
         if specs:
             self._specs[relative] = specs
 
@@ -120,6 +120,22 @@ class _IgnoreRules:
                 if result.include is not None:
                     return bool(result.include)
         return False
+
+
+def _ignore_spec(lines: list[str]) -> pathspec.PathSpec:
+    """The patterns of an ignore file; a line that is not a valid pattern ("!" alone, a trailing backslash) is
+    skipped, as git skips it, rather than stopping the walk."""
+    try:
+        return pathspec.GitIgnoreSpec.from_lines(lines)
+    except ValueError:
+        valid = []
+        for line in lines:
+            try:
+                pathspec.GitIgnoreSpec.from_lines([line])
+            except ValueError:
+                continue
+            valid.append(line)
+        return pathspec.GitIgnoreSpec.from_lines(valid)
 
 
 def walk(root: Path, exclude: Iterable[Path] = ()) -> Walk:
@@ -284,7 +300,11 @@ def listed(root: Path, paths: Iterable[str]) -> Walk:
         name = line.strip()
         if not name or name.startswith("#"):
             continue
-        absolute = (root / name).resolve()
+        try:
+            absolute = (root / name).resolve()
+        except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL in the name
+            out.skipped["not a valid path"] += 1
+            continue
         if not absolute.is_relative_to(root):
             out.skipped["outside the indexed root"] += 1
             continue

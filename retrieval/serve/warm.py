@@ -143,9 +143,9 @@ def start_background(index_dir: Path, idle_seconds: float = DEFAULT_IDLE_S) -> b
         pass
     try:
         os.close(os.open(starting, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except FileExistsError:
+        log = open(index_dir / "server.log", "ab")
+    except OSError:  # another one is starting, or the index folder is read-only: the search was answered anyway
         return False
-    log = open(index_dir / "server.log", "ab")
     subprocess.Popen([sys.executable, "-m", "retrieval.cli", "serve", "--index-dir", str(index_dir), "--port", "0",
                       "--idle-exit", str(idle_seconds), "--private"], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                      start_new_session=True, close_fds=True)

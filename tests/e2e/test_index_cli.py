@@ -176,6 +176,13 @@ def test_files_from(tmp_path, model_dir, monkeypatch):
     ok(mret("index", root, "--files-from", "-", input="json/scanner.py\n"))  # stdin; the others go
     hits = json.loads(ok(mret("search", QUERY, "--json", "-k", "100", "--index-dir", root / ".mret")).stdout)
     assert {h["path"] for h in hits} == {"json/scanner.py"}
+    (tmp_path / "list0").write_bytes(b"json/decoder.py\0sub/deep/tides.py\0")  # as `git ls-files -z` prints
+    ok(mret("index", root, "--files-from", tmp_path / "list0"))
+    assert json.loads(ok(mret("status", "--json", "--index-dir", root / ".mret")).stdout)["files"] == 2
+    (tmp_path / "latin1").write_bytes("caf\xe9.py\n".encode("latin-1"))
+    assert_user_error(mret("index", root, "--files-from", tmp_path / "latin1"), "not UTF-8")
+    assert_user_error(mret("index", root, "--files-from", "-", input="\n"), "the file list is empty")
+    assert json.loads(ok(mret("status", "--json", "--index-dir", root / ".mret")).stdout)["files"] == 2
 
 
 @pytest.mark.parametrize("case", [
@@ -183,7 +190,7 @@ def test_files_from(tmp_path, model_dir, monkeypatch):
     "search a missing --index-dir",
     "empty query", "blank query", "k zero", "another model", "another max length", "max length out of range",
     "max length leaves no room", "files-from missing", "remove outside the root", "status without an index",
-    "damaged config"])
+    "damaged config", "index into the tree itself"])
 def test_user_mistakes_are_one_line_and_exit_code_2(case, indexed, model_dir, tmp_path, monkeypatch):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -226,6 +233,9 @@ def test_user_mistakes_are_one_line_and_exit_code_2(case, indexed, model_dir, tm
     elif case == "status without an index":
         monkeypatch.chdir(empty)
         result, needles = mret("status"), ["no .mret index"]
+    elif case == "index into the tree itself":
+        (empty / "a.py").write_text("x = 1\n")
+        result, needles = mret("index", empty, "--index-dir", empty, "--model", model_dir), ["the tree itself"]
     else:
         (empty / ".mret").mkdir()
         (empty / ".mret" / "config.json").write_text("{not json")

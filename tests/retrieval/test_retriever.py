@@ -288,6 +288,8 @@ def test_filters_by_path_glob_and_file_type(odd):
     query = "encode a value"
     cases = [
         ("json/*.py", None, lambda p: re.fullmatch(r"json/[^/]+\.py", p)),
+        ("./json/*.py", None, lambda p: re.fullmatch(r"json/[^/]+\.py", p)),  # as the shell completes it
+        (str(retriever.root / "json" / "*.py"), None, lambda p: re.fullmatch(r"json/[^/]+\.py", p)),
         (["email/mime/**", "README.md"], None, lambda p: p.startswith("email/mime/") or p == "README.md"),
         ("*.log", None, lambda p: p == "logs/keep.log"),
         (None, "python", lambda p: p.endswith(".py")),
@@ -511,6 +513,47 @@ def test_files_from_indexes_exactly_the_list(tmp_path, model_dir):
         summary = retriever.index(["json/scanner.py"])  # what is not listed any more is removed
         assert summary.removed_files == 1 and {d["source"] for d in documents(retriever).values()} == {
             "json/scanner.py"}
+
+
+def test_a_list_that_names_no_file_leaves_the_index_as_it_was(tmp_path, model_dir):
+    from retrieval.codebase.retriever import Retriever, RetrieverError
+
+    root = tmp_path / "tree"
+    copy_package(json, root / "json")
+    with Retriever(root, model=model_dir, max_length=MAX_LENGTH, show_progress=False) as retriever:
+        retriever.index()
+        for files, message in (([], "the file list is empty"), (["", "# none"], "the file list is empty"),
+                               (["decoder.py", "json/missing.py"], "none of the 2 paths listed")):
+            with pytest.raises(RetrieverError, match=message):
+                retriever.index(files)
+        assert retriever.status()["files"] == 5
+
+
+def test_a_first_run_never_writes_into_the_tree_a_file_or_a_folder_of_other_files(tmp_path, model_dir):
+    from indexes import FaissIndex
+    from retrieval.codebase.retriever import Retriever, RetrieverError
+
+    root = tmp_path / "tree"
+    copy_package(json, root / "json")
+    (root / "index").mkdir()
+    (root / "index" / "important.txt").write_text("mine\n")
+    (tmp_path / "a-file").write_text("x\n")
+    for index_dir, message in ((root, "is the tree itself"), (tmp_path / "a-file", "is a file"),
+                               (root / "index", "holds files that are not an index"),
+                               (tmp_path / "mine", "holds files that are not an index")):
+        if index_dir.name == "mine":
+            (index_dir / "index").mkdir(parents=True)
+            (index_dir / "index" / "notes.txt").write_text("mine too\n")
+        retriever = Retriever(root, index_dir=index_dir, model=model_dir, max_length=MAX_LENGTH, show_progress=False)
+        with pytest.raises(RetrieverError, match=message):
+            retriever.index()
+        assert retriever._model is None  # refused before the model loads
+    assert (root / "index" / "important.txt").read_text() == "mine\n"
+    assert (tmp_path / "mine" / "index" / "notes.txt").exists()
+    FaissIndex.create(tmp_path / "killed" / "index", dim=8, kind="flat").close()  # what a killed first run leaves
+    with Retriever(root, index_dir=tmp_path / "killed", model=model_dir, max_length=MAX_LENGTH,
+                   show_progress=False) as retriever:
+        assert retriever.index().files == 6  # the json package and the tree's own index/important.txt
 
 
 def test_settings_are_fixed_when_the_index_is_created(tmp_path, model_dir):

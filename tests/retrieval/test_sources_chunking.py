@@ -84,6 +84,14 @@ def test_walk_ignore_files_nested_deepest_wins_and_negation(tmp_path):
     assert found.skipped == {IGNORED: len(ignored_files) + len(ignored_folders)}
 
 
+def test_walk_skips_an_ignore_files_invalid_lines_as_git_does(tmp_path):
+    write(tmp_path, ".mretignore", "*.log\n!\nsecret\\\n")  # "!" alone and a trailing backslash: not patterns
+    for name in ("a.py", "b.log", "secret\\"):
+        write(tmp_path, name)
+    found = walk(tmp_path)
+    assert paths(found) == ["a.py", "secret\\"] and found.skipped == {IGNORED: 1}
+
+
 def test_walk_ignore_rules_of_a_folder_do_not_apply_beside_it(tmp_path):
     write(tmp_path, "a/.gitignore", "*.py\n")
     write(tmp_path, "a/x.py")
@@ -122,6 +130,9 @@ def test_listed_files_from(tmp_path):
     assert found.skipped == {"outside the indexed root": 2, "missing or unreadable": 1, "not a regular file": 1}
     b = found.files[1]
     assert (b.absolute, b.size) == (root.resolve() / "src" / "b.py", len("print(1)\n"))
+    os.symlink(root / "loop", root / "loop")
+    odd = listed(root, ["a.py", "bad\0name.py", "loop/x.py"])  # a NUL in a name, a symlink loop: skipped, no crash
+    assert paths(odd) == ["a.py"] and odd.skipped == {"not a valid path": 2}
 
 
 # ---------------------------------------------------------------------------------------------------- read_source

@@ -146,6 +146,12 @@ def test_the_background_server_answers_only_the_server_files_token(service, inde
     (indexed_tree / ".mret" / warm.STARTING_FILE).unlink()
     assert "--private" in started[0] and "--idle-exit" in started[0]
 
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(warm.os, "open", read_only)  # an index folder this user may read but not write
+    assert not warm.start_background(indexed_tree / ".mret") and len(started) == 1
+
 
 def test_the_key_is_checked_before_the_body_is_read(service):
     with live_server(service, api_key="s3cret") as live, live.client() as client:
