@@ -106,7 +106,7 @@ def run_index(root: Path, index_dir: Path, vectors: FaissIndex | PlaidIndex, hea
         with vectors.transaction():
             drop_chunks(vectors, [i for path in gone for i in known[path].doc_ids])
     summary.removed_files = len(gone)
-    todo = [f for f in found.files if f.path not in known or
+    todo = [f for f in found.files if f.path not in known or f.size > settings.max_file_bytes or  # (a lowered limit)
             (known[f.path].metadata.get("mtime_ns"), known[f.path].metadata.get("size")) != (f.mtime_ns, f.size)]
     summary.unchanged_files = len(found.files) - len(todo)
     run = _Run(vectors, head, settings, summary)

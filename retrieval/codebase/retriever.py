@@ -96,6 +96,10 @@ class Retriever:
                 raise RetrieverError(f"{root} is not a folder")
         else:
             self.root = Path(self.config.root)
+            moved_to = self.index_dir.resolve().parent
+            if not self.root.is_dir() and self.index_dir.name == INDEX_DIR_NAME and moved_to.is_dir():
+                self.root = moved_to  # the tree moved with its .mret: its files are where the index is now
+                self.config.root = str(moved_to)  # (config.json is rewritten by the next `mret index`)
         if self.config is not None:
             if str(self.root) != self.config.root:
                 if not default_dir:

@@ -491,6 +491,9 @@ def test_a_moved_tree_keeps_its_index(tmp_path, model_dir):
         retriever.index()
         before = [(h.path, h.start_line, h.score) for h in retriever.search(QUERIES[0], k=5)]
     moved = shutil.move(root, tmp_path / "moved")
+    with Retriever.open(Path(moved) / ".mret") as retriever:  # found by `mret search`/`remove`, before any index
+        assert retriever.root == Path(moved).resolve() and retriever.status()["root"] == str(retriever.root)
+        assert retriever._relative(Path(moved) / "json" / "decoder.py") == "json/decoder.py"
     with Retriever(moved, show_progress=False) as retriever:  # .mret moved with the tree
         summary = retriever.index()
         assert retriever._model is None and summary.encoded_files == 0 and summary.unchanged_files == 5
@@ -513,6 +516,21 @@ def test_files_from_indexes_exactly_the_list(tmp_path, model_dir):
         summary = retriever.index(["json/scanner.py"])  # what is not listed any more is removed
         assert summary.removed_files == 1 and {d["source"] for d in documents(retriever).values()} == {
             "json/scanner.py"}
+
+
+def test_a_lowered_size_limit_removes_the_files_now_over_it(tmp_path, model_dir):
+    from retrieval.codebase.retriever import Retriever
+
+    root = tmp_path / "tree"
+    copy_package(json, root / "json")
+    largest = max((root / "json").glob("*.py"), key=lambda p: p.stat().st_size)
+    with Retriever(root, model=model_dir, max_length=MAX_LENGTH, show_progress=False) as retriever:
+        assert retriever.index().files == 5
+    limit = largest.stat().st_size - 1
+    with Retriever(root, max_file_bytes=limit, show_progress=False) as retriever:
+        summary = retriever.index()  # the file did not change; the limit did
+        assert summary.removed_files == 1 and summary.files == 4
+        assert summary.skipped == {f"larger than {limit // 1024} KiB": 1}
 
 
 def test_a_list_that_names_no_file_leaves_the_index_as_it_was(tmp_path, model_dir):
