@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,20 +39,23 @@ RELATED_DOC = ("Find code similar to a span of a file (other implementations, du
 
 
 class Freshness:
-    """Brings the index up to date before a search, one run at a time, waiting for it at most ``wait`` seconds."""
+    """Brings the index up to date before a search, one run at a time, waiting for it at most ``wait`` seconds from
+    the run's start: searches that arrive while a long run goes on wait only what is left of that (then answer from
+    the last commit), not ``wait`` each."""
 
     def __init__(self, service: TreeService, wait: float = REFRESH_WAIT_S):
         self.service, self.wait = service, wait
         self._guard = threading.Lock()
         self._done: threading.Event | None = None
+        self._started = 0.0
 
     def refresh(self) -> None:
         with self._guard:
             if self._done is None or self._done.is_set():
-                self._done = threading.Event()
+                self._done, self._started = threading.Event(), time.monotonic()
                 threading.Thread(target=self._run, args=(self._done,), daemon=True, name="refresh").start()
-            done = self._done
-        done.wait(self.wait)
+            done, deadline = self._done, self._started + self.wait
+        done.wait(max(0.0, deadline - time.monotonic()))
 
     def _run(self, done: threading.Event) -> None:
         try:

@@ -155,3 +155,33 @@ def test_related_reads_paths_under_the_root_only(indexed_tree, monkeypatch):
     finally:
         (indexed_tree / "link.txt").unlink(missing_ok=True)
         service.close()
+
+
+def test_searches_during_a_long_refresh_wait_once_not_each():
+    """MCP brings the index up to date before a search, waiting at most the refresh wait for the run: a search that
+    arrives while that run still goes on waits only what is left of it, then answers from the last commit."""
+    import threading
+
+    from retrieval.serve.mcp_server import Freshness
+
+    release, runs = threading.Event(), []
+
+    class Retriever:
+        def index(self) -> None:
+            runs.append(1)
+            release.wait(30)
+
+    class Service:
+        retriever, index_lock = Retriever(), threading.Lock()
+
+    freshness = Freshness(Service(), wait=0.5)
+    try:
+        begin = time.monotonic()
+        freshness.refresh()  # the run starts; this search waits the whole 0.5 s
+        first = time.monotonic() - begin
+        begin = time.monotonic()
+        freshness.refresh()  # the same run goes on: no second wait, no second run
+        second = time.monotonic() - begin
+        assert first >= 0.45 and second < 0.2 and len(runs) == 1
+    finally:
+        release.set()
