@@ -112,11 +112,19 @@ def encode_beir(dataset: BeirDataset, model: Head | str | Path, kind: Kind,
 
 
 def model_cache_name(name_or_path: str | Path, loader: Callable) -> str:
-    """How a model loaded from a folder or hub id is named in the cache key: the resolved folder (or the hub id)
-    and the loader, e.g. "/models/minilm (ColBERT.from_token_embeddings)"."""
+    """How a model loaded from a folder or hub id is named in the cache key: the resolved folder (or the hub id),
+    the loader, and for a folder a fingerprint of its files (names, sizes, modification times), so that a model
+    trained again into the same folder is encoded again, e.g. "/models/minilm (ColBERT.from_token_embeddings)
+    files 3f2a9c0d1e4b"."""
     local = Path(name_or_path).expanduser()
-    name = str(local.resolve()) if local.is_dir() else str(name_or_path)
-    return f"{name} ({loader.__qualname__})"
+    if not local.is_dir():
+        return f"{name_or_path} ({loader.__qualname__})"
+    folder = local.resolve()
+    hasher = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        info = path.stat()
+        hasher.update(f"{path.relative_to(folder).as_posix()}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+    return f"{folder} ({loader.__qualname__}) files {hasher.hexdigest()[:12]}"
 
 
 def _check_ids(ids: list[str], known: dict, what: str) -> None:

@@ -28,6 +28,13 @@ def evaluate(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]])
     return out
 
 
+def without_own_ids(run: dict[str, dict[str, float]], depth: int) -> dict[str, dict[str, float]]:
+    """Each query's top ``depth`` once its own id is dropped (searches ask for ``depth + 1`` so that one can be):
+    what is scored and written to run.trec. Kept at ``depth`` because MAP, unlike the cut measures, counts every
+    document of the run: a 101st document where the own id was not retrieved would add to it."""
+    return {q: dict(trec_order({d: s for d, s in docs.items() if d != q})[:depth]) for q, docs in run.items()}
+
+
 def trec_order(docs: dict[str, float]) -> list[tuple[str, float]]:
     """Best first, as trec_eval ranks: by score, ties broken by document id in descending order."""
     ranked = sorted(docs.items(), key=lambda kv: kv[0], reverse=True)

@@ -30,7 +30,7 @@ from retrieval.scoring import dense_top_k, maxsim_top_k
 
 from .datasets.beir import BeirDataset
 from .encode import EncodedBeir, encode_beir, model_cache_name
-from .metrics import evaluate, run_from_top_k, trec_order
+from .metrics import evaluate, run_from_top_k, trec_order, without_own_ids
 from .published import published_scores
 
 BM25 = "bm25"  # the lexical "model" in published.json and metrics.json
@@ -93,6 +93,7 @@ def run_eval(dataset: BeirDataset, settings: EvalSettings, output: Path, cache_d
         lexical = lexical_run(dataset, encoded.query_ids, settings.depth + 1, cache_dir / "indexes")
         run = {q: dict(fuse(sorted(run[q].items(), key=lambda item: -item[1]), lexical[q], settings.depth + 1))
                for q in run}
+    run = without_own_ids(run, settings.depth)
     search_seconds = time.perf_counter() - search_started
 
     metrics = evaluate(run, dataset.qrels)
@@ -132,7 +133,8 @@ def run_lexical_eval(dataset: BeirDataset, settings: EvalSettings, output: Path,
     """``--mode lexical``: BM25 over the store's lexical table (indexes/lexical.py), no model loaded."""
     started = time.perf_counter()
     query_ids = list(dataset.queries)
-    run = {q: dict(hits) for q, hits in lexical_run(dataset, query_ids, settings.depth + 1, cache_dir / "indexes").items()}
+    run = without_own_ids({q: dict(hits) for q, hits in lexical_run(dataset, query_ids, settings.depth + 1,
+                                                                     cache_dir / "indexes").items()}, settings.depth)
     seconds = time.perf_counter() - started
     record = {
         **evaluate(run, dataset.qrels),

@@ -117,7 +117,7 @@ def test_model_given_by_path(subset, colbert, minilm_folder, tmp_path):
     assert by_object.path is None and np.array_equal(by_path.doc_offsets, by_object.doc_offsets)
     assert np.allclose(by_path.docs, by_object.docs, atol=1e-6)
     description = json.loads(by_path.path.with_suffix(".json").read_text())
-    assert description["model"] == f"{minilm_folder.resolve()} (ColBERT.from_token_embeddings)"
+    assert description["model"].startswith(f"{minilm_folder.resolve()} (ColBERT.from_token_embeddings) files ")
     assert description["dataset"] == str(SCIFACT.resolve()) and description["lengths"]["document_length"] == 256
 
 
@@ -162,3 +162,25 @@ def test_an_interrupted_encoding_resumes_from_its_last_finished_chunk(subset, de
     assert np.allclose(result.docs, reference.docs, atol=1e-6) and np.allclose(result.queries, reference.queries)
     if kind == "colbert":
         assert np.array_equal(result.doc_offsets, reference.doc_offsets)
+
+
+def test_a_model_trained_again_into_the_same_folder_is_another_cache_key(tmp_path):
+    """The cache names a folder model by its path and a fingerprint of its files: weights written again (`mret train
+    -o` the same folder) are encoded again, an untouched folder keeps its entry."""
+    import os
+
+    from eval.encode import model_cache_name
+    from retrieval.heads.loading import loader_for
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"weights v1")
+    (folder / "config.json").write_text("{}")
+    load = loader_for("dense", False)
+    first = model_cache_name(folder, load)
+    assert model_cache_name(folder, load) == first and str(folder.resolve()) in first
+    (folder / "model.safetensors").write_bytes(b"weights v2")
+    stat = (folder / "model.safetensors").stat()
+    os.utime(folder / "model.safetensors", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert model_cache_name(folder, load) != first
+    assert model_cache_name("org/hub-model", load) == f"org/hub-model ({load.__qualname__})"

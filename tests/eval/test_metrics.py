@@ -108,3 +108,17 @@ def test_ties_are_ranked_as_trec_eval_ranks_them():
     kept = evaluate({"q": {**nine_better, "a": 1.0, "0": 1.0}}, qrels)  # a is 10th: "a" > "0"
     assert kept["mrr@10"] == pytest.approx(1 / 10)
     assert kept["ndcg@10"] == pytest.approx(1 / math.log2(11), abs=1e-4)
+
+
+def test_a_run_keeps_its_depth_once_the_own_id_is_dropped():
+    """Searches ask for depth + 1 so that a query's own id can be dropped; where it was not retrieved the extra
+    document goes too, or MAP (not a cut measure) would count a 101st document (BEIR reports MAP@k)."""
+    from eval.metrics import without_own_ids
+
+    qrels = {"q1": {"d3": 1, "d100": 1}}
+    ranked = {f"d{i}": 1.0 - i / 1000 for i in range(101)}  # d0 best ... d100 the 101st
+    kept = without_own_ids({"q1": ranked}, 100)
+    assert len(kept["q1"]) == 100 and "d100" not in kept["q1"]
+    assert evaluate(kept, qrels)["map"] == pytest.approx((1 / 4) / 2)  # d3 at rank 4; d100 beyond the depth
+    own = without_own_ids({"q1": {"q1": 2.0, **ranked}}, 100)
+    assert "q1" not in own["q1"] and len(own["q1"]) == 100
