@@ -22,7 +22,16 @@ def read_texts(path: Path) -> list[str]:
         fail(f"{path} does not exist")
     if path.suffix not in (".txt", ".jsonl"):
         fail(f"{path}: the input must be .txt (one text per line) or .jsonl")
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    try:
+        content = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        fail(f"{path}: not UTF-8 (byte {error.start})")
+    # lines end at \n (and \r\n) only: str.splitlines() would also cut at form feeds and Unicode line separators
+    # inside a text, and every later vector would belong to the wrong line
+    lines = content.split("\n")
+    lines = [line[:-1] if line.endswith("\r") else line for line in lines]
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the file
     if path.suffix == ".txt":
         texts = lines
     else:

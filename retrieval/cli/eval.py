@@ -80,12 +80,13 @@ def eval_command(
         from retrieval.heads.precision import check
 
         check(device, dtype)  # a bad --device/--dtype fails before the dataset is read or downloaded
-    data = load_target(target, dataset, split, language, cache)
     if max_length is None and target is Target.mldr:
         max_length = 0  # long documents: never cut at the model's short default
     settings = EvalSettings(model=model, kind=kind.value, index=index.value, max_length=max_length,
                             token_embeddings=token_embeddings, depth=depth, nbits=nbits, mode=mode.value,
                             pool_factor=pool_factor, device=device, dtype=dtype)
+    settings.check()  # a settings mistake fails before the dataset is read or downloaded
+    data = load_target(target, dataset, split, language, cache)
     name = "bm25" if mode is ModeChoice.lexical else f"{Path(model.rstrip('/')).name}-{kind.value}-{index.value}"
     name += f"-pool{pool_factor}" if pool_factor != 1 else ""
     name += f"-{dtype}" if dtype != "float32" and mode is not ModeChoice.lexical else ""

@@ -64,6 +64,19 @@ def test_input_mistakes_give_one_clear_line(tmp_path, minilm, content, suffix, m
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
 
 
+def test_a_txt_row_is_a_line_whatever_characters_it_holds(tmp_path):
+    """Lines end at \\n (or \\r\\n) only: a form feed or a Unicode line separator inside a text does not make two
+    rows (every later vector would be off by one); a file that is not UTF-8 is a clear error, not replaced bytes."""
+    from retrieval.cli.embed import read_texts
+
+    path = tmp_path / "in.txt"
+    path.write_bytes("page one\fpage two\r\nline\u2028separated\n\nlast\u0085one\n".encode())
+    assert read_texts(path) == ["page one\fpage two", "line\u2028separated", "", "last\u0085one"]
+    path.write_bytes("caf\xe9\n".encode("latin-1"))
+    result = runner.invoke(app, ["embed", "-m", str(tmp_path), "-i", str(path), "-o", str(tmp_path / "o.npy")])
+    assert result.exit_code == 2 and "not UTF-8" in result.output and "Traceback" not in result.output
+
+
 def test_bad_model_and_output_suffix(tmp_path, minilm):
     (tmp_path / "in.txt").write_text("x\n")
     result = runner.invoke(app, ["embed", "-m", str(tmp_path / "nowhere"), "-i", str(tmp_path / "in.txt"),

@@ -419,3 +419,22 @@ def test_coir_download_offline_is_a_dataset_error(tmp_path, hub_offline):
     with pytest.raises(DatasetError, match=r"^cannot download CoIR-Retrieval/cosqa-queries-corpus \(.+\); "
                                            r"pass a local folder with --dataset$"):
         download_coir("cosqa", tmp_path / "cache")
+
+
+def test_half_a_surrogate_pair_in_a_beir_file_becomes_replacement_characters(tmp_path):
+    """JSON can escape half of a surrogate pair ("\\ud83d"); Python reads it as a lone surrogate that neither the
+    tokenizer nor the cache's digest (UTF-8) can take: it is read as U+FFFD, every other character as it is."""
+    from eval.datasets.beir import load_beir
+
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    (folder / "corpus.jsonl").write_text('{"_id": "d1", "title": "t\\ud83d", "text": "ok \\ud83d\\ude42 half \\ud83d"}\n')
+    (folder / "queries.jsonl").write_text('{"_id": "q1", "text": "half \\udc00 pair"}\n')
+    (folder / "qrels").mkdir()
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    data = load_beir(folder)
+    text, title, query = data.corpus["d1"]["text"], data.corpus["d1"]["title"], data.queries["q1"]
+    assert text.startswith("ok \U0001F642 half ") and "\ufffd" in text and "\ufffd" in title
+    assert "\ufffd" in query
+    for value in (text, title, query):
+        value.encode("utf-8")  # no lone surrogate left

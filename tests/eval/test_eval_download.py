@@ -140,6 +140,18 @@ def test_offline_is_one_line_from_the_command_line(tmp_path, monkeypatch):
     assert "offline? pass a local folder with --dataset" in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("args,message", [(["--depth", "5"], "--depth must be at least 10"),
+                                          (["--kind", "colbert", "--index", "hnsw"], "does not apply to --kind colbert")])
+def test_a_settings_mistake_fails_before_the_download(tmp_path, monkeypatch, args, message):
+    """Settings are checked before the dataset is read or fetched: the download (here one that could not happen)
+    is never tried for a run that would stop on its settings."""
+    monkeypatch.setenv("MRET_BEIR_URL", "http://127.0.0.1:9/{name}.zip")
+    result = CliRunner().invoke(app, ["eval", "beir", "--dataset", "tiny", "--model", "unused", *args,
+                                      "--cache-dir", str(tmp_path / "c"), "--output", str(tmp_path / "out")])
+    assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+    assert "offline" not in result.output and not (tmp_path / "c").exists()
+
+
 def test_a_cut_off_download_is_refused_then_restarts_whole(server, tmp_path):
     """Without a published md5 only the Content-Length can tell that the body stopped short; nothing is cached,
     and the next run downloads the whole file again (no byte ranges: see the download module on resuming)."""
