@@ -52,6 +52,16 @@ LOAD_ATTEMPTS = 5  # a reader racing a fast writer may find its generation's fil
 Hits = list[tuple[str, float]]
 
 
+def _holds_an_index(store_path: Path) -> bool:
+    """Whether the document store at ``store_path`` has an index's meta (its kind), which ``_create`` commits in one
+    transaction with the index tables."""
+    store = DocumentStore(store_path)
+    try:
+        return store.get_meta("kind") is not None
+    finally:
+        store.close()
+
+
 class VectorIndex:
     """Base of FaissIndex and PlaidIndex: subclasses say how a segment is written, opened, merged and searched."""
 
@@ -78,8 +88,10 @@ class VectorIndex:
     @classmethod
     def _create(cls, path: str | Path, settings: dict[str, Any], lock_timeout: float = 60.0):
         path = Path(path)
-        if (path / STORE).exists():
+        if (path / STORE).exists() and _holds_an_index(path / STORE):
             raise IndexInputError(f"{path} already holds an index; open it with {cls.__name__}.open")
+        # (a store without the index's meta is a create killed before its one transaction: it is finished here;
+        # the schema and the meta rows are written idempotently)
         (path / FILES).mkdir(parents=True, exist_ok=True)
         store = DocumentStore(path / STORE)
         with store.transaction() as db:
@@ -251,6 +263,9 @@ class VectorIndex:
         if pending is not None:
             yield pending
             return
+        if self.store.db.in_transaction:  # its commit would be published before that transaction ends (or rolls back)
+            raise IndexInputError("an index write inside the document store's own transaction (store.transaction() "
+                                  "or read_transaction()): group index changes with index.transaction() instead")
         try:
             self._lock.acquire(timeout=self.lock_timeout)
         except Timeout:

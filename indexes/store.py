@@ -389,8 +389,10 @@ def delete_documents(db: sqlite3.Connection, doc_ids: Sequence[str]) -> None:
 
 
 def is_sql_filter(filter: Filter) -> bool:
-    """A SQL predicate (with or without parameters), rather than None or a collection of ids."""
-    return isinstance(filter, str) or (isinstance(filter, tuple) and len(filter) == 2 and isinstance(filter[0], str))
+    """A SQL predicate (with or without parameters), rather than None or a collection of ids: ``("lang = ?",
+    ("en",))`` is SQL and its parameters, ``("a", "b")`` two ids (parameters are never a bare string)."""
+    return isinstance(filter, str) or (isinstance(filter, tuple) and len(filter) == 2 and isinstance(filter[0], str)
+                                       and not isinstance(filter[1], str))
 
 
 def _json_path(key: str) -> str:

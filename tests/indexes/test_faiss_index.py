@@ -89,6 +89,8 @@ def test_filters_and_documents(tmp_path, rng):
     hits = index.search(vectors[:1], k=100, filter=("json_extract(metadata, '$.lang') = ?", ["rust"]))[0]
     assert {h[0] for h in hits} == {f"doc{i}" for i in range(0, 100, 3)}
     assert [h[0] for h in index.search(vectors[:1], k=10, filter={"doc4", "doc9"})[0]] in (["doc4", "doc9"], ["doc9", "doc4"])
+    # a tuple of two ids is ids, not SQL and its parameters (those are never a bare string)
+    assert {h[0] for h in index.search(vectors[:1], k=10, filter=("doc4", "doc9"))[0]} == {"doc4", "doc9"}
     assert index.documents(["doc4"])[0].metadata == {"lang": "python"} and index.documents(["x"]) == [None]
     with pytest.raises(IndexInputError, match="not a valid SQL predicate"):
         index.search(vectors[:1], k=1, filter="no_such_column = 1")
@@ -115,6 +117,40 @@ def test_transaction_is_one_commit(tmp_path, rng):
         index.add(["c"], unit(rng, 1))
         index.add(["c"], unit(rng, 1))  # duplicate: the whole transaction is dropped
     assert "c" not in FaissIndex.open(tmp_path / "ix") and index.generation == 1
+
+
+@pytest.mark.parametrize("cls", ["faiss", "plaid"])
+def test_a_create_killed_before_its_transaction_is_finished_by_the_next(tmp_path, rng, cls):
+    """create() commits the document store's schema, then the index's tables and meta in one transaction: a kill
+    between the two left a folder that neither open() nor create() took; now the next create() finishes it."""
+    from indexes import DocumentStore, PlaidIndex
+
+    index_cls = FaissIndex if cls == "faiss" else PlaidIndex
+    folder = tmp_path / "ix"
+    folder.mkdir()
+    DocumentStore(folder / "store.sqlite").close()  # what the kill left
+    index = index_cls.create(folder, dim=32) if cls == "faiss" else index_cls.create(folder, dim=32, nbits=2)
+    vectors = unit(rng, 300)
+    if cls == "faiss":
+        index.add(ids(0, 3), vectors[:3])
+        assert index.search(vectors[1], k=1)[0][0][0] == "doc1"
+    else:
+        index.add(["a", "b"], [vectors[:150], vectors[150:]])
+        assert index.search([vectors[150:160]], k=1)[0][0][0] == "b"
+    index.close()
+    with pytest.raises(IndexInputError, match="already holds an index"):
+        index_cls.create(folder, dim=32)
+
+
+def test_an_index_write_inside_the_stores_own_transaction_is_refused(tmp_path, rng):
+    """The index publishes a commit's snapshot when its SQLite transaction ends; inside the store's own transaction
+    that would be before the outer one commits or rolls back (a rolled-back add was then served as real)."""
+    index = FaissIndex.create(tmp_path / "ix", dim=32, kind="flat")
+    with pytest.raises(IndexInputError, match="index.transaction"):
+        with index.store.transaction():
+            index.add(["ghost"], unit(rng, 1))
+    index.add(["real"], unit(rng, 1))
+    assert "real" in index and "ghost" not in index and len(FaissIndex.open(tmp_path / "ix")) == 1
 
 
 def test_bad_input_is_a_clear_error(tmp_path, rng):
