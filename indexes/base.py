@@ -299,12 +299,16 @@ class VectorIndex:
     def add(self, doc_ids: Sequence[str], embeddings: Any, documents: Sequence[Document] | None = None) -> None:
         """Add new documents (an id already present is an error: use ``update``)."""
         ids, vectors, docs = self._checked(doc_ids, embeddings, documents)
+        if not ids:
+            return  # nothing to commit
         with self._transaction() as pending:
             self._add_new(pending, ids, vectors, docs)
 
     def update(self, doc_ids: Sequence[str], embeddings: Any, documents: Sequence[Document] | None = None) -> None:
         """Add or replace documents, in one commit."""
         ids, vectors, docs = self._checked(doc_ids, embeddings, documents)
+        if not ids:
+            return  # nothing to commit
         with self._transaction() as pending:
             self._remove(pending, [i for i in ids if self._present(pending, i)])
             self._add(pending, ids, vectors, docs)
@@ -520,7 +524,12 @@ class VectorIndex:
             raise IndexInputError(f"k must be a positive integer, got {k!r}")
         queries = self._check_queries(queries)
         snapshot, allowed = self._view(filter)
-        results = self._search(snapshot, queries, int(k), allowed, **options)
+        try:
+            results = self._search(snapshot, queries, int(k), allowed, **options)
+        except TypeError as error:
+            if "unexpected keyword argument" not in str(error):
+                raise
+            raise IndexInputError(f"unknown search option: {str(error).rsplit(' ', 1)[-1]}") from None
         for rows, _ in results:
             if len(rows) and (rows.min() < 0 or rows.max() >= snapshot.next_row or not snapshot.alive[rows].all()):
                 raise IndexCorruptError(f"{self.path} returned rows that are not in the index: a file is damaged "

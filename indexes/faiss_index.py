@@ -50,7 +50,10 @@ class FaissIndex(VectorIndex):
         return vectors
 
     def _check_queries(self, queries: Any) -> np.ndarray:
-        queries = np.asarray(queries)
+        try:
+            queries = np.asarray(queries, dtype=np.float32)
+        except (TypeError, ValueError) as error:  # ragged rows, strings
+            raise IndexInputError(f"queries must be a numeric (n, {self.settings['dim']}) array: {error}") from None
         return self._as_matrix(queries[None] if queries.ndim == 1 else queries, "queries")
 
     def _as_matrix(self, array: Any, what: str) -> np.ndarray:
@@ -68,7 +71,7 @@ class FaissIndex(VectorIndex):
     # ----- segments
     def _open_shared(self, shared: dict[str, FileEntry], settings: dict[str, Any]) -> faiss.Index | None:
         """The trained IVF-PQ (empty), or None for flat and HNSW, or before the first add."""
-        return faiss.read_index(str(files.check_size(self.files_dir, shared["trained"]))) if "trained" in shared else None
+        return _read_faiss(files.check_size(self.files_dir, shared["trained"])) if "trained" in shared else None
 
     @property
     def trained(self) -> faiss.Index | None:
@@ -128,7 +131,7 @@ class FaissIndex(VectorIndex):
         if base.settings["index"] == "ivfpq":  # PQ codes cannot be re-encoded losslessly: move them instead
             merged = faiss.clone_index(base.shared)
             for segment, keep in live:
-                merged.merge_from(faiss.read_index(str(self.files_dir / segment.files["index"].name)), 0)
+                merged.merge_from(_read_faiss(self.files_dir / segment.files["index"].name), 0)
                 if not keep.all():
                     merged.remove_ids(faiss.IDSelectorBatch(segment.rows[~keep]))
             return {"index": files.write_bytes(self.files_dir, f"{prefix}-index.faiss", faiss.serialize_index(merged))}
@@ -144,10 +147,7 @@ class FaissIndex(VectorIndex):
 
     def _open_segment(self, segment: Segment, shared: Any, settings: dict[str, Any]) -> faiss.Index:
         path = files.check_size(self.files_dir, segment.files["index"])
-        try:
-            index = faiss.read_index(str(path), READ_FLAGS)
-        except RuntimeError as error:
-            raise IndexCorruptError(f"{path} is not a readable faiss index ({str(error).splitlines()[0]})") from None
+        index = _read_faiss(path, READ_FLAGS)
         if index.ntotal != len(segment.rows) or index.d != settings["dim"]:
             raise IndexCorruptError(f"{path} holds {index.ntotal} vectors of {index.d} dimensions, the index "
                                     f"recorded {len(segment.rows)} of {settings['dim']}")
@@ -186,3 +186,12 @@ class FaissIndex(VectorIndex):
 
     def _stats(self, snapshot: Snapshot) -> dict[str, Any]:
         return {**super()._stats(snapshot), "vectors": len(snapshot.row_of)}
+
+
+def _read_faiss(path: Path, flags: int = 0) -> faiss.Index:
+    """A faiss file of the index; IndexCorruptError (not faiss's RuntimeError) when it cannot be read: a damaged
+    file is reported as the damage it is, and a reader racing a writer's collection retries (base.py ``_view``)."""
+    try:
+        return faiss.read_index(str(path), flags)
+    except RuntimeError as error:
+        raise IndexCorruptError(f"{path} is not a readable faiss index ({str(error).splitlines()[0]})") from None

@@ -169,7 +169,12 @@ class DocumentStore:
             db.execute("ROLLBACK")
             raise
         else:
-            db.execute("COMMIT")
+            try:
+                db.execute("COMMIT")
+            except sqlite3.Error:  # disk full, an I/O error: end the transaction, or this connection stays in it
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
         finally:
             local.depth = 0
 

@@ -282,7 +282,8 @@ class PlaidIndex(VectorIndex):
                                       "that adds documents or trains a codec")
             base = pending.base
             old_codec, live = base.shared.codec, [(s, base.alive[s.rows]) for s in base.segments.values()]
-            assert old_codec is not None
+            if old_codec is None or not any(keep.any() for _, keep in live):
+                return  # no committed document to re-encode: nothing to commit
             sample = self._sample_tokens(base, old_codec, live)
             codec = self._train(pending, sample, total_tokens=_n_tokens(base))
             rows, codes, residuals, lengths = [], [], [], []
@@ -315,6 +316,8 @@ class PlaidIndex(VectorIndex):
         """As VectorIndex.add. When this add trains the codec (the index has none yet), ``expected_tokens`` (what the
         index will hold, if known) sizes the centroids instead of the tokens of this add."""
         ids, vectors, docs = self._checked(doc_ids, embeddings, documents)
+        if not ids:
+            return  # nothing to commit
         outermost = self._current() is None
         with self._transaction() as pending:
             self._add_new(pending, ids, vectors, docs, expected_tokens=expected_tokens)

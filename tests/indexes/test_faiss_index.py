@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from indexes import Document, FaissIndex, IndexInputError
+from indexes import Document, FaissIndex, IndexCorruptError, IndexInputError
 from indexes.base import MAX_SEGMENTS
 
 
@@ -47,6 +47,11 @@ def test_hnsw_and_ivfpq_recall(tmp_path, rng):
                                  for hits, row in zip(found, exact)])
     assert recalls["hnsw"] >= 0.98
     assert recalls["ivfpq"] >= 0.3  # 8 bytes per 32-d vector on random data: coarse, but far above chance
+    index.close()
+    trained = next((tmp_path / "ivfpq" / "files").glob("*trained*"))
+    trained.write_bytes(b"\0" * trained.stat().st_size)  # damaged, its size unchanged
+    with pytest.raises(IndexCorruptError, match="not a readable faiss index"):  # not faiss's RuntimeError
+        FaissIndex.open(tmp_path / "ivfpq")
 
 
 def test_auto_kind_is_resolved_and_kept(tmp_path, rng):
@@ -167,6 +172,8 @@ def test_bad_input_is_a_clear_error(tmp_path, rng):
         (lambda: index.remove(["zzz"]), "not in the index"),
         (lambda: index.search(unit(rng, 1), k=0), "positive integer"),
         (lambda: index.search(np.ones((1, 8)), k=1), r"shape \(n, 32\)"),
+        (lambda: index.search([[1.0, 2.0], [3.0]], k=1), "numeric"),
+        (lambda: index.search(unit(rng, 1), k=1, bogus=1), "unknown search option"),
         (lambda: FaissIndex.create(tmp_path / "ix", dim=32), "already holds an index"),
         (lambda: FaissIndex.create(tmp_path / "other", dim=32, kind="annoy"), "kind must be one of"),
         (lambda: FaissIndex.create(tmp_path / "pq", dim=32, kind="ivfpq").add(["x"], unit(rng, 1)), "at least"),
@@ -175,3 +182,6 @@ def test_bad_input_is_a_clear_error(tmp_path, rng):
         with pytest.raises(IndexInputError, match=message):
             call()
     assert len(FaissIndex.open(tmp_path / "ix")) == 1
+    generation = index.generation
+    index.add([], np.zeros((0, 32), np.float32))  # nothing to add: no commit
+    assert index.generation == generation

@@ -304,6 +304,9 @@ def test_growing_far_past_the_codec_re_clusters(tmp_path):
 
 def test_bad_input_is_a_clear_error(tmp_path):
     index = PlaidIndex.create(tmp_path / "ix", dim=DIM)
+    index.add([], [])  # nothing to add, nothing to rebuild: no error, no commit
+    index.rebuild()
+    assert index.generation == 0
     docs = corpus(8, 20)
     index.add(ids(20), docs)
     cases = [
@@ -313,6 +316,7 @@ def test_bad_input_is_a_clear_error(tmp_path):
         (lambda: index.add(["d1"], [docs[0]]), "already in the index"),
         (lambda: index.remove(["nope"]), "not in the index"),
         (lambda: index.search([np.ones((2, 5))], k=3), "queries"),
+        (lambda: index.search([docs[0][:3]], k=3, bogus=1), "unknown search option: 'bogus'"),
         (lambda: PlaidIndex.create(tmp_path / "other", dim=DIM, nbits=3), "nbits"),
     ]
     for call, message in cases:

@@ -189,3 +189,22 @@ def test_store_writes_inside_an_index_transaction_join_its_commit(tmp_path):
     assert index.generation == 3 and reader.store.files()["a.py"].metadata["mtime_ns"] == 4
     index.store.set_file_metadata({"a.py": {"mtime_ns": 5}})  # outside: a store transaction, no generation
     assert index.generation == 3 and reader.store.files()["a.py"].metadata["mtime_ns"] == 5
+
+
+def test_a_commit_that_fails_leaves_the_connection_usable(tmp_path):
+    """A COMMIT can fail (a full disk, an I/O error; here a deferred foreign key): the transaction is rolled back
+    rather than left open, so the next transaction on this thread starts cleanly."""
+    import sqlite3
+
+    store = DocumentStore(tmp_path / "s.sqlite")
+    db = store.db
+    db.execute("PRAGMA foreign_keys = ON")
+    db.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+    db.execute("CREATE TABLE child (parent INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED)")
+    with pytest.raises(sqlite3.IntegrityError):
+        with store.transaction() as tx:
+            tx.execute("INSERT INTO child VALUES (7)")  # checked only at COMMIT
+    assert not db.in_transaction
+    store.put([Document("a", text="after")])
+    assert store.get(["a"])[0].text == "after"
+    store.close()
