@@ -117,19 +117,27 @@ def load_beir(folder: str | Path, split: str = "test", name: str | None = None) 
 
 
 def read_qrels(path: Path) -> dict[str, dict[str, int]]:
+    """BEIR's qrels (tab-separated query-id, corpus-id, score, with or without a header) or TREC's (query-id,
+    iteration, corpus-id, score, separated by tabs or spaces). A byte-order mark is skipped."""
     qrels: dict[str, dict[str, int]] = {}
-    with open(path, newline="", encoding="utf-8") as f:
-        for number, row in enumerate(csv.reader(f, delimiter="\t"), start=1):
-            if not row or (number == 1 and row[0].lower() in ("query-id", "query_id", "qid")):
-                continue  # the header line
-            if len(row) == 4:  # TREC qrels: query-id, iteration, corpus-id, score
-                row = [row[0], row[2], row[3]]
-            if len(row) != 3:
-                raise DatasetError(f"{path}:{number}: expected 3 tab-separated columns (query-id, corpus-id, score)")
-            try:
-                qrels.setdefault(row[0], {})[row[1]] = int(float(row[2]))
-            except ValueError:
-                raise DatasetError(f"{path}:{number}: the score {row[2]!r} is not a number") from None
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            for number, line in enumerate(f, start=1):
+                line = line.rstrip("\r\n")
+                row = next(csv.reader([line], delimiter="\t")) if "\t" in line else line.split()
+                if not row or (number == 1 and row[0].lower() in ("query-id", "query_id", "qid")):
+                    continue  # the header line
+                if len(row) == 4:  # TREC qrels: query-id, iteration, corpus-id, score
+                    row = [row[0], row[2], row[3]]
+                if len(row) != 3:
+                    raise DatasetError(f"{path}:{number}: expected 3 tab-separated columns (query-id, corpus-id, "
+                                       "score) or TREC's 4")
+                try:
+                    qrels.setdefault(row[0], {})[row[1]] = int(float(row[2]))
+                except ValueError:
+                    raise DatasetError(f"{path}:{number}: the score {row[2]!r} is not a number") from None
+    except UnicodeDecodeError as error:
+        raise DatasetError(f"{path}: not UTF-8 (byte {error.start})") from None
     if not qrels:
         raise DatasetError(f"{path} holds no judgements")
     return qrels

@@ -438,3 +438,16 @@ def test_half_a_surrogate_pair_in_a_beir_file_becomes_replacement_characters(tmp
     assert "\ufffd" in query
     for value in (text, title, query):
         value.encode("utf-8")  # no lone surrogate left
+
+
+def test_qrels_with_a_byte_order_mark_trec_spaces_or_bad_bytes(tmp_path):
+    from eval.datasets.beir import read_qrels
+
+    path = tmp_path / "test.tsv"
+    path.write_bytes("\ufeffquery-id\tcorpus-id\tscore\nq1\td1\t1\n".encode())  # a BOM before the header
+    assert read_qrels(path) == {"q1": {"d1": 1}}
+    path.write_text("q1 0 d1 2\nq1 0 d2 0\n\nq2 Q0 d3 1\n")  # TREC's qrels, space-separated
+    assert read_qrels(path) == {"q1": {"d1": 2, "d2": 0}, "q2": {"d3": 1}}
+    path.write_bytes(b"q1\td\xe9\t1\n")
+    with pytest.raises(DatasetError, match="not UTF-8"):
+        read_qrels(path)
