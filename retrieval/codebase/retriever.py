@@ -213,9 +213,7 @@ class Retriever:
             assert current is not None and self.config is not None
             if held:
                 remove_leftovers(self.index_dir, current.index)
-        if current.index != self.config.index:
-            with self._lock:
-                self.config, self._index = current, None  # threads searching keep the index object they hold
+        self._switch_to(current)
 
     def _follow_swap(self) -> None:
         """Before a search: follow a rebuild that another process swapped in (config.json renamed over) since this
@@ -233,6 +231,10 @@ class Retriever:
         except RetrieverError:  # a config.json being replaced or damaged: keep the index this object has
             return
         self._config_stamp = stamp
+        self._switch_to(current)
+
+    def _switch_to(self, current: IndexConfig | None) -> None:
+        """Use the vector folder that ``current`` (config.json as read now) names, if a rebuild changed it."""
         if current is not None and self.config is not None and current.index != self.config.index:
             with self._lock:
                 self.config, self._index = current, None  # threads searching keep the index object they hold
