@@ -22,6 +22,7 @@ the next snapshot; writers in two threads exclude each other on ``write.lock`` a
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sqlite3
 import threading
@@ -49,6 +50,7 @@ CREATE TABLE IF NOT EXISTS retired (name TEXT PRIMARY KEY, generation INTEGER NO
 """
 MAX_SEGMENTS = 16  # more than this after a commit: the small ones are merged
 LOAD_ATTEMPTS = 5  # a reader racing a fast writer may find its generation's files collected: it reads again
+log = logging.getLogger("mret.indexes")
 Hits = list[tuple[str, float]]
 
 
@@ -285,11 +287,25 @@ class VectorIndex:
                 return
             committed = self._commit(pending)
             if len(committed.segments) > MAX_SEGMENTS:
-                merge = Pending(committed)
-                self._merge_small_segments(merge)
-                self._commit(merge)
+                with self._follow_up("the automatic merge of small segments"):
+                    merge = Pending(committed)
+                    self._merge_small_segments(merge)
+                    self._commit(merge)
         finally:
             self._lock.release()
+
+    @contextmanager
+    def _follow_up(self, what: str) -> Iterator[None]:
+        """Work that follows a change already committed (the automatic merge, PLAID's automatic re-clustering):
+        its failure is logged as a warning, not raised. Raising would tell the caller that the change failed
+        although it is committed (a retried add would then be refused as duplicate ids); the index is valid at
+        that commit, the follow-up's unrecorded files are collected by the next writer, and the next write, which
+        finds the same condition, tries again. (A distinct error type would make every caller of add handle it.)"""
+        try:
+            yield
+        except Exception as error:
+            log.warning("%s: %s failed (%s: %s); the change before it is committed, the next write tries again",
+                        self.path, what, type(error).__name__, error, exc_info=True)
 
     def _checked(self, doc_ids: Sequence[str], embeddings: Any,
                  documents: Sequence[Document] | None) -> tuple[list[str], Any, list[Document]]:

@@ -160,8 +160,9 @@ class FaissIndex(VectorIndex):
         selector = None if bits is None else faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits))
         settings = snapshot.settings
         kind = settings["index"]
+        ef = ef_search or settings["ef_search"]
         if kind == "hnsw":
-            params = faiss.SearchParametersHNSW(efSearch=max(ef_search or settings["ef_search"], k))
+            params = faiss.SearchParametersHNSW(efSearch=ef)
         elif kind == "ivfpq":
             params = faiss.SearchParametersIVF(nprobe=nprobe or settings["nprobe"])
         else:
@@ -170,7 +171,14 @@ class FaissIndex(VectorIndex):
             params.sel = selector
         all_scores, all_rows = [], []
         for segment in snapshot.segments.values():  # IDMap2 and IVF translate the selector to their own ids
-            scores, rows = segment.data.search(queries, k, params=params)
+            # faiss allocates queries x k results (and HNSW an efSearch-sized heap) whatever the segment holds: a
+            # segment cannot return more than its vectors, so asking for more only costs memory (k = 10**9: GBs)
+            segment_k = min(k, segment.data.ntotal)
+            if segment_k < 1:
+                continue
+            if kind == "hnsw":  # efSearch >= the segment's vectors either way when k exceeds them: same results
+                params.efSearch = max(ef, segment_k)
+            scores, rows = segment.data.search(queries, segment_k, params=params)
             all_scores.append(scores)
             all_rows.append(rows)
         if not all_scores:

@@ -69,11 +69,15 @@ def check_size(folder: Path, entry: FileEntry) -> Path:
     try:
         size = path.stat().st_size
     except FileNotFoundError:
-        raise IndexCorruptError(f"{path} is missing: the index folder is incomplete") from None
+        raise _missing(path) from None
     if size != entry.size:
         raise IndexCorruptError(f"{path} has {size} bytes, the index recorded {entry.size}: the file was truncated "
                                 "or overwritten")
     return path
+
+
+def _missing(path: Path) -> IndexCorruptError:
+    return IndexCorruptError(f"{path} is missing: the index folder is incomplete")
 
 
 def open_array(folder: Path, entry: FileEntry, mmap: bool = True) -> np.ndarray:
@@ -82,6 +86,25 @@ def open_array(folder: Path, entry: FileEntry, mmap: bool = True) -> np.ndarray:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError) as error:
         raise IndexCorruptError(f"{path} is not a readable array ({error})") from None
+
+
+def open_array_with_fd(folder: Path, entry: FileEntry) -> tuple[np.ndarray, int]:
+    """``entry``'s array memory-mapped, and an open read-only descriptor of the same file (the caller closes it).
+    The descriptor is opened first: opening the file by name after mapping it would fail with FileNotFoundError if
+    a writer collected it in between (a newer commit retired it). This way a file collected before either open is
+    IndexCorruptError ("missing"), which a reader racing a writer retries on the newer generation (base.py
+    ``_view``), and one collected after both stays readable through the map and the descriptor (a committed
+    file's name is never written again)."""
+    path = folder / entry.name
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise _missing(path) from None
+    try:
+        return open_array(folder, entry), fd
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def verify(folder: Path, entry: FileEntry) -> None:

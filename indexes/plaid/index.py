@@ -10,6 +10,7 @@ Later adds reuse the codec; when the index has grown far past what the codec was
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -225,7 +226,14 @@ class PlaidIndex(VectorIndex):
         """The arrays, memory-mapped, after the checks that keep a damaged file from failing deep inside a search:
         shapes, offsets that are monotonic and end where the data ends, ids in range. Codes and the inverted file
         are read for this (a few bytes per token); residuals, the bulk, are not."""
-        data = SegmentArrays(**{name: files.open_array(self.files_dir, segment.files[name]) for name in SEGMENT_ARRAYS})
+        # the residuals' map and stage 4's descriptor come from one open (a collection in between cannot split them)
+        residuals, fd = files.open_array_with_fd(self.files_dir, segment.files["residuals"])
+        try:
+            data = SegmentArrays(**{name: residuals if name == "residuals" else files.open_array(
+                self.files_dir, segment.files[name]) for name in SEGMENT_ARRAYS}, fd=fd)
+        except BaseException:
+            os.close(fd)  # not yet owned by a SegmentArrays
+            raise
         n_docs, n_tokens = len(segment.rows), len(data.codes)
         codec = shared.codec
         n_centroids = len(codec.centroids) if codec is not None else 0
@@ -328,7 +336,8 @@ class PlaidIndex(VectorIndex):
         snapshot = self._view(None)[0]
         trained = snapshot.settings["trained_tokens"]
         if trained and _n_tokens(snapshot) > REBUILD_GROWTH * trained:
-            self.rebuild()
+            with self._follow_up("the automatic re-clustering (the index outgrew its codec)"):  # logged, not raised
+                self.rebuild()
 
     # ----- search
     def _search(self, snapshot: Snapshot, queries: list[np.ndarray], k: int, allowed: np.ndarray | None,

@@ -62,16 +62,17 @@ class SegmentArrays:
     doc_offsets: np.ndarray  # (n_docs + 1,) int64: document i is tokens doc_offsets[i]:doc_offsets[i+1]
     ivf_offsets: np.ndarray  # (n_centroids + 1,) int64
     ivf_docs: np.ndarray  # (n_postings,) int32: documents holding centroid c are ivf_docs[ivf_offsets[c]:...[c+1]]
-    _fd: int | None = field(default=None, init=False, repr=False)  # the residuals' file, open while this lives
+    # the residuals' file, opened with their map (files.open_array_with_fd), owned by this object from now on:
+    # None for in-memory residuals
+    fd: int | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        """Open the residuals' file once, now, and keep it open while the segment is in use: a search that runs on
-        an older snapshot while a writer collects that snapshot's files must still read them (the memory maps keep
-        their files too). Closed when the segment is garbage-collected."""
-        filename = getattr(self.residuals, "filename", None)
-        if filename is not None:
-            self._fd = os.open(filename, os.O_RDONLY)
-            weakref.finalize(self, os.close, self._fd)
+        """Keep the residuals' descriptor open while the segment is in use: a search that runs on an older snapshot
+        while a writer collects that snapshot's files must still read them (the memory maps keep their files too).
+        It is opened with the map, never later by name: the file may be collected in between. Closed when the
+        segment is garbage-collected."""
+        if self.fd is not None:
+            weakref.finalize(self, os.close, self.fd)
 
     def residuals_of(self, docs: np.ndarray) -> np.ndarray:
         """Packed residuals of the tokens of ``docs``, in order, read with one ``pread`` per document rather than
@@ -79,15 +80,15 @@ class SegmentArrays:
         through the map made the search process resident in some 60 MB more of the file, and over many queries in
         most of it. Read this way, only what is read is in the process; the rest stays in the page cache."""
         starts, stops = self.doc_offsets[docs], self.doc_offsets[docs + 1]
-        if self._fd is None:  # an in-memory array
+        if self.fd is None:  # an in-memory array
             return self.residuals[_token_ranges(self.doc_offsets, docs)[0]]
         width = self.residuals.shape[1]
         out = np.empty((int((stops - starts).sum()), width), dtype=np.uint8)
         view, row = memoryview(out).cast("B"), 0
         for start, stop in zip(starts.tolist(), stops.tolist()):
             size = (stop - start) * width
-            if os.preadv(self._fd, [view[row:row + size]], self.residuals.offset + start * width) != size:
-                raise OSError(f"{self.residuals.filename}: short read")  # pread: no shared offset, safe in threads
+            if os.preadv(self.fd, [view[row:row + size]], self.residuals.offset + start * width) != size:
+                raise OSError(f"short read of the residuals (descriptor {self.fd})")  # pread: no shared offset
             row += size
         return out
 

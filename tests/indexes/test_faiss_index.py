@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -109,6 +111,49 @@ def test_many_small_adds_are_merged(tmp_path, rng):
     assert index.stats()["segments"] <= MAX_SEGMENTS
     assert [index.search(vectors[i], k=1)[0][0][0] for i in range(len(vectors))] == ids(0, len(vectors))
     assert len(list((tmp_path / "ix" / "files").iterdir())) <= 4 * MAX_SEGMENTS  # old segment files collected
+
+
+def test_a_failed_merge_does_not_fail_the_add_it_follows(tmp_path, rng, monkeypatch, caplog):
+    """The automatic merge past MAX_SEGMENTS runs after the add's own commit: its failure (here a full disk) must
+    not turn the committed add into an exception (a retry would be refused as duplicate ids). It is logged, the
+    documents are searchable, the index opens, and the next write merges."""
+    index = FaissIndex.create(tmp_path / "ix", dim=32, kind="flat")
+    vectors = unit(rng, MAX_SEGMENTS + 2)
+    for i in range(MAX_SEGMENTS):
+        index.add([f"doc{i}"], vectors[i:i + 1])
+
+    def disk_full(self, pending, prefix, live):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(FaissIndex, "_write_merged", disk_full)
+    with caplog.at_level(logging.WARNING, logger="mret.indexes"):
+        index.add([f"doc{MAX_SEGMENTS}"], vectors[MAX_SEGMENTS:MAX_SEGMENTS + 1])  # one segment too many
+    assert "committed" in caplog.text and "No space left" in caplog.text
+    assert index.stats()["segments"] == MAX_SEGMENTS + 1  # the merge is left for the next write
+    reopened = FaissIndex.open(tmp_path / "ix")
+    assert len(reopened) == MAX_SEGMENTS + 1
+    assert reopened.search(vectors[MAX_SEGMENTS], k=1)[0][0][0] == f"doc{MAX_SEGMENTS}"
+    monkeypatch.undo()
+    index.add([f"doc{MAX_SEGMENTS + 1}"], vectors[MAX_SEGMENTS + 1:])  # the next write merges
+    assert index.stats()["segments"] <= MAX_SEGMENTS
+    assert [index.search(v, k=1)[0][0][0] for v in vectors] == ids(0, len(vectors))
+    index.verify()
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_a_huge_k_returns_every_document_without_allocating_k_results(tmp_path, rng, kind):
+    """faiss allocates queries x k results per segment: k is clamped to the segment's vectors first, so a k far
+    beyond the index returns every (live, allowed) document, as k = the index's size does."""
+    index = FaissIndex.create(tmp_path / "ix", dim=32, kind=kind)
+    vectors = unit(rng, 50)
+    index.add(ids(0, 30), vectors[:30])
+    index.add(ids(30, 50), vectors[30:])  # two segments
+    index.remove(["doc3"])
+    everything = index.search(vectors[:2], k=49)
+    assert sorted(doc for doc, _ in everything[0]) == sorted(set(ids(0, 50)) - {"doc3"})
+    for k in (10**12, 2**62):
+        assert index.search(vectors[:2], k=k) == everything
+        assert {doc for doc, _ in index.search(vectors[0], k=k, filter={"doc1", "doc40"})[0]} == {"doc1", "doc40"}
 
 
 def test_transaction_is_one_commit(tmp_path, rng):

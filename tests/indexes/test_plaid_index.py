@@ -4,6 +4,10 @@ decompressed vectors, incremental changes, streaming build, re-clustering, bad i
 
 from __future__ import annotations
 
+import logging
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -300,6 +304,71 @@ def test_growing_far_past_the_codec_re_clusters(tmp_path):
     index.add(ids(290, 10), docs[10:])
     assert index.settings["trained_tokens"] > first and index.stats()["segments"] == 1
     assert index.search(docs[5][:4], k=1)[0][0][0] == "d5" and index.search(docs[250][:4], k=1)[0][0][0] == "d250"
+
+
+def test_a_failed_re_clustering_does_not_fail_the_add_it_follows(tmp_path, monkeypatch, caplog):
+    """The automatic rebuild (the index outgrew its codec) runs after the add's own commit: its failure must not
+    turn the committed add into an exception. It is logged, the documents are searchable, the index opens, and
+    the next add re-clusters."""
+    docs = corpus(7, 300)
+    index = PlaidIndex.create(tmp_path / "ix", dim=DIM, sample_tokens=100_000)
+    index.add(ids(10), docs[:10])
+    first = index.settings["trained_tokens"]
+
+    def failed_training(*args, **kwargs):
+        raise MemoryError("k-means ran out of memory")
+
+    monkeypatch.setattr(PlaidIndex, "train_codec", staticmethod(failed_training))
+    with caplog.at_level(logging.WARNING, logger="mret.indexes"):
+        index.add(ids(280, 10), docs[10:290])  # far past the codec: the rebuild fails
+    assert "committed" in caplog.text and "out of memory" in caplog.text
+    assert len(index) == 290 and index.settings["trained_tokens"] == first
+    reopened = PlaidIndex.open(tmp_path / "ix")
+    assert len(reopened) == 290 and reopened.search(docs[250][:4], k=1)[0][0][0] == "d250"
+    monkeypatch.undo()
+    index.add(ids(10, 290), docs[290:])  # the next add re-clusters
+    assert index.settings["trained_tokens"] > first and index.stats()["segments"] == 1
+    assert index.search(docs[5][:4], k=1)[0][0][0] == "d5" and index.search(docs[295][:4], k=1)[0][0][0] == "d295"
+
+
+def test_a_segment_collected_while_a_reader_opens_it(tmp_path, monkeypatch):
+    """Stage 4 reads residuals with pread through a descriptor. A reader opening a new segment must not end with
+    its residuals mapped but no descriptor (FileNotFoundError) when a writer commits and collects that segment's
+    files meanwhile: here the writer does so just before the reader's os.open of the residuals file."""
+    docs = corpus(8, 60)
+    writer = PlaidIndex.create(tmp_path / "ix", dim=DIM)
+    writer.add(ids(20), docs[:20])
+    reader = PlaidIndex.open(tmp_path / "ix")
+    writer.add(ids(20, 20), docs[20:40])  # a segment the reader has not opened yet
+    residuals = max(writer._segments.values(), key=lambda s: s.id).files["residuals"].name
+    real_open, fired = os.open, []
+
+    def open_after_a_collection(path, flags, *args, **kwargs):
+        if Path(path).name == residuals and not fired:
+            fired.append(path)
+            writer.compact()  # retires the reader's segment...
+            writer.add(ids(10, 40), docs[40:50])
+            writer.add(ids(10, 50), docs[50:60])  # ...which this commit's writer collects
+            assert not (tmp_path / "ix" / "files" / residuals).exists()
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_after_a_collection)
+    hits = reader.search(docs[25][:4], k=1)
+    assert fired and hits[0][0][0] == "d25"
+    assert reader.generation == writer.generation and len(reader) == 60
+
+
+def test_a_huge_k_returns_at_most_the_live_documents(tmp_path):
+    """No stage sizes an array by k: a k far beyond the index returns what k > 100 returns (the widest settings)."""
+    docs = corpus(9, 80)
+    index = PlaidIndex.create(tmp_path / "ix", dim=DIM)
+    index.add(ids(80), docs)
+    index.remove(["d3"])
+    queries = queries_from(docs, 1, n=3)
+    wide = index.search(queries, k=1000)
+    for k in (10**12, 2**62, 10**30):
+        hits = index.search(queries, k=k)
+        assert hits == wide and all(0 < len(h) <= 79 and "d3" not in dict(h) for h in hits)
 
 
 def test_bad_input_is_a_clear_error(tmp_path):
