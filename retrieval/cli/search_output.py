@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from ..codebase.snippets import WORD, query_terms
+from ..serve.warm import json_score  # (standard library only, as this module)
 
 PATH, SCORE, NUMBER, TERM, RESET = "\x1b[1;36m", "\x1b[32m", "\x1b[2m", "\x1b[1;33m", "\x1b[0m"
 # a hit: codebase.retriever.Hit, or serve.warm.RemoteHit (path, start_line, end_line, score, snippet, snippet_line,
@@ -30,7 +31,9 @@ def use_color(stream: TextIO) -> bool:
 
 
 def hits_as_json(hits: Hits) -> str:
-    return json.dumps([hit.to_json() for hit in hits], indent=2, ensure_ascii=False) + "\n"
+    """Strict JSON: a score that is not a finite number is null (``json_score``), as the HTTP API's /search has it."""
+    rows = [{**row, "score": json_score(row["score"])} for row in (hit.to_json() for hit in hits)]
+    return json.dumps(rows, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
 
 def hits_as_text(hits: Hits, query: str, color: bool, full: bool = False) -> str:

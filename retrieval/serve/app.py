@@ -30,6 +30,7 @@ from modernretrieval.errors import ModernRetrievalError
 
 from .collection import DocumentIn
 from .service import Service, Unsupported
+from .warm import json_score
 
 MAX_BODY = 8 << 20  # bytes: a batch of documents; a 10 MB body is refused before it is read in full
 MAX_QUERY = 2000  # characters
@@ -243,6 +244,8 @@ def create_app(service: Service, api_key: str | None = None, local_token: str | 
         results = service.search(request.query, request.k, request.mode, request.path_glob, request.type,
                                  request.filter)
         counters.searched()
+        for result in results:  # NaN or an infinity is not JSON (allow_nan below): null, as `mret search --json`
+            result["score"] = json_score(result["score"])
         took_ms = round((time.perf_counter() - started) * 1000, 3)
         # serialized here: FastAPI passes a Response through, without jsonable_encoder and the response model's
         # validation (0.2-0.3 ms a request of CPU that 16 clients share; README); the schema keeps SearchResponse

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..codebase.snippets import best_lines, query_terms
-from .service import TreeService
+from .service import IndexingStopped, TreeService
 
 REFRESH_WAIT_S = 5.0
 SNIPPET_LINES = 3
@@ -59,8 +59,9 @@ class Freshness:
 
     def _run(self, done: threading.Event) -> None:
         try:
-            with self.service.index_lock:
-                self.service.retriever.index()
+            self.service.index()  # stops at its next batch when the server closes (the client went away)
+        except IndexingStopped:
+            pass
         except Exception as error:  # a busy or damaged index: search what is committed
             log.warning("could not bring the index up to date: %s", error)
         finally:

@@ -5,18 +5,26 @@ whose single-query encodings are batched across threads (batching.py)."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Protocol
 
 from ..codebase.config import RetrieverError
+from ..codebase.indexing import IndexSummary
 from ..codebase.retriever import Retriever
+from ..encoding import Encoded, encode_texts
 from .batching import BatchingHead
 from .collection import Collection, DocumentIn
 
 
 class Unsupported(RetrieverError):
     """An operation this kind of index does not have (documents posted to a tree's index)."""
+
+
+class IndexingStopped(Exception):
+    """A run of ``TreeService.index`` stopped between two commits because it was asked to (a shutdown): what it
+    committed stays, and the next run encodes the rest (a stopped run is like a killed one, without the kill)."""
 
 
 class Service(Protocol):
@@ -50,7 +58,36 @@ class TreeService:
 
     def __init__(self, retriever: Retriever):
         self.retriever = retriever
-        self.index_lock = threading.Lock()  # one indexing run of this process at a time (watch, MCP refresh)
+        # one indexing run of this process at a time (watch, MCP refresh); reentrant: the watcher counts its runs
+        # under it, around ``index()``, which takes it too
+        self.index_lock = threading.RLock()
+        self._closing = threading.Event()
+
+    def index(self, stop: threading.Event | None = None) -> IndexSummary:
+        """One incremental run under ``index_lock`` that stops at its next safe point once ``stop`` is set or
+        ``close()`` begins, raising IndexingStopped: the check comes before each batch is encoded, so the run ends
+        between two commits, and a shutdown waits for one batch at most, not a whole run (a ``git checkout``'s)."""
+
+        def stopping() -> bool:
+            return self._closing.is_set() or (stop is not None and stop.is_set())
+
+        with self.index_lock:
+            if stopping():
+                raise IndexingStopped("stopped before it started")
+            settings = self.retriever.settings
+            encode = settings.encode  # None: the index's head, as the run itself would call it
+
+            def checked(texts: Sequence[str]) -> Encoded:
+                if stopping():  # raised where the run reads its next batch's vectors: between two commits
+                    raise IndexingStopped("stopped before its next batch")
+                return encode(texts) if encode is not None else encode_texts(self.retriever.model, texts,
+                                                                              is_query=False)
+
+            settings.encode = checked
+            try:
+                return self.retriever.index()
+            finally:
+                settings.encode = encode
 
     def search(self, query: str, k: int, mode: str | None = None, path_glob: Any = None, file_type: Any = None,
                filter: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -76,7 +113,11 @@ class TreeService:
         self.retriever.vectors.stats()
 
     def close(self) -> None:
-        self.retriever.close()
+        """Stop this process's indexing run (``index()``) at its next batch and wait for it: the index is never closed
+        under a writer, which would end the run in an error."""
+        self._closing.set()
+        with self.index_lock:
+            self.retriever.close()
         _close_batcher(self.retriever._model)
 
 

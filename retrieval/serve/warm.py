@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import math
 import os
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from ..codebase.location import find_index_dir
 
 SERVER_FILE = "server.json"
 STARTING_FILE = "server.starting"  # a background server being started: no second one meanwhile
+STARTING_LOCK = "server.starting.lock"  # held while one process decides to start one (and marks it)
 STARTING_GRACE_S = 120.0
 DEFAULT_IDLE_S = 900.0
 
@@ -52,6 +54,13 @@ class RemoteHit:
     def to_json(self) -> dict[str, Any]:
         return {"path": self.path, "start_line": self.start_line, "end_line": self.end_line,
                 "score": round(self.score, 6), "snippet": self.snippet}
+
+
+def json_score(score: float | None) -> float | None:
+    """A score as JSON carries it: null unless a finite number. json.dumps would write NaN or Infinity (a model whose
+    vectors overflowed), which is not JSON and which strict parsers refuse; `mret search --json` and the HTTP API's
+    /search both write such a score as null."""
+    return score if score is not None and math.isfinite(score) else None
 
 
 def write_server_file(index_dir: Path, info: ServerInfo) -> None:
@@ -121,9 +130,9 @@ def warm_search(index_dir: Path | None, query: str, k: int, path_glob: list[str]
         return None
     if status != 200 or not isinstance(answer, dict):
         return None
-    try:
-        return [RemoteHit(r["path"], r["start_line"], r["end_line"], r["score"], r["snippet"],
-                          r.get("snippet_line", r["start_line"])) for r in answer["results"]]
+    try:  # a null score (not a finite number, json_score) is NaN again: printed as a local search prints it
+        return [RemoteHit(r["path"], r["start_line"], r["end_line"], math.nan if r["score"] is None else r["score"],
+                          r["snippet"], r.get("snippet_line", r["start_line"])) for r in answer["results"]]
     except (KeyError, TypeError):  # not a tree's server (a document collection's): search locally
         return None
 
@@ -132,25 +141,47 @@ def start_background(index_dir: Path, idle_seconds: float = DEFAULT_IDLE_S) -> b
     """Start a background server for ``index_dir`` unless one runs or is starting; it exits after ``idle_seconds``
     without a search. Returns whether one was started."""
     index_dir = Path(index_dir).resolve()
-    if read_server(index_dir) is not None:
+    if read_server(index_dir) is not None or not _claim_start(index_dir):
         return False
-    starting = index_dir / STARTING_FILE
     try:
-        if time.time() - starting.stat().st_mtime < STARTING_GRACE_S:
-            return False
-        starting.unlink()
-    except FileNotFoundError:
-        pass
-    try:
-        os.close(os.open(starting, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         log = open(index_dir / "server.log", "ab")
-    except OSError:  # another one is starting, or the index folder is read-only: the search was answered anyway
+    except OSError:  # the index folder cannot be written: the search was answered anyway
         return False
     subprocess.Popen([sys.executable, "-m", "retrieval.cli", "serve", "--index-dir", str(index_dir), "--port", "0",
                       "--idle-exit", str(idle_seconds), "--private"], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                      start_new_session=True, close_fds=True)
     log.close()
     return True
+
+
+def _claim_start(index_dir: Path) -> bool:
+    """Whether this process is the one to start the background server, marking the start (``server.starting``) if
+    so. Decided under an exclusive lock: checking a stale marker's age, then replacing it, is not atomic otherwise,
+    and two processes that both found it stale would both start a server (the second deleting the marker the first
+    had just made). Of several at once, one holds the lock and decides; the others start nothing."""
+    import fcntl  # (POSIX, as the rest of this module: kill(pid, 0), a new session for the server)
+
+    starting = index_dir / STARTING_FILE
+    try:
+        lock = os.open(index_dir / STARTING_LOCK, os.O_WRONLY | os.O_CREAT, 0o600)
+    except OSError:  # a read-only index folder: the search was answered anyway
+        return False
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held by another: it is deciding (released on close)
+        try:
+            if time.time() - starting.stat().st_mtime < STARTING_GRACE_S:
+                return False  # one is being started
+        except FileNotFoundError:
+            pass
+        if read_server(index_dir) is not None:  # after the marker: a server writes its file, then removes the marker
+            return False
+        starting.unlink(missing_ok=True)  # stale: a start that failed or was killed
+        os.close(os.open(starting, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        return True
+    except OSError:  # the lock is held, or the folder cannot be written
+        return False
+    finally:
+        os.close(lock)
 
 
 def stop(index_dir: Path, timeout: float = 10.0) -> bool:

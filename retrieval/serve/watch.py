@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..codebase.indexing import IndexSummary
 from ..codebase.sources import EXCLUDED_DIRS, files_under, walk
-from .service import TreeService
+from .service import IndexingStopped, TreeService
 
 log = logging.getLogger("mret.watch")
 QUIET_MS = 100  # a run starts once no event has come for this long...
@@ -44,8 +44,12 @@ class TreeWatcher:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop watching. A run under way stops at its next safe point (between two commits; the next run encodes
+        the rest) and is waited for, however long that batch takes: the caller closes the index once this returns,
+        and closing it under the run would end the run in an error."""
         self._stop.set()
-        self._thread.join(timeout=10)
+        if self._thread.is_alive():
+            self._thread.join()
 
     def _loop(self) -> None:
         import watchfiles
@@ -91,7 +95,10 @@ class TreeWatcher:
         """One incremental run (one at a time in this process); a failure is logged and the next change retries."""
         with self.service.index_lock:
             try:
-                summary = self.retriever.index()
+                summary = self.service.index(stop=self._stop)
+            except IndexingStopped:  # stop(): a shutdown, not a failure
+                log.info("indexing stopped for the shutdown; the next run goes on from its last commit")
+                return None
             except Exception as error:  # e.g. `mret index` holds the write lock: the next event tries again
                 log.warning("indexing after a change failed: %s", error)
                 return None

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from serving import ROOT, child_env, live_server
 
+STARTING_FRESH_S = 60.0  # a marker this young was made by the test, not long ago
 QUERIES = ["decode a JSON document from a string", "HTTP retries backoff", "remember results of a function"]
 FAST_CHILD = """
 import sys
@@ -151,6 +152,90 @@ def test_the_background_server_answers_only_the_server_files_token(service, inde
 
     monkeypatch.setattr(warm.os, "open", read_only)  # an index folder this user may read but not write
     assert not warm.start_background(indexed_tree / ".mret") and len(started) == 1
+
+
+def test_two_keep_warm_searches_on_a_stale_marker_start_one_server(tmp_path, monkeypatch):
+    """Two `mret search --keep-warm` at once where a killed start left a stale `server.starting`: even when both find
+    it stale, taking the start over is atomic, so one background server starts, not two. The first pauses right after
+    reading the marker's age (the window of the race) until the second has returned."""
+    import os
+    import pathlib
+
+    from retrieval.serve import warm
+
+    starting = tmp_path / warm.STARTING_FILE
+    starting.touch()
+    long_ago = time.time() - warm.STARTING_GRACE_S - 60
+    os.utime(starting, (long_ago, long_ago))
+    started: list[list[str]] = []
+    monkeypatch.setattr(warm.subprocess, "Popen", lambda argv, **kwargs: started.append(argv))
+    first_looked, second_done = threading.Event(), threading.Event()
+    real_stat = pathlib.Path.stat
+
+    def pausing_stat(self, *args, **kwargs):
+        result = real_stat(self, *args, **kwargs)
+        if self.name == warm.STARTING_FILE and threading.current_thread() is first and not first_looked.is_set():
+            first_looked.set()
+            second_done.wait(10)
+        return result
+
+    monkeypatch.setattr(pathlib.Path, "stat", pausing_stat)
+    results: dict[str, bool] = {}
+    first = threading.Thread(target=lambda: results.update(first=warm.start_background(tmp_path)))
+    first.start()
+    assert first_looked.wait(10)
+    results["second"] = warm.start_background(tmp_path)
+    second_done.set()
+    first.join(10)
+    assert len(started) == 1 and sorted(results.values()) == [False, True]
+    assert time.time() - real_stat(starting).st_mtime < STARTING_FRESH_S  # the stale marker was replaced
+
+
+def strict_json(text: str):
+    """JSON as the standard has it: NaN and Infinity (which Python's json reads) refused."""
+    def refuse(constant: str):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_scores_that_are_not_finite_numbers_are_json_null(monkeypatch, capsys):
+    """A NaN or infinite score (a model whose vectors overflowed) is null in /search's answer and in `mret search
+    --json`, never the NaN that strict JSON parsers refuse; through the fast path (a server's null read back) too."""
+    import os
+
+    from fastapi.testclient import TestClient
+
+    from retrieval.cli.search_output import hits_as_json, hits_as_text, print_hits
+    from retrieval.codebase.retriever import Hit
+    from retrieval.serve import warm
+    from retrieval.serve.app import create_app
+
+    scores = [float("nan"), float("inf"), float("-inf"), 0.5]
+
+    class Scores:
+        kind = "tree"
+
+        def search(self, query, k, mode=None, path_glob=None, file_type=None, filter=None):
+            return [{"path": f"{i}.py", "start_line": 1, "end_line": 2, "score": score, "snippet": "x",
+                     "snippet_line": 1} for i, score in enumerate(scores)]
+
+    asgi, _ = create_app(Scores())
+    response = TestClient(asgi).post("/search", json={"query": "x"})
+    assert response.status_code == 200, response.text
+    assert [r["score"] for r in strict_json(response.text)["results"]] == [None, None, None, 0.5]
+
+    hits = [Hit(f"{i}.py", 1, 2, score, "x", 1, "x") for i, score in enumerate(scores)]  # a local search's
+    assert [h["score"] for h in strict_json(hits_as_json(hits))] == [None, None, None, 0.5]
+
+    monkeypatch.setattr(warm, "read_server", lambda folder: warm.ServerInfo(os.getpid(), "127.0.0.1", 9, "t"))
+    monkeypatch.setattr(warm, "call", lambda *args, **kwargs: (200, response.json()))
+    remote = warm.warm_search(Path("."), "x", 4, None, None)  # what `mret search` prints from a server's answer
+    assert remote is not None and len(remote) == len(scores)
+    assert hits_as_json(remote) == hits_as_json(hits)
+    assert "0.py:1-2  nan" in hits_as_text(remote, "x", color=False)  # (printed as a local search prints NaN)
+    print_hits(remote, "x", as_json=True)
+    assert strict_json(capsys.readouterr().out)[0]["score"] is None
 
 
 def test_the_key_is_checked_before_the_body_is_read(service):

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import logging
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -94,6 +96,89 @@ def test_burst_of_changes_is_one_run(tree_service):
         watcher.stop()
 
 
+SLOW_FILES = 12  # new files, one batch (one commit) each, for a run that a shutdown interrupts
+
+
+def slow_batches(service) -> tuple[threading.Event, list[int]]:
+    """Make ``service``'s runs commit one file a batch, each batch's encoding taking a while: (set once a batch is
+    being encoded, the number of texts of each encoding call)."""
+    from retrieval.encoding import encode_texts
+
+    retriever = service.retriever
+    encoding, calls = threading.Event(), []
+
+    def slow(texts):
+        calls.append(len(texts))
+        encoding.set()
+        time.sleep(0.25)
+        return encode_texts(retriever.model, texts, is_query=False)
+
+    retriever.settings.batch_tokens, retriever.settings.encode = 1, slow
+    return encoding, calls
+
+
+def write_slow_files(root: Path) -> None:
+    for i in range(SLOW_FILES):
+        (root / f"src/slow_{i}.py").write_text(f"def slow_{i}():\n    return {i}\n")
+
+
+def left_pending_then_finished(root: Path) -> int:
+    """The chunks a stopped run left pending (the index opens whole); a next run encodes them all."""
+    from retrieval.codebase.indexing import pending_chunks
+    from retrieval.codebase.retriever import Retriever
+
+    with Retriever(root, show_progress=False) as retriever:
+        pending = pending_chunks(retriever.vectors)
+        summary = retriever.index()
+        assert pending_chunks(retriever.vectors) == 0
+        assert all(f"src/slow_{i}.py" in retriever.vectors.store.sources() for i in range(SLOW_FILES))
+    assert summary.encoded_chunks == pending
+    return pending
+
+
+def test_stopping_the_watcher_stops_its_run_between_batches_and_quietly(tree_service, caplog):
+    """`mret serve --watch` or `mret watch` shutting down while a run encodes: the run stops before its next batch
+    (not after the whole run, nor cut off by the index closing under it), without a warning, and the index is whole:
+    the next run encodes what is left."""
+    from retrieval.serve.watch import TreeWatcher
+
+    caplog.set_level(logging.INFO)
+    root = Path(tree_service.retriever.root)
+    encoding, calls = slow_batches(tree_service)
+    watcher = TreeWatcher(tree_service)
+    watcher.start()
+    try:
+        wait_until(watcher.ready.is_set, "the watcher to start")
+        write_slow_files(root)
+        wait_until(encoding.is_set, "the run to encode")
+    finally:
+        watcher.stop()
+    assert not watcher._thread.is_alive()  # stop() waited for the run: the caller may close the index now
+    assert len(calls) < SLOW_FILES  # stopped midway
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("indexing stopped" in r.getMessage() for r in caplog.records)
+    tree_service.close()
+    assert left_pending_then_finished(root) > 0
+
+
+def test_closing_the_service_stops_an_mcp_refresh_before_closing_the_index(tree_service, caplog):
+    """`mret mcp` exiting (its client went away) while a refresh run encodes: close() stops the run at its next batch
+    and waits for it, then closes the index; the run ends without an error."""
+    from retrieval.serve.mcp_server import Freshness
+
+    root = Path(tree_service.retriever.root)
+    encoding, calls = slow_batches(tree_service)
+    write_slow_files(root)
+    freshness = Freshness(tree_service, wait=0)  # the search answers at once; the run goes on in the background
+    freshness.refresh()
+    wait_until(encoding.is_set, "the run to encode")
+    tree_service.close()
+    assert freshness._done.is_set()  # the run had ended when the index was closed
+    assert len(calls) < SLOW_FILES
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert left_pending_then_finished(root) > 0
+
+
 def test_mcp_tools_over_stdio(tmp_path, model_dir):
     import anyio
     from mcp import ClientSession, StdioServerParameters
@@ -160,19 +245,14 @@ def test_related_reads_paths_under_the_root_only(indexed_tree, monkeypatch):
 def test_searches_during_a_long_refresh_wait_once_not_each():
     """MCP brings the index up to date before a search, waiting at most the refresh wait for the run: a search that
     arrives while that run still goes on waits only what is left of it, then answers from the last commit."""
-    import threading
-
     from retrieval.serve.mcp_server import Freshness
 
     release, runs = threading.Event(), []
 
-    class Retriever:
+    class Service:
         def index(self) -> None:
             runs.append(1)
             release.wait(30)
-
-    class Service:
-        retriever, index_lock = Retriever(), threading.Lock()
 
     freshness = Freshness(Service(), wait=0.5)
     try:
