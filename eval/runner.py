@@ -54,6 +54,7 @@ class EvalSettings:
     pool_factor: int = 1  # colbert: documents' token vectors pooled to about 1/pool_factor (ColBERT.pool_factor)
     device: str = "auto"  # auto, cpu, cuda, cuda:N (retrieval.heads.precision)
     dtype: str = "float32"  # auto, float32, bfloat16, int8: part of the embeddings cache key
+    keep_own_ids: bool = False  # score a query's own id (BEIR drops it: eval.metrics, on own ids)
 
     def check(self) -> None:
         if self.mode not in MODES:
@@ -93,10 +94,10 @@ def run_eval(dataset: BeirDataset, settings: EvalSettings, output: Path, cache_d
         lexical = lexical_run(dataset, encoded.query_ids, settings.depth + 1, cache_dir / "indexes")
         run = {q: dict(fuse(sorted(run[q].items(), key=lambda item: -item[1]), lexical[q], settings.depth + 1))
                for q in run}
-    run = without_own_ids(run, settings.depth)
+    run = without_own_ids(run, settings.depth, settings.keep_own_ids)
     search_seconds = time.perf_counter() - search_started
 
-    metrics = evaluate(run, dataset.qrels)
+    metrics = evaluate(run, dataset.qrels, settings.keep_own_ids)
     record = {
         **metrics,
         "dataset": {"name": dataset.name, "folder": str(dataset.folder) if dataset.folder else None,
@@ -125,7 +126,8 @@ def _write_outputs(record: dict[str, Any], run: dict[str, dict[str, float]], out
                    settings: EvalSettings) -> None:
     output.mkdir(parents=True, exist_ok=True)
     tag = "mret-bm25" if settings.mode == "lexical" else f"mret-{settings.kind}-{settings.index}"
-    write_trec_run(run, output / "run.trec", tag=tag + ("-hybrid" if settings.mode == "hybrid" else ""))
+    write_trec_run(run, output / "run.trec", tag=tag + ("-hybrid" if settings.mode == "hybrid" else ""),
+                   keep_own_ids=settings.keep_own_ids)
     (output / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
@@ -133,11 +135,11 @@ def run_lexical_eval(dataset: BeirDataset, settings: EvalSettings, output: Path,
     """``--mode lexical``: BM25 over the store's lexical table (indexes/lexical.py), no model loaded."""
     started = time.perf_counter()
     query_ids = list(dataset.queries)
-    run = without_own_ids({q: dict(hits) for q, hits in lexical_run(dataset, query_ids, settings.depth + 1,
-                                                                     cache_dir / "indexes").items()}, settings.depth)
+    lexical = lexical_run(dataset, query_ids, settings.depth + 1, cache_dir / "indexes")
+    run = without_own_ids({q: dict(hits) for q, hits in lexical.items()}, settings.depth, settings.keep_own_ids)
     seconds = time.perf_counter() - started
     record = {
-        **evaluate(run, dataset.qrels),
+        **evaluate(run, dataset.qrels, settings.keep_own_ids),
         "dataset": {"name": dataset.name, "folder": str(dataset.folder) if dataset.folder else None,
                     "documents": len(dataset.corpus), "queries": len(dataset.queries)},
         "settings": asdict(settings) | {"model": BM25, "kind": "lexical", "index": "bm25"},
@@ -297,12 +299,12 @@ def exhaustive_maxsim(encoded: EncodedBeir, depth: int, show_progress: bool | No
 
 
 # ----- outputs
-def write_trec_run(run: dict[str, dict[str, float]], path: Path, tag: str) -> None:
+def write_trec_run(run: dict[str, dict[str, float]], path: Path, tag: str, keep_own_ids: bool = False) -> None:
     """TREC format: query-id Q0 doc-id rank score tag, in trec_eval's order (ties: descending doc id), a query's
-    own id left out, as scored."""
+    own id left out unless ``keep_own_ids``, as scored."""
     with open(path, "w") as f:
         for query_id, docs in run.items():
-            ranked = trec_order({d: s for d, s in docs.items() if d != query_id})
+            ranked = trec_order({d: s for d, s in docs.items() if keep_own_ids or d != query_id})
             for rank, (doc_id, score) in enumerate(ranked, start=1):
                 f.write(f"{query_id} Q0 {doc_id} {rank} {score:.6f} {tag}\n")
 

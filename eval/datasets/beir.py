@@ -87,8 +87,9 @@ def load_beir(folder: str | Path, split: str = "test", name: str | None = None) 
     corpus_path, queries_path = find_file(folder, "corpus.jsonl"), find_file(folder, "queries.jsonl")
     qrels_path = folder / "qrels" / f"{split}.tsv"
     nested = sorted(p.parent.name for p in folder.glob("*/corpus.jsonl*"))
-    if corpus_path is None and nested:
-        raise DatasetError(f"{folder} holds several datasets; pick one: {', '.join(nested)}")
+    if corpus_path is None and nested:  # a downloaded zip of several (cqadupstack) is named "cqadupstack/android"
+        raise DatasetError(f"{name} holds one dataset per folder; name one: {', '.join(f'{name}/{n}' for n in nested)}"
+                           if name else f"{folder} holds several datasets; pick one: {', '.join(nested)}")
     for path, label in ((corpus_path, "corpus.jsonl"), (queries_path, "queries.jsonl"), (qrels_path, f"qrels/{split}.tsv")):
         if path is None or not path.exists():
             splits = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))

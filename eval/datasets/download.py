@@ -21,7 +21,8 @@ What is whose, and why:
   cache; the md5 covers only the whole file, so a resumed file would still be checked only at the end, and a
   server that changed the file between attempts would make a spliced one. A restart costs time, never a wrong
   dataset.
-- The cache is the dataset folder itself: once it holds corpus.jsonl, no request is made.
+- The cache is the dataset folder itself: once it holds corpus.jsonl (or, for cqadupstack, its forums' folders
+  do), no request is made.
 """
 
 from __future__ import annotations
@@ -52,22 +53,29 @@ BEIR_MD5 = {
     "fever": "5a818580227bfb4b35bb6fa46d9b6c03", "climate-fever": "8b66f0a9126c521bae2bde127b4dc99d",
     "scifact": "5f7d1de60b170fc8027bb7898e2efca1",
 }
+# zips that hold one dataset per folder: cqadupstack's forums, named "cqadupstack/android" as BEIR's examples name
+# them (the published CQADupStack score is the mean over these twelve)
+BEIR_PARTS = {"cqadupstack": ("android", "english", "gaming", "gis", "mathematica", "physics", "programmers",
+                              "stats", "tex", "unix", "webmasters", "wordpress")}
 CHUNK = 1 << 20
 
 
 def fetch_beir(name: str, cache_dir: Path | None = None, url: str | None = None, md5: str | None = None,
                show_progress: bool | None = None, timeout: float = 60) -> Path:
-    """The folder of BEIR dataset ``name`` (e.g. "scifact"), downloaded and unpacked on first use.
+    """The folder of BEIR dataset ``name`` (e.g. "scifact"), downloaded and unpacked on first use; "zip/part"
+    (BEIR_PARTS: "cqadupstack/android") is one dataset folder of a zip that holds several, the zip fetched whole.
 
     ``url`` defaults to $MRET_BEIR_URL or the public BEIR address (``{name}`` is filled in); ``md5`` to BEIR's
     published sum (a dataset without one is accepted and its sha256 recorded). The folder holds download.json
     (address, sums, size, date). Everything in flight lies in one staging folder, removed whatever happens."""
-    if not name or "/" in name or name.startswith("."):
-        raise DatasetError(f"{name!r} is not a BEIR dataset name (give a name like scifact, or a local folder)")
+    given = name
+    name, slash, part = given.partition("/")
+    if not name or name.startswith(".") or (slash and part not in BEIR_PARTS.get(name, ())):
+        raise DatasetError(_bad_name(given))
     root = Path(cache_dir or cache_root()) / "datasets" / "beir"
     folder = root / name
-    if find_file(folder, "corpus.jsonl"):
-        return folder
+    if _holds_dataset(folder):  # a zip of several datasets (cqadupstack) is cached whole, one folder per part
+        return _part(folder, name, part) if part else folder
     url = (url or os.environ.get("MRET_BEIR_URL") or BEIR_URL).format(name=name)
     expected = md5 or BEIR_MD5.get(name)
     staging = root / f".{name}.{os.getpid()}.partial"
@@ -83,7 +91,32 @@ def fetch_beir(name: str, cache_dir: Path | None = None, url: str | None = None,
         os.replace(dataset, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return folder
+    return _part(folder, name, part) if part else folder
+
+
+def _bad_name(given: str) -> str:
+    """Why ``given`` is refused before any download, on one line (listing a zip's parts where it has them)."""
+    name, slash, part = given.partition("/")
+    if slash and name in BEIR_PARTS:
+        return (f"{part!r} is not a {name} dataset; name one of: "
+                f"{', '.join(f'{name}/{p}' for p in BEIR_PARTS[name])}")
+    if slash and name and not name.startswith("."):
+        return (f"{given} is not a BEIR dataset name: only {', '.join(BEIR_PARTS)} is named by its parts "
+                "(cqadupstack/android)")
+    return f"{given!r} is not a BEIR dataset name (give a name like scifact, or a local folder)"
+
+
+def _holds_dataset(folder: Path) -> bool:
+    """The cache's test: an unpacked dataset (corpus.jsonl), or a zip's folder of them (cqadupstack's forums)."""
+    return bool(find_file(folder, "corpus.jsonl") or any(folder.glob("*/corpus.jsonl*")))
+
+
+def _part(folder: Path, name: str, part: str) -> Path:
+    """The dataset folder ``part`` of the unpacked zip ``folder``; a one-line DatasetError naming those it holds."""
+    if find_file(folder / part, "corpus.jsonl"):
+        return folder / part
+    held = sorted(p.parent.name for p in folder.glob("*/corpus.jsonl*"))
+    raise DatasetError(f"{folder} holds no {name}/{part}; it holds: {', '.join(f'{name}/{p}' for p in held)}")
 
 
 def _download(url: str, target: Path, md5: str | None, show_progress: bool | None, timeout: float) -> Path:

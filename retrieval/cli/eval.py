@@ -65,6 +65,9 @@ def eval_command(
                                    "(default: $MRET_CACHE_DIR or ~/.cache/modernretrieval)."),
     ray: Optional[str] = typer.Option(None, "--ray", help=RAY_HELP),
     shards: int = typer.Option(2, "--shards", help="With --ray: the index in this many shards, one actor each."),
+    keep_own_ids: bool = typer.Option(False, "--keep-own-ids", help=(
+        "Score a document whose id is the query's own id. By default it is dropped from the query's results, as "
+        "BEIR does (its published numbers were computed so); a warning counts the queries judged on their own id.")),
 ) -> None:
     """Evaluate a model + index on a retrieval benchmark: nDCG@10, Recall@100, MRR@10, MAP (pytrec_eval)."""
     from modernretrieval.files import cache_root
@@ -84,7 +87,9 @@ def eval_command(
         max_length = 0  # long documents: never cut at the model's short default
     settings = EvalSettings(model=model, kind=kind.value, index=index.value, max_length=max_length,
                             token_embeddings=token_embeddings, depth=depth, nbits=nbits, mode=mode.value,
-                            pool_factor=pool_factor, device=device, dtype=dtype)
+                            pool_factor=pool_factor, device=device, dtype=dtype, keep_own_ids=keep_own_ids)
+    if ray is not None and keep_own_ids:
+        fail("--keep-own-ids is not available with --ray (the Ray run drops own ids, as BEIR does)")
     settings.check()  # a settings mistake fails before the dataset is read or downloaded
     data = load_target(target, dataset, split, language, cache)
     name = "bm25" if mode is ModeChoice.lexical else f"{Path(model.rstrip('/')).name}-{kind.value}-{index.value}"

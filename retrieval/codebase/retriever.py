@@ -8,7 +8,6 @@ searches from many threads run against the index's last commit while another pro
 
 from __future__ import annotations
 
-import os
 import shutil
 import threading
 from collections import Counter
@@ -36,7 +35,7 @@ from .ranking import Rules, rerank
 from .snippets import best_lines, query_terms
 from .alignment import Alignment, hit_alignment
 from .spans import best_span
-from .sources import DEFAULT_MAX_FILE_BYTES, files_under, language_of
+from .sources import DEFAULT_MAX_FILE_BYTES, files_under, language_of, matches_type
 
 
 Mode = Literal["hybrid", "semantic", "lexical"]
@@ -397,8 +396,7 @@ class Retriever:
         def wanted(source: str) -> bool:
             if spec is not None and not spec.match_file(source):
                 return False
-            extension = os.path.splitext(source)[1].lstrip(".").lower()
-            return not types or language_of(source) in types or extension in types
+            return not types or matches_type(source, types)  # ripgrep's type globs (sources.TYPES)
 
         return self.vectors.store.ids_of_sources(wanted)
 

@@ -13,6 +13,7 @@ The walk only stats files; reading happens later, one file at a time, so that a 
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import stat
@@ -50,6 +51,68 @@ LANGUAGES = {
     ".htm": "html", ".xhtml": "html", ".pdf": "pdf", ".json": "json", ".yaml": "yaml", ".yml": "yaml",
     ".toml": "toml", ".ini": "ini", ".cfg": "ini", ".xml": "xml", ".css": "css", ".scss": "css", ".proto": "proto"}
 PROSE = frozenset({"markdown", "rst", "text", "tex", "html", "pdf"})
+# `--type` names: ripgrep's own definitions (`rg --type-list`; crates/ignore/src/default_types.rs) for the languages
+# above, matched case-sensitively against the file name as ripgrep does (its cpp type lists *.C and *.H but not
+# *.c). Each language's name and its ripgrep name (py, js, txt, ...) select the same globs, plus any suffix LANGUAGES
+# gives it (.pyi). `language_of`'s "text" fallback for extensionless files is deliberately not a type: ripgrep's txt
+# is *.txt, and a Makefile or LICENSE is not a text file.
+_RG_TYPES: dict[tuple[str, ...], tuple[str, ...]] = {
+    ("python", "py"): ("*.py",),
+    ("javascript", "js"): ("*.js", "*.jsx", "*.vue", "*.cjs", "*.mjs"),
+    ("typescript", "ts"): ("*.ts", "*.tsx", "*.cts", "*.mts"),
+    ("java",): ("*.java", "*.jsp", "*.jspx", "*.properties"),
+    ("kotlin",): ("*.kt", "*.kts"),
+    ("scala",): ("*.scala", "*.sbt"),
+    ("go",): ("*.go",),
+    ("rust",): ("*.rs",),
+    ("c",): ("*.[chH]", "*.[chH].in", "*.cats"),
+    ("cpp",): ("*.[ChH]", "*.cc", "*.[ch]pp", "*.[ch]xx", "*.hh", "*.inl", "*.[ChH].in", "*.cc.in", "*.[ch]pp.in",
+               "*.[ch]xx.in", "*.hh.in"),
+    ("csharp", "cs"): ("*.cs",),
+    ("ruby",): ("config.ru", "Gemfile", ".irbrc", "Rakefile", "*.gemspec", "*.rb", "*.rbw"),
+    ("php",): ("*.php", "*.php3", "*.php4", "*.php5", "*.php7", "*.php8", "*.pht", "*.phtml"),
+    ("swift",): ("*.swift",),
+    ("objc",): ("*.h", "*.m"),
+    ("lua",): ("*.lua",),
+    ("r",): ("*.R", "*.r", "*.Rmd", "*.Rnw"),
+    ("julia", "jl"): ("*.jl",),
+    ("shell", "sh"): (".login", ".logout", ".profile", "profile", ".bash_login", "bash_login", ".bash_logout",
+                      "bash_logout", ".bash_profile", "bash_profile", ".bashrc", "bashrc", "*.bashrc", ".cshrc",
+                      "*.cshrc", ".kshrc", "*.kshrc", ".tcshrc", ".zshenv", "zshenv", ".zlogin", "zlogin", ".zlogout",
+                      "zlogout", ".zprofile", "zprofile", ".zshrc", "zshrc", "*.bash", "*.csh", "*.ksh", "*.sh",
+                      "*.tcsh", "*.zsh"),
+    ("sql",): ("*.sql", "*.psql"),
+    ("perl",): ("*.perl", "*.pl", "*.PL", "*.plh", "*.plx", "*.pm", "*.t"),
+    ("haskell",): ("*.hs", "*.lhs", "*.cpphs", "*.c2hs", "*.hsc"),
+    ("elixir",): ("*.ex", "*.eex", "*.exs"),
+    ("erlang",): ("*.erl", "*.hrl"),
+    ("clojure",): ("*.clj", "*.cljc", "*.cljs", "*.cljx"),
+    ("dart",): ("*.dart",),
+    ("markdown", "md"): ("*.markdown", "*.md", "*.mdown", "*.mdwn", "*.mkd", "*.mkdn"),
+    ("rst",): ("*.rst",),
+    ("text", "txt"): ("*.txt",),
+    ("tex",): ("*.tex", "*.ltx", "*.cls", "*.sty", "*.bib", "*.dtx", "*.ins"),
+    ("html",): ("*.htm", "*.html", "*.ejs"),
+    ("pdf",): ("*.pdf",),
+    ("json",): ("*.json", "composer.lock"),
+    ("yaml",): ("*.yaml", "*.yml"),
+    ("toml",): ("*.toml", "Cargo.lock"),
+    ("ini", "config"): ("*.cfg", "*.conf", "*.config", "*.ini"),
+    ("xml",): ("*.xml", "*.xml.dist", "*.dtd", "*.xsl", "*.xslt", "*.xsd", "*.xjb", "*.rng", "*.sch", "*.xhtml"),
+    ("css",): ("*.css", "*.scss"),
+    ("proto", "protobuf"): ("*.proto",),
+}
+
+
+def _types() -> dict[str, frozenset[str]]:
+    types = {"vue": frozenset({"*.vue"})}  # ours alone: ripgrep counts .vue as js
+    for names, globs in _RG_TYPES.items():
+        own = {f"*{suffix}" for suffix, language in LANGUAGES.items() if language == names[0]}
+        types.update(dict.fromkeys(names, frozenset(globs) | own))
+    return types
+
+
+TYPES = _types()  # type name -> file-name globs
 IGNORED = "ignored (.gitignore/.mretignore)"
 EXCLUDED = "excluded folder (vendored, build, cache)"
 NOT_UTF8_NAME = "file name not UTF-8"
@@ -89,6 +152,15 @@ def language_of(path: str) -> str:
 
 def is_code(path: str) -> bool:
     return language_of(path) not in PROSE
+
+
+def matches_type(path: str, types: Iterable[str]) -> bool:
+    """Whether ``path`` is of one of ``types`` (lower case, no dot), as `--type` selects: a type name of TYPES by
+    its globs on the file name (ripgrep's semantics), anything else as an extension ("vue", "lock")."""
+    name = path.rsplit("/", 1)[-1]
+    extension = os.path.splitext(name)[1].lstrip(".").lower()
+    return any(any(fnmatch.fnmatchcase(name, glob) for glob in TYPES[t]) if t in TYPES else t == extension
+               for t in types)
 
 
 class _IgnoreRules:

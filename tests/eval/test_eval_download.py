@@ -202,3 +202,85 @@ def test_mret_eval_downloads_then_reuses_everything(server, tmp_path, minilm_fol
     assert result.exit_code == 0, result.output
     assert len(requests) == 1 and embeddings[0].stat().st_mtime_ns == mtime
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["ndcg@10"] == metrics["ndcg@10"]
+
+
+def cqadupstack_zip(forums: list[str]) -> bytes:
+    """BEIR's cqadupstack.zip layout: one dataset per forum under the top folder (each forum's ids its own here)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for forum in forums:
+            corpus = [{**d, "_id": f"{forum}-{d['_id']}"} for d in CORPUS]
+            zf.writestr(f"cqadupstack/{forum}/corpus.jsonl", "".join(json.dumps(d) + "\n" for d in corpus))
+            zf.writestr(f"cqadupstack/{forum}/queries.jsonl", "".join(json.dumps(q) + "\n" for q in QUERIES))
+            zf.writestr(f"cqadupstack/{forum}/qrels/test.tsv", QRELS.replace("\td", f"\t{forum}-d"))
+    return buffer.getvalue()
+
+
+def test_cqadupstack_is_cached_whole_and_a_forum_is_named_by_its_folder(server, tmp_path):
+    """The zip holds one folder per forum: it is downloaded once (the cache recognises the unpacked folders), and
+    "cqadupstack/android" names one forum, as BEIR's users name it."""
+    root, base, requests = server
+    md5 = publish(root, "cqadupstack", cqadupstack_zip(["android", "gis"]))
+    url, cache = base + "/{name}.zip", tmp_path / "cache"
+    folder = fetch_beir("cqadupstack", cache, url=url, md5=md5)
+    assert folder == cache / "datasets" / "beir" / "cqadupstack" and requests == ["/cqadupstack.zip"]
+    (root / "cqadupstack.zip").unlink()  # every later run must not need the server
+    assert fetch_beir("cqadupstack", cache, url=url, md5=md5) == folder
+    android = fetch_beir("cqadupstack/android", cache, url=url, md5=md5)
+    assert android == folder / "android"
+    assert load_beir(android).qrels == {"q1": {"android-d1": 1}, "q2": {"android-d3": 2}}
+    gis = fetch_beir("cqadupstack/gis", cache, url=url, md5=md5)
+    assert list(load_beir(gis).corpus) == ["gis-d1", "gis-d2", "gis-d3", "gis-d4"]
+    assert requests == ["/cqadupstack.zip"]
+    with pytest.raises(DatasetError, match=r"holds no cqadupstack/stats; it holds: cqadupstack/android, "
+                                           r"cqadupstack/gis$"):
+        fetch_beir("cqadupstack/stats", cache, url=url, md5=md5)  # a real forum this zip lacks
+    assert sorted(p.name for p in android.parent.parent.iterdir()) == ["cqadupstack"]  # no temporary files left
+
+
+@pytest.mark.parametrize("name, message", [
+    ("cqadupstack/cooking", "'cooking' is not a cqadupstack dataset; name one of: cqadupstack/android, "
+                            "cqadupstack/english, cqadupstack/gaming, cqadupstack/gis, cqadupstack/mathematica, "
+                            "cqadupstack/physics, cqadupstack/programmers, cqadupstack/stats, cqadupstack/tex, "
+                            "cqadupstack/unix, cqadupstack/webmasters, cqadupstack/wordpress"),
+    ("cqadupstack/android/x", "'android/x' is not a cqadupstack dataset"),
+    ("scifact/android", "scifact/android is not a BEIR dataset name: only cqadupstack is named by its parts"),
+    ("../scifact", "'../scifact' is not a BEIR dataset name"),
+], ids=["unknown-forum", "nested", "not-a-zip-of-several", "dot-dot"])
+def test_an_unknown_forum_is_refused_before_any_download(server, tmp_path, name, message):
+    _, base, requests = server
+    with pytest.raises(DatasetError) as raised:
+        fetch_beir(name, tmp_path / "cache", url=base + "/{name}.zip")
+    assert str(raised.value).startswith(message) and "\n" not in str(raised.value)
+    assert requests == []
+
+
+def test_mret_eval_a_cqadupstack_forum(server, tmp_path, monkeypatch):
+    """On the command line (BM25: no model): a forum is evaluated, the zip fetched once; the zip's name alone or an
+    unknown forum is one error line naming the forums."""
+    import eval.datasets.download as download
+
+    root, base, requests = server
+    monkeypatch.setitem(download.BEIR_MD5, "cqadupstack", publish(root, "cqadupstack",
+                                                                  cqadupstack_zip(["android", "gis"])))
+    monkeypatch.setenv("MRET_BEIR_URL", base + "/{name}.zip")
+    runner = CliRunner()
+
+    def mret_eval(dataset: str):
+        return runner.invoke(app, ["eval", "beir", "--dataset", dataset, "--mode", "lexical", "--cache-dir",
+                                   str(tmp_path / "c"), "--output", str(tmp_path / "out")])
+
+    for _ in range(2):
+        result = mret_eval("cqadupstack/android")
+        assert result.exit_code == 0, result.output
+        metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+        assert metrics["dataset"]["name"] == "cqadupstack/android" and metrics["num_queries"] == 2
+        assert requests == ["/cqadupstack.zip"]
+    for dataset, message in (("cqadupstack", "cqadupstack holds one dataset per folder; name one: "
+                                             "cqadupstack/android, cqadupstack/gis"),
+                             ("cqadupstack/cooking", "'cooking' is not a cqadupstack dataset; name one of: "
+                                                     "cqadupstack/android, cqadupstack/english")):
+        result = mret_eval(dataset)
+        assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+        assert "Traceback" not in result.output
+    assert requests == ["/cqadupstack.zip"]

@@ -7,6 +7,7 @@ are in the README. Then the command line's answers to user mistakes."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +122,7 @@ def test_an_interrupted_index_build_is_rebuilt(subset, dense_runs, minilm_folder
     ("ok", ["folder", "--nbits", "3"], "--nbits must be 1, 2 or 4"),
     ("ok", ["folder", "--max-length", "100000"], "--max-length must be between 8 and 512"),
     ("ok", ["folder", "--model", "/nonexistent/model"], "error:"),
+    ("ok", ["folder", "--keep-own-ids", "--ray", "local"], "--keep-own-ids is not available with --ray"),
 ])
 def test_mistakes_end_in_one_clear_line(tmp_path, minilm_folder, setup, args, message):
     folder = tmp_path / "data"
@@ -175,3 +177,35 @@ def test_lexical_mode_is_bm25_over_the_store_and_hybrid_fuses_it_with_the_model(
     assert hybrid["ndcg@10"] > max(lexical["ndcg@10"], dense_runs["flat"]["ndcg@10"]) - 0.02
     with pytest.raises(Exception, match="--mode must be one of"):
         run_eval(subset, EvalSettings(str(minilm_folder), mode="fuzzy"), tmp_path / "bad", CACHE, False)
+
+
+def test_own_ids_are_dropped_as_beir_does_with_a_warning_or_kept(tmp_path):
+    """A query whose own id is in the corpus and judged relevant (a duplicate-question set judged on itself): by
+    default dropped from its results as BEIR does (q1 scores 0) with one warning counting such queries;
+    --keep-own-ids scores it, and run.trec holds it. BM25 (--mode lexical): no model."""
+    folder = tmp_path / "data"
+    write_beir(folder, {"q1": {"title": "", "text": "how do the tides work"},
+                        "d1": {"title": "", "text": "the moon pulls the oceans"},
+                        "d2": {"title": "", "text": "volcano lava erupts"}},
+               {"q1": "how do the tides work", "q2": "volcano lava"}, {"test": {"q1": {"q1": 1}, "q2": {"d2": 1}}})
+
+    def mret_eval(output: str, *extra: str):
+        args = ["eval", "folder", "--dataset", str(folder), "--mode", "lexical", "--cache-dir",
+                str(tmp_path / "cache"), "--output", str(tmp_path / output), *extra]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        own = [str(w.message) for w in caught if "own id" in str(w.message)]
+        run = (tmp_path / output / "run.trec").read_text().splitlines()
+        return json.loads((tmp_path / output / "metrics.json").read_text()), own, run
+
+    metrics, own, run = mret_eval("dropped")
+    assert own == ["1 of 2 queries have their own id judged relevant, but a query's own id is dropped from its "
+                   "results as BEIR does, so these judgements cannot be retrieved (first: 'q1'; --keep-own-ids "
+                   "scores them)"]
+    assert metrics["ndcg@10"] == 0.5 and not metrics["settings"]["keep_own_ids"]
+    assert not any(line.split()[:3] == ["q1", "Q0", "q1"] for line in run)
+    metrics, own, run = mret_eval("kept", "--keep-own-ids")
+    assert own == [] and metrics["ndcg@10"] == 1.0 and metrics["settings"]["keep_own_ids"]
+    assert run[0].split()[:4] == ["q1", "Q0", "q1", "1"]

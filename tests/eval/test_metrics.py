@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import tracemalloc
+import warnings
 
 import numpy as np
 import pytest
@@ -27,7 +28,30 @@ def test_graded_ndcg_mrr_map_by_hand():
 
 def test_query_own_id_is_excluded():
     qrels = {"q1": {"d1": 1}}
-    assert evaluate({"q1": {"q1": 9.0, "d1": 1.0}}, qrels)["mrr@10"] == 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the own id is not judged: nothing to warn about
+        assert evaluate({"q1": {"q1": 9.0, "d1": 1.0}}, qrels)["mrr@10"] == 1.0
+
+
+def test_an_own_id_judged_relevant_is_dropped_as_beir_does_with_one_warning():
+    """BEIR (ignore_identical_ids=True) drops a query's own id whatever the qrels say: q2, judged on itself alone,
+    scores 0 and q1 loses half its recall, as in BEIR's figures; but one warning counts them, not silently.
+    keep_own_ids scores the run as trec_eval would."""
+    qrels = {"q1": {"q1": 1, "d1": 1}, "q2": {"q2": 1}, "q3": {"d3": 1}, "q4": {"q4": 0, "d4": 1}}
+    run = {"q1": {"q1": 9.0, "d1": 1.0}, "q2": {"q2": 5.0, "x": 1.0}, "q3": {"d3": 1.0, "q3": 0.5},
+           "q4": {"q4": 3.0, "d4": 1.0}}
+    with pytest.warns(UserWarning) as caught:
+        dropped = evaluate(run, qrels)
+    assert [str(w.message) for w in caught] == [  # one warning for the evaluation; q4's own id is judged 0
+        "2 of 4 queries have their own id judged relevant, but a query's own id is dropped from its results as "
+        "BEIR does, so these judgements cannot be retrieved (first: 'q1'; --keep-own-ids scores them)"]
+    assert dropped["mrr@10"] == pytest.approx((1 + 0 + 1 + 1) / 4)
+    assert dropped["recall@100"] == pytest.approx((0.5 + 0 + 1 + 1) / 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kept = evaluate(run, qrels, keep_own_ids=True)
+    assert kept["mrr@10"] == pytest.approx((1 + 1 + 1 + 0.5) / 4)  # q4's own id (judged 0) now ranks first
+    assert kept["recall@100"] == 1.0
 
 
 def test_exact_search_top_k():
@@ -122,3 +146,5 @@ def test_a_run_keeps_its_depth_once_the_own_id_is_dropped():
     assert evaluate(kept, qrels)["map"] == pytest.approx((1 / 4) / 2)  # d3 at rank 4; d100 beyond the depth
     own = without_own_ids({"q1": {"q1": 2.0, **ranked}}, 100)
     assert "q1" not in own["q1"] and len(own["q1"]) == 100
+    kept = without_own_ids({"q1": {"q1": 2.0, **ranked}}, 100, keep_own_ids=True)  # --keep-own-ids: only cut
+    assert list(kept["q1"])[:2] == ["q1", "d0"] and len(kept["q1"]) == 100

@@ -311,6 +311,30 @@ def test_filters_by_path_glob_and_file_type(odd):
             retriever.search(query, k=k)
 
 
+def test_file_type_follows_ripgrep_types(tmp_path, model_dir):
+    """`--type` selects ripgrep's type globs: text is *.txt only (not Makefile, LICENSE or dotfiles, which have no
+    extension), cpp includes the .h/.hh/.hpp headers, and a header is C as well."""
+    from retrieval.codebase.retriever import Retriever
+
+    root = tmp_path / "tree"
+    files = {"Makefile": "all:\n\tcc -o tool main.c\n", "LICENSE": "Permission is hereby granted\n",
+             ".editorconfig": "root = true\n", "notes.txt": "build notes for the tool\n",
+             "main.c": "int main(void) { return 0; }\n", "api.h": "int api(void);\n",
+             "util.hh": "struct Util {};\n", "vec.hpp": "template <class T> struct Vec {};\n",
+             "vec.cc": "#include \"vec.hpp\"\n", "tool.py": "def tool():\n    return 1\n"}
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    with Retriever(root, model=model_dir, max_length=MAX_LENGTH, show_progress=False) as retriever:
+        retriever.index()
+        assert {d["source"] for d in documents(retriever).values()} == set(files)
+        for file_type, expected in (("text", {"notes.txt"}), ("txt", {"notes.txt"}),
+                                    ("cpp", {"api.h", "util.hh", "vec.hpp", "vec.cc"}), ("c", {"main.c", "api.h"}),
+                                    ("hh", {"util.hh"}), ("py", {"tool.py"})):
+            hits = retriever.search("the tool", k=50, file_type=file_type, **SEMANTIC)
+            assert {h.path for h in hits} == expected, file_type
+
+
 def test_remove_a_file_and_a_folder(tmp_path, model_dir, monkeypatch):
     from retrieval.codebase.retriever import Retriever, RetrieverError
 

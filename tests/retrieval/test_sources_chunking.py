@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from retrieval.codebase.chunking import Chunk, chunk_text
-from retrieval.codebase.sources import SkippedFile, SourceFile, files_under, html_text, is_code, language_of, listed, \
-    read_source, walk
+from retrieval.codebase.sources import LANGUAGES, TYPES, SkippedFile, SourceFile, files_under, html_text, is_code, \
+    language_of, listed, matches_type, read_source, walk
 
 EXCLUDED = "excluded folder (vendored, build, cache)"
 IGNORED = "ignored (.gitignore/.mretignore)"
@@ -320,6 +320,23 @@ def test_read_source_bad_or_textless_pdf(tmp_path):
 def test_language_of_and_is_code(path, language, code):
     assert language_of(path) == language
     assert is_code(path) is code
+
+
+@pytest.mark.parametrize("path, types, selected", [
+    ("Makefile", ["text"], False), ("LICENSE", ["text"], False), (".gitignore", ["text"], False),
+    ("docs/notes.txt", ["text"], True), ("docs/notes.txt", ["txt"], True),
+    ("include/api.h", ["cpp"], True), ("x.hh", ["cpp"], True), ("x.hpp", ["cpp"], True), ("x.hxx", ["cpp"], True),
+    ("x.inl", ["cpp"], True), ("x.H", ["cpp"], True), ("x.c", ["cpp"], False), ("x.h", ["c"], True),
+    ("x.hpp", ["c"], False), ("a.tsx", ["ts"], True), ("a.mjs", ["javascript"], True), ("x.pyi", ["python"], True),
+    ("x.vue", ["vue"], True), ("Gemfile", ["ruby"], True), (".bashrc", ["shell"], True),
+    ("x.weird", ["weird"], True), ("x.weird", ["text"], False), ("README.md", ["python", "md"], True),
+])
+def test_matches_type_follows_ripgrep(path, types, selected):
+    assert matches_type(path, types) is selected
+
+
+def test_every_language_is_a_type():
+    assert set(LANGUAGES.values()) <= set(TYPES)
 
 
 def test_files_under():
