@@ -62,7 +62,7 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
         raise DatasetError(f"{path}: cannot be read ({error})") from None
 
 
-def _valid_unicode(text: str) -> str:
+def valid_unicode(text: str) -> str:
     """``text`` with any lone surrogate (JSON may escape half a pair: "\\ud83d") made U+FFFD: a tokenizer, and the
     cache's digest, need text that UTF-8 can carry."""
     try:
@@ -76,7 +76,7 @@ def field_of(item: dict, keys: tuple[str, ...], path: Path, number: int) -> str:
     """The first of ``keys`` present in item, as a string; DatasetError naming the line when none is."""
     for key in keys:
         if item.get(key) is not None:
-            return _valid_unicode(str(item[key]))
+            return valid_unicode(str(item[key]))
     raise DatasetError(f"{path}:{number}: no {' or '.join(repr(k) for k in keys)} field")
 
 
@@ -99,8 +99,8 @@ def load_beir(folder: str | Path, split: str = "test", name: str | None = None) 
     corpus = {}
     for number, doc in read_jsonl(corpus_path):
         doc_id = field_of(doc, ("_id",), corpus_path, number)
-        corpus[doc_id] = {"title": _valid_unicode(str(doc.get("title") or "")),
-                          "text": _valid_unicode(str(doc.get("text") or ""))}
+        corpus[doc_id] = {"title": valid_unicode(str(doc.get("title") or "")),
+                          "text": valid_unicode(str(doc.get("text") or ""))}
     queries = {}
     for number, query in read_jsonl(queries_path):
         query_id = field_of(query, ("_id",), queries_path, number)

@@ -24,22 +24,24 @@ def train_command(
         "jsonl of {query, positive, negatives} or {query, documents, scores}; a BEIR folder (qrels/<split>.tsv); "
         "for mlm: .txt (a text per line), .jsonl of {text}, or a BEIR folder's corpus.")),
     output: Path = typer.Option(..., "--output", "-o", help="Where the model goes (rerun to resume a killed run)."),
-    loss: Optional[str] = typer.Option(None, "--loss", help="contrastive (default), cached (GradCache) or distillation."),
+    loss: Optional[str] = typer.Option(None, "--loss", help=(
+        "contrastive (default), cached (GradCache) or distillation; not for mlm.")),
     split: str = typer.Option("train", "--split", help="qrels split of a BEIR folder."),
     epochs: float = typer.Option(1.0, "--epochs"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Overrides --epochs."),
-    batch_size: int = typer.Option(32, "--batch-size"),
+    batch_size: int = typer.Option(32, "--batch-size", help="At most the number of examples (no text twice in one)."),
     mini_batch_size: int = typer.Option(8, "--mini-batch-size", help="Chunk size of the cached loss."),
     accumulation: int = typer.Option(1, "--accumulation", help="Micro-batches per optimizer step."),
     learning_rate: float = typer.Option(2e-5, "--lr"),
     warmup_ratio: float = typer.Option(0.1, "--warmup-ratio"),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="Default 0.05 dense, 1.0 colbert."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help=(
+        "Default 0.05 dense, 1.0 colbert; dense distillation 1.0; none for colbert distillation.")),
     negatives: int = typer.Option(1, "--negatives", help="Hard negatives per query (when the data has them)."),
     mine: bool = typer.Option(False, "--mine-negatives", help=(
         "Mine --negatives hard negatives per query with our index (over the corpus of a BEIR folder).")),
     mine_with: Optional[str] = typer.Option(None, "--mine-with", help="Dense model that mines (default: --model)."),
     mine_skip: int = typer.Option(0, "--mine-skip", help="Best-ranked non-positives to skip when mining."),
-    max_length: Optional[int] = typer.Option(None, "--max-length", help="Document tokens."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", help="Document tokens (0: the model's maximum)."),
     dim: int = typer.Option(128, "--dim", help="Projection size of a new ColBERT head (on a base model)."),
     seed: int = typer.Option(0, "--seed"),
     save_every: int = typer.Option(0, "--save-every", help="Checkpoint every N steps (0: none)."),
@@ -53,7 +55,7 @@ def train_command(
     from ..training.trainer import Trainer, TrainSettings
 
     settings = TrainSettings(
-        task.value, model, str(data), str(output), loss or ("mlm" if task is Task.mlm else "contrastive"), split,
+        task.value, model, str(data), str(output), loss, split,
         epochs, max_steps, batch_size, mini_batch_size, accumulation, learning_rate, warmup_ratio,
         temperature=temperature, negatives=negatives, mine_negatives=mine, mine_with=mine_with, mine_skip=mine_skip,
         max_length=max_length, colbert_dim=dim, seed=seed, save_every=save_every,

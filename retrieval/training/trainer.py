@@ -39,18 +39,30 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from encoder.checkpoint import resolve as resolve_checkpoint
 from eval.datasets.beir import BeirDataset
 from modernretrieval.files import atomic_write
 from modernretrieval.errors import SettingsError
 
 from ..heads import BiEncoder, ColBERT, Head
+from ..heads.formats import METADATA, is_stanford_folder
+from ..heads.loading import set_document_length
 from . import losses
-from .data import Example, load_examples, load_texts, mine_negatives
+from .data import Example, batches, load_examples, load_texts, mine_negatives
 
 Task = Literal["dense", "colbert", "mlm"]
 LOSSES = {"dense": ("contrastive", "cached", "distillation"), "colbert": ("contrastive", "cached", "distillation"),
           "mlm": ("mlm",)}
 DEFAULT_TEMPERATURE = {"dense": 0.05, "colbert": 1.0}  # MNRL's scale 20 on cosines; PyLate's default on MaxSim
+DISTILLATION_TEMPERATURE = 1.0  # dense: sentence-transformers' DistillKLDivLoss default (5.0.1 on)
+COLBERT_FILES = ["*.json", "*/*.json", "*/*.safetensors", METADATA, "vocab.txt"]  # what ColBERT.from_pretrained fetches
+# the settings a resumed run must share with the run that wrote its checkpoint (the others, device, bf16, save and
+# eval cadence, may change between the two)
+RESUME_SETTINGS = ("task", "model", "data", "split", "loss", "batch_size", "accumulation", "seed", "max_steps", "epochs",
+                   "negatives", "learning_rate", "warmup_ratio", "weight_decay", "max_grad_norm", "temperature",
+                   "mine_negatives", "mine_with", "mine_skip", "max_length", "query_length", "colbert_dim",
+                   "mlm_probability", "eval_fraction")
+FLAGS = {"task": "the task", "learning_rate": "--lr", "colbert_dim": "--dim"}  # the rest: --field-name
 NORMS = (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
 STATE_JSON, STATE_TENSORS = "trainer_state.json", "trainer_state.safetensors"  # a checkpoint's trainer state
 
@@ -63,7 +75,7 @@ class TrainSettings:
     model: str  # a folder or hub id: a trained head, or a base checkpoint (a new head is put on it)
     data: str  # .jsonl, a BEIR folder (qrels/<split>.tsv), or text for MLM
     output: str
-    loss: str = "contrastive"  # contrastive | cached (GradCache: large batches in small memory) | distillation | mlm
+    loss: str | None = None  # contrastive (the default) | cached (GradCache) | distillation; mlm: the mlm task's only
     split: str = "train"
     epochs: float = 1.0
     max_steps: int | None = None  # overrides epochs
@@ -74,12 +86,12 @@ class TrainSettings:
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
-    temperature: float | None = None  # default: 0.05 dense, 1.0 colbert (PyLate)
+    temperature: float | None = None  # default: 0.05 dense, 1.0 colbert (PyLate); dense distillation 1.0
     negatives: int = 1  # hard negatives per query, when the data has them (or mine_negatives finds them)
     mine_negatives: bool = False  # mine them with our index before training (BEIR data: over the whole corpus)
     mine_with: str | None = None  # the dense model that mines (default: the model trained, when dense)
     mine_skip: int = 0  # best-ranked non-positives skipped before taking negatives
-    max_length: int | None = None  # document tokens (dense: max_length; colbert: document_length)
+    max_length: int | None = None  # document tokens (dense: max_length; colbert: document_length); 0: the maximum
     query_length: int | None = None  # colbert
     colbert_dim: int = 128  # projection size of a new ColBERT head
     mlm_probability: float = 0.3
@@ -95,8 +107,11 @@ class TrainSettings:
     def check(self) -> None:
         if self.task not in LOSSES:
             raise SettingsError(f"the task must be dense, colbert or mlm, got {self.task!r}")
-        if self.task == "mlm":
-            self.loss = "mlm"
+        if self.loss is None:
+            self.loss = "mlm" if self.task == "mlm" else "contrastive"
+        elif self.task == "mlm" and self.loss != "mlm":
+            raise SettingsError(f"--loss {self.loss} does not apply to mlm (it trains with the masked-language-modelling "
+                                "loss); leave --loss out")
         if self.loss not in LOSSES[self.task]:
             raise SettingsError(f"--loss {self.loss} does not apply to {self.task}; use one of {', '.join(LOSSES[self.task])}")
         for name in ("batch_size", "mini_batch_size", "accumulation"):
@@ -105,7 +120,24 @@ class TrainSettings:
         if not 0 < self.mlm_probability < 1:
             raise SettingsError("--mlm-probability must be between 0 and 1")
         if self.learning_rate <= 0 or (self.max_steps is not None and self.max_steps < 1) or self.epochs <= 0:
-            raise SettingsError("--learning-rate, --epochs and --max-steps must be positive")
+            raise SettingsError("--lr, --epochs and --max-steps must be positive")
+        if self.temperature is not None:
+            if not 0 < self.temperature < math.inf:
+                raise SettingsError(f"--temperature must be a positive number, got {self.temperature}")
+            if self.task == "mlm":
+                raise SettingsError("--temperature does not apply to mlm")
+            if self.task == "colbert" and self.loss == "distillation":
+                raise SettingsError("--temperature does not apply to colbert --loss distillation (PyLate's Distillation "
+                                    "has none: it min-max normalizes the student's scores); leave it out")
+        for name in ("negatives", "mine_skip", "seed", "save_every", "eval_every"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
+        if not 0 <= self.warmup_ratio <= 1:
+            raise SettingsError(f"--warmup-ratio must be between 0 and 1, got {self.warmup_ratio}")
+        if self.weight_decay < 0 or self.max_grad_norm <= 0 or not 0 <= self.eval_fraction < 1:
+            raise SettingsError("weight_decay must be 0 or more, max_grad_norm positive, eval_fraction in [0, 1)")
+        if self.max_length is not None and self.max_length != 0 and self.max_length < 8:
+            raise SettingsError(f"--max-length must be 0 (the model's maximum) or at least 8, got {self.max_length}")
 
 
 @dataclass
@@ -134,6 +166,7 @@ class Trainer:
             raise SettingsError("eval_data is set but the Trainer has no evaluator to score it: pass "
                                 "Trainer(settings, evaluator=...) (the harness's is eval.runner.evaluate_head), or "
                                 "leave eval_data unset")
+        self.check_output()  # before the data is read, negatives mined or a model loaded
         if settings.task == "mlm":
             texts = load_texts(settings.data)
             held = max(1, int(len(texts) * settings.eval_fraction)) if len(texts) > 1 else 0
@@ -148,7 +181,13 @@ class Trainer:
                 raise SettingsError("this data has teacher scores: train it with --loss distillation")
             if settings.mine_negatives:
                 self.items = self._mined(self.items)
-        self._orders: dict[int, np.ndarray] = {}
+        if settings.batch_size > len(self.items):
+            raise SettingsError(f"--batch-size {settings.batch_size} is larger than the data ({len(self.items)} "
+                                f"{'texts' if settings.task == 'mlm' else 'examples'}), and a batch holds each at most "
+                                f"once: lower it to {len(self.items)} or less")
+        self._stream: Iterator[list[int]] | None = None
+        self._streamed = 0  # batches drawn from the stream
+        self._recent: dict[int, list[int]] = {}  # the latest of them, by number
         per_step = settings.batch_size * settings.accumulation
         self.total_steps = settings.max_steps or max(1, math.ceil(settings.epochs * len(self.items) / per_step))
         self.eval_dataset: BeirDataset | None = None
@@ -156,6 +195,23 @@ class Trainer:
             from eval.datasets.beir import load_beir
 
             self.eval_dataset = load_beir(settings.eval_data, settings.eval_split)
+
+    def check_output(self) -> None:
+        """OUTPUT is a folder that is absent, empty, or holds a checkpoint of a run with these settings."""
+        if self.output.exists() and not self.output.is_dir():
+            raise SettingsError(f"--output {self.output} is a file; pass a folder")
+        checkpoint = self.latest_checkpoint()
+        if checkpoint is not None:
+            saved = json.loads((checkpoint / STATE_JSON).read_text()).get("settings", {})
+            now = asdict(self.settings)
+            changed = [f"{FLAGS.get(name, '--' + name.replace('_', '-'))} ({saved[name]!r} then, {now[name]!r} now)"
+                       for name in RESUME_SETTINGS if name in saved and saved[name] != now[name]]
+            if changed:
+                raise SettingsError(f"{self.output} holds a checkpoint of a run with other settings: "
+                                    f"{', '.join(changed)}; rerun with that run's settings to resume it, or pass a new "
+                                    "--output to start over")
+        elif self.output.exists() and {p.name for p in self.output.iterdir()} - {"training_log.jsonl", "checkpoints"}:
+            raise SettingsError(f"{self.output} is not empty and holds no checkpoint to resume; choose another --output")
 
     def _mined(self, examples: list[Example]) -> list[Example]:
         s = self.settings
@@ -183,17 +239,21 @@ class Trainer:
             model = encoder.from_pretrained(source, device=self.device)
             if model.head is None:
                 raise SettingsError(f"{source} has no MLM head weights: MLM training needs a ModernBertForMaskedLM")
+            if s.max_length:  # 0: the model's maximum
+                limit = min([model.config.max_position_embeddings] + (
+                    [model.tokenizer.model_max_length] if model.tokenizer is not None else []))
+                if s.max_length > limit:
+                    raise SettingsError(f"--max-length must be between 8 and {limit} for this model, got {s.max_length}")
             return model
-        folder = Path(source)
         if s.task == "dense":
             head: Head = BiEncoder.from_base(source, device=self.device)
-        else:
-            is_colbert = (folder / "modules.json").exists() and not (folder / "1_Pooling").exists() and any(
-                folder.glob("*_Dense"))
-            head = ColBERT.from_pretrained(source, device=self.device) if is_colbert else ColBERT.from_base(
-                source, s.colbert_dim, device=self.device)
+        else:  # the name resolved first: a hub id or a ~/path is a ColBERT too
+            folder = resolve_checkpoint(source, extra_files=COLBERT_FILES)
+            head = ColBERT.from_pretrained(folder, device=self.device) if is_colbert_folder(folder) else (
+                ColBERT.from_base(folder, s.colbert_dim, device=self.device))
             head.query_length = s.query_length or head.query_length
-        head.document_length = s.max_length or head.document_length
+        if s.max_length is not None:  # refused above the backbone's maximum (0: that maximum)
+            set_document_length(head, s.max_length)
         return head
 
     def save(self, model: Any, folder: Path) -> None:
@@ -222,11 +282,9 @@ class Trainer:
         warmup = int(s.warmup_ratio * self.total_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(
             (step + 1) / max(1, warmup), max(0.0, (self.total_steps - step) / max(1, self.total_steps - warmup))))
-        start, evaluations = 0, []
+        start, evaluations, before = 0, [], {"tokens": 0, "seconds": 0.0}  # before: the totals of the runs resumed
         if checkpoint is not None:
-            start, evaluations = self.restore(checkpoint, optimizer, scheduler)
-        elif self.output.exists() and {p.name for p in self.output.iterdir()} - {"training_log.jsonl", "checkpoints"}:
-            raise SettingsError(f"{self.output} is not empty and holds no checkpoint to resume; choose another --output")
+            start, evaluations, before = self.restore(checkpoint, optimizer, scheduler)
         self.output.mkdir(parents=True, exist_ok=True)
         self._trim_log(start)
         if start == 0:
@@ -262,7 +320,8 @@ class Trainer:
             log.write(json.dumps(record) + "\n")
             log.flush()
             if s.save_every and (step + 1) % s.save_every == 0 and step + 1 < self.total_steps:
-                self.checkpoint(model, optimizer, scheduler, step + 1, evaluations)
+                totals = {"tokens": before["tokens"] + tokens, "seconds": before["seconds"] + elapsed}
+                self.checkpoint(model, optimizer, scheduler, step + 1, evaluations, totals)
             if self.on_step is not None:
                 self.on_step(step + 1)
         bar.close()
@@ -270,23 +329,34 @@ class Trainer:
         evaluations.append({"step": self.total_steps, **self.evaluate(model)})
         model.eval()
         self.save(model, self.output)
-        result = TrainResult(self.output, self.total_steps, loss_value, evaluations, time.perf_counter() - started,
-                             tokens)
+        result = TrainResult(self.output, self.total_steps, loss_value, evaluations,
+                             before["seconds"] + time.perf_counter() - started, before["tokens"] + tokens)
         (self.output / "README.md").write_text(model_card(s, result, len(self.items)))
         shutil.rmtree(self.output / "checkpoints", ignore_errors=True)
         return result
 
     def batch(self, index: int) -> list[Any]:
-        """Micro-batch ``index``: the examples of an epoch are shuffled by (seed, epoch), and batches run through
-        them in order (an epoch's last batch is topped up from the next epoch)."""
-        size, n = self.settings.batch_size, len(self.items)
-        positions = range(index * size, (index + 1) * size)
-        return [self.items[self._order(p // n)[p % n]] for p in positions]
+        """Micro-batch ``index`` of ``data.batches``: the examples of an epoch shuffled by (seed, epoch), taken in
+        order, an example deferred while one of its texts (query, positive, the negatives used) is in the batch
+        already; an epoch's last batch is topped up from the next epoch. Distillation and MLM have no in-batch
+        negatives: there only the same example is kept out of a batch twice. A function of (seed, index): the
+        stream is replayed from its start when an earlier batch is asked for (a resumed run replays it once)."""
+        if index not in self._recent:
+            if self._stream is None or index < self._streamed:
+                self._stream, self._streamed, self._recent = batches(
+                    len(self.items), self.settings.batch_size, self.settings.seed, self._keys), 0, {}
+            while self._streamed <= index:
+                self._recent[self._streamed] = next(self._stream)
+                self._recent.pop(self._streamed - 64, None)
+                self._streamed += 1
+        return [self.items[i] for i in self._recent[index]]
 
-    def _order(self, epoch: int) -> np.ndarray:
-        if epoch not in self._orders:
-            self._orders[epoch] = np.random.default_rng([self.settings.seed, epoch]).permutation(len(self.items))
-        return self._orders[epoch]
+    def _keys(self, index: int) -> tuple[Any, ...]:
+        """What may not appear twice in a batch: an example's texts for the contrastive losses, else the example."""
+        if self.settings.loss in ("contrastive", "cached"):
+            e = self.items[index]
+            return (e.query, e.positive, *e.negatives[: self.settings.negatives])
+        return (index,)
 
     # ----- losses
     def loss(self, model: Any, batch: list[Any], step: int, micro: int) -> tuple[torch.Tensor, int]:
@@ -296,10 +366,13 @@ class Trainer:
         if s.task == "mlm":
             return self.mlm_loss(model, batch, generator)
         queries = [e.query for e in batch]
-        if s.loss == "distillation":
-            width = min(len(e.documents) for e in batch)
-            documents = [d for e in batch for d in e.documents[:width]]
-            teacher = torch.tensor([e.scores[:width] for e in batch], device=self.device)
+        if s.loss == "distillation":  # rows of different widths are padded to the widest, and the padding masked
+            widths = [len(e.documents) for e in batch]
+            width = max(widths)
+            documents = [d for e in batch for d in e.documents]
+            teacher = torch.tensor([e.scores + [0.0] * (width - len(e.scores)) for e in batch], device=self.device)
+            mask = None if min(widths) == width else torch.tensor(
+                [[j < w for j in range(width)] for w in widths], device=self.device)
         else:
             documents = [e.positive for e in batch] + [n for e in batch for n in e.negatives[: s.negatives]]
         q_ids, d_ids = model.tokenize(queries, True), model.tokenize(documents, False)
@@ -308,12 +381,24 @@ class Trainer:
             return self.cached_contrastive(model, q_ids, d_ids, generator), tokens
         q, d = model.forward_pair(q_ids, d_ids)
         if s.loss == "distillation":
-            return losses.kl_distillation(model.paired_scores(q, d, width), teacher), tokens
+            student = paired_scores(model, q, d, widths)
+            if s.task == "colbert":  # PyLate's Distillation
+                return losses.colbert_distillation(student, teacher, mask), tokens
+            return losses.kl_distillation(student, teacher, self.temperature, mask), tokens  # DistillKLDivLoss
         return self.contrastive(model, q, d), tokens
+
+    @property
+    def temperature(self) -> float:
+        """--temperature, else the reference's default: 0.05 dense (MNRL's scale 20), 1.0 colbert (PyLate's
+        Contrastive), 1.0 dense distillation (DistillKLDivLoss). Colbert distillation has none."""
+        s = self.settings
+        if s.temperature is not None:
+            return s.temperature
+        return DISTILLATION_TEMPERATURE if s.loss == "distillation" else DEFAULT_TEMPERATURE[s.task]
 
     def contrastive(self, model: Head, q: Any, d: Any) -> torch.Tensor:
         """Cross-entropy over the head's own scores (cosine or MaxSim) divided by the temperature."""
-        return losses.contrastive(model.scores(q, d), self.settings.temperature or DEFAULT_TEMPERATURE[model.kind])
+        return losses.contrastive(model.scores(q, d), self.temperature)
 
     def cached_contrastive(self, model: Head, q_ids: list[list[int]], d_ids: list[list[int]],
                            generator: torch.Generator) -> torch.Tensor:
@@ -389,7 +474,7 @@ class Trainer:
 
     # ----- checkpoints
     def checkpoint(self, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any, step: int,
-                   evaluations: list[dict[str, Any]]) -> None:
+                   evaluations: list[dict[str, Any]], totals: dict[str, float] | None = None) -> None:
         """OUTPUT/checkpoints/step-N, complete or absent: written as .tmp, then renamed; older ones removed. The
         trainer's state is JSON plus tensors in safetensors (the optimizer's moments, the random streams), so that
         resuming unpickles nothing."""
@@ -405,6 +490,7 @@ class Trainer:
         save_file(tensors, str(tmp / STATE_TENSORS))
         (tmp / STATE_JSON).write_text(json.dumps({
             "step": step, "evaluations": evaluations, "settings": asdict(self.settings),
+            "totals": totals or {"tokens": 0, "seconds": 0.0},  # tokens and seconds of the run so far
             "scheduler": scheduler.state_dict(), "optimizer": optimizer_state}, indent=2) + "\n")
         for path in tmp.rglob("*"):
             if path.is_file():
@@ -416,8 +502,9 @@ class Trainer:
                 shutil.rmtree(old, ignore_errors=True)
 
     def restore(self, folder: Path, optimizer: torch.optim.Optimizer,
-                scheduler: Any) -> tuple[int, list[dict[str, Any]]]:
-        """The optimizer, scheduler and random streams as ``checkpoint`` saved them; (step, evaluations so far)."""
+                scheduler: Any) -> tuple[int, list[dict[str, Any]], dict[str, float]]:
+        """The optimizer, scheduler and random streams as ``checkpoint`` saved them; (step, evaluations so far,
+        tokens and seconds so far)."""
         state = json.loads((folder / STATE_JSON).read_text())
         tensors = load_file(str(folder / STATE_TENSORS))
         optimizer.load_state_dict(join_tensors(state["optimizer"], tensors, optimizer.state_dict()["param_groups"]))
@@ -426,19 +513,55 @@ class Trainer:
         for index in cuda_devices(self.device):
             if f"rng.cuda.{index}" in tensors:
                 torch.cuda.set_rng_state(tensors[f"rng.cuda.{index}"], index)
-        return state["step"], state["evaluations"]
+        totals = state.get("totals") or {}
+        return state["step"], state["evaluations"], {"tokens": int(totals.get("tokens", 0)),
+                                                     "seconds": float(totals.get("seconds", 0.0))}
 
     def _trim_log(self, step: int) -> None:
-        """The log keeps the steps up to the checkpoint resumed from (a killed run's later steps are run again)."""
+        """The log keeps the steps up to the checkpoint resumed from (a killed run's later steps are run again). A line
+        that does not parse (a run killed in the middle of writing it) is dropped."""
         path = self.output / "training_log.jsonl"
         if path.exists():
-            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+            kept = []
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+                    kept.append(line)
             atomic_write(path, lambda f: f.write("".join(line + "\n" for line in kept).encode()))
 
     def latest_checkpoint(self) -> Path | None:
         root = self.output / "checkpoints"
         found = sorted(p for p in root.glob("step-*") if (p / STATE_JSON).exists()) if root.exists() else []
         return found[-1] if found else None
+
+
+def is_colbert_folder(folder: Path) -> bool:
+    """A Stanford ColBERT checkpoint, or a PyLate folder: sentence-transformers modules with a Dense projection and
+    no Pooling (a base checkpoint, or a bi-encoder, gets a new ColBERT head)."""
+    if is_stanford_folder(folder):
+        return True
+    try:
+        kinds = {module["type"].rsplit(".", 1)[-1] for module in json.loads((folder / "modules.json").read_text())}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return False
+    return "Dense" in kinds and "Pooling" not in kinds
+
+
+def paired_scores(model: Head, queries: Any, documents: Any, widths: list[int]) -> torch.Tensor:
+    """(rows, widest) scores of each query against its own ``widths[i]`` documents (laid out row after row), the
+    narrower rows padded with 0 (the loss masks them)."""
+    width = max(widths)
+    if min(widths) == width:
+        return model.paired_scores(queries, documents, width)
+    rows, start = [], 0
+    for i, w in enumerate(widths):
+        row = model.paired_scores(queries[i:i + 1], documents[start:start + w], w)[0]
+        rows.append(torch.nn.functional.pad(row, (0, width - w)))
+        start += w
+    return torch.stack(rows)
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
