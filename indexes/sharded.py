@@ -2,7 +2,9 @@
 
 Layout: ``shard-0000/``, ``shard-0001/``... each a complete FaissIndex or PlaidIndex folder (its own store, commits
 and crash guarantees, see base.py), and ``manifest.json`` naming the shards, written last and atomically: a folder
-without a manifest is a build still under way, never half an index. Each document lives in exactly one shard.
+without a manifest is a build still under way, never half an index. A build over an earlier index removes its
+manifest before it changes a shard (``start_build``), so a build that fails or is killed never leaves the old
+manifest over a mix of old and new shards. Each document lives in exactly one shard.
 
 PLAID shards share one codec, trained once on a sample of the whole collection (``train_shared_codec``): every shard
 then scores with the same centroids and residual codebooks, so their scores compare and the merge is exact.
@@ -24,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from modernretrieval.files import atomic_write_json
+from modernretrieval.files import atomic_write_json, fsync_dir
 
 from .base import Hits, VectorIndex
 from .errors import IndexCorruptError, IndexInputError
@@ -127,6 +129,29 @@ def _complete(folder: Path, cls: type[VectorIndex], ids: Sequence[str], codec: R
         return False
 
 
+def start_build(path: str | Path, backend: str, shard_ids: Sequence[Sequence[str]],
+                codec: ResidualCodec | None = None) -> None:
+    """Before a build of ``len(shard_ids)`` shards (``shard_ids[i]``: the ids shard i will hold) writes anything in
+    ``path``: an earlier manifest is removed (durably) unless it already names these shards, each complete with
+    these ids (and ``codec``), which the build will then keep as they are. So a build that fails or is killed
+    midway leaves no manifest (the folder opens as "a build that did not finish"), never the old one over a mix of
+    old and new shards."""
+    path = Path(path)
+    if not (path / MANIFEST).exists():
+        return
+    try:
+        manifest = read_manifest(path)
+    except (IndexInputError, IndexCorruptError):
+        manifest = None
+    cls = _index_class(backend)
+    if (manifest is not None and manifest["backend"] == backend
+            and [s["name"] for s in manifest["shards"]] == [shard_name(i) for i in range(len(shard_ids))]
+            and all(_complete(path / shard_name(i), cls, ids, codec) for i, ids in enumerate(shard_ids))):
+        return
+    (path / MANIFEST).unlink(missing_ok=True)
+    fsync_dir(path)
+
+
 def write_manifest(path: str | Path, backend: str, shard_sizes: Sequence[int], **info: Any) -> None:
     """Declare ``path`` a sharded index of ``len(shard_sizes)`` shards (``shard_name(i)``, built and holding those
     numbers of documents); ``info`` (dim, settings, ...) is kept for reports."""
@@ -218,12 +243,14 @@ def build_sharded(path: str | Path, backend: str, ids: Sequence[str], embeddings
                   **settings: Any) -> ShardedIndex:
     """Build a sharded index on this machine, shard after shard (``retrieval.distributed`` builds them in
     parallel): contiguous ranges of the input order (``split``), a PLAID codec trained once on the whole
-    collection unless ``codec`` is given, the manifest last. A rerun keeps the shards already complete."""
+    collection unless ``codec`` is given, the manifest last (an earlier one removed first: ``start_build``). A
+    rerun keeps the shards already complete."""
     ranges = split(len(ids), n_shards)
     codec_tokens = 0
     if backend == "plaid":
         codec_tokens = sum(len(a) for a in embeddings)
         codec = codec or train_shared_codec(embeddings, codec_tokens, **codec_settings(settings))
+    start_build(path, backend, [[ids[j] for j in r] for r in ranges], codec)
     sizes = [build_shard(Path(path) / shard_name(i), backend, [ids[j] for j in r], take_range(embeddings, r),
                          None if documents is None else [documents[j] for j in r], codec, codec_tokens, **settings)
              for i, r in enumerate(ranges)]

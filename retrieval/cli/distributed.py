@@ -8,29 +8,30 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-RAY_HELP = ("Run the encoding (and for mret eval the sharded index and its search) on Ray: 'local' starts a cluster "
-            "of this machine's CPUs/GPUs; or a cluster address (HEAD:6379, ray://HEAD:10001). "
+RAY_HELP = ("Run the encoding (and for mret eval the sharded index and its search) on Ray: 'local' starts a new "
+            "cluster of this machine's CPUs/GPUs; or a cluster address (HEAD:6379, or ray://HEAD:10001 through "
+            "Ray Client). "
             "Needs pip install -e \".\\[distributed]\".")
 
 
 def ray_eval(data: Any, settings: Any, output: Path, cache: Path, address: str, shards: int) -> dict[str, Any]:
     """``mret eval --ray``: encode on Ray (resumable parts under ``cache``/ray), ``shards`` shards built by Ray
     tasks, searched by one actor each; scored, written (run.trec, metrics.json) and reported as the single-node
-    runner does."""
-    from eval.metrics import evaluate
+    runner does: the top ``depth`` of each query once its own id is dropped (unless ``keep_own_ids``)."""
+    from eval.metrics import evaluate, without_own_ids
     from eval.published import published_scores
     from eval.runner import device_description, versions, write_trec_run
     from modernretrieval.errors import SettingsError
     from modernretrieval.files import atomic_write_json
     from retrieval.distributed import HeadSpec
     from retrieval.distributed.beir import beir_run_on_ray
+    from retrieval.distributed.shards import check_shards
 
     from .console import err
 
     if settings.mode != "semantic":
         raise SettingsError("--ray runs --mode semantic (the model's ranking); run hybrid or lexical without --ray")
-    if shards < 1:
-        raise SettingsError(f"--shards must be at least 1, got {shards}")
+    check_shards(shards, len(data.corpus))  # before anything is encoded
     settings.check()
     spec = HeadSpec(settings.model, settings.kind, settings.max_length, settings.token_embeddings,
                     device=settings.device, dtype=settings.dtype, pool_factor=settings.pool_factor)
@@ -38,7 +39,9 @@ def ray_eval(data: Any, settings: Any, output: Path, cache: Path, address: str, 
     result = beir_run_on_ray(data, spec, cache / "ray", shards=shards, depth=settings.depth, index=settings.index,
                              nbits=settings.nbits, address=address, progress=True)
     err.print(result.describe(), highlight=False, soft_wrap=True)
-    metrics = evaluate(result.run, data.qrels)
+    keep_own_ids = settings.keep_own_ids
+    run = without_own_ids(result.run, settings.depth, keep_own_ids)  # searched depth + 1, as eval.runner
+    metrics = evaluate(run, data.qrels, keep_own_ids)
     timings = dict(result.timings)
     record = {
         **metrics,
@@ -53,7 +56,7 @@ def ray_eval(data: Any, settings: Any, output: Path, cache: Path, address: str, 
         "published": published_scores(settings.model, data.name, settings.kind),
     }
     output.mkdir(parents=True, exist_ok=True)
-    write_trec_run(result.run, output / "run.trec", f"{Path(settings.model).name}-ray")
+    write_trec_run(run, output / "run.trec", f"{Path(settings.model).name}-ray", keep_own_ids=keep_own_ids)
     atomic_write_json(output / "metrics.json", record)
     return record
 

@@ -88,8 +88,6 @@ def eval_command(
     settings = EvalSettings(model=model, kind=kind.value, index=index.value, max_length=max_length,
                             token_embeddings=token_embeddings, depth=depth, nbits=nbits, mode=mode.value,
                             pool_factor=pool_factor, device=device, dtype=dtype, keep_own_ids=keep_own_ids)
-    if ray is not None and keep_own_ids:
-        fail("--keep-own-ids is not available with --ray (the Ray run drops own ids, as BEIR does)")
     settings.check()  # a settings mistake fails before the dataset is read or downloaded
     data = load_target(target, dataset, split, language, cache)
     name = "bm25" if mode is ModeChoice.lexical else f"{Path(model.rstrip('/')).name}-{kind.value}-{index.value}"

@@ -17,9 +17,9 @@ from eval.datasets.beir import BeirDataset
 from modernretrieval.errors import SettingsError
 
 from .cluster import connect
-from .encode import CHUNK_TEXTS, EncodeReport, HeadSpec, encode_parts, read_parts
+from .encode import CHUNK_TEXTS, EncodeReport, HeadSpec, check_load, encode_parts, read_parts
 from .from_parts import build_sharded_from_parts
-from .shards import RayShardedIndex
+from .shards import RayShardedIndex, check_shards
 
 QUERY_BATCH = 32
 INDEXES = {"dense": ("flat", "hnsw"), "colbert": ("plaid",)}
@@ -27,7 +27,8 @@ INDEXES = {"dense": ("flat", "hnsw"), "colbert": ("plaid",)}
 
 @dataclass
 class RayRun:
-    """The run (query id -> {doc id: score}, the top ``depth`` of each query) and what made it."""
+    """The run (query id -> {doc id: score}, the top ``depth + 1`` of each query: one to drop if it is the query's
+    own id) and what made it."""
 
     run: dict[str, dict[str, float]]
     encoding: EncodeReport
@@ -47,12 +48,16 @@ def beir_run_on_ray(dataset: BeirDataset, spec: HeadSpec, folder: Path, shards: 
                     progress: bool | None = None) -> RayRun:
     """Encode ``dataset`` with ``spec`` on Ray into ``folder``/parts (a rerun resumes), build ``shards`` shards in
     ``folder``/index (FAISS ``index`` for dense: "flat" is exact search; PLAID with one shared codec for colbert),
-    and return the top ``depth`` documents of every query (one more than asked, as ``eval.runner`` does: a query's
-    own id is dropped when scored). Everything is kept in a subfolder of ``folder`` named after the model, its
-    settings and the texts (``run_key``), so a rerun reuses it and another model never does."""
+    and return the top ``depth + 1`` documents of every query (one more than asked, as ``eval.runner`` searches:
+    the caller keeps ``depth`` of them once a query's own id is dropped, ``eval.metrics.without_own_ids``).
+    Everything is kept in a subfolder of ``folder`` named after the model, its settings and the texts
+    (``run_key``), so a rerun reuses it and another model never does. Mistakes in the settings (the index, the
+    number of shards, the model) fail before the cluster is joined."""
     if index not in INDEXES.get(spec.kind, ()):
         raise SettingsError(f"--ray supports --index {' or '.join(INDEXES.get(spec.kind, ()))} for --kind "
                             f"{spec.kind}, not {index}")
+    check_shards(shards, len(dataset.corpus))
+    check_load(spec, address)
     cluster = connect(address)
     timings: dict[str, float] = {}
     started = time.perf_counter()

@@ -34,8 +34,8 @@ from modernretrieval.files import atomic_write
 from retrieval.encoding import CHUNK_TEXTS, Encoded, chunk_plan, part_name, read_part, saved_digest, texts_digest
 from retrieval.heads.base import Head
 
-from .cluster import connect, require_ray
-from .encode import MAX_BLOCKS, ChunkEncoder, EncodeReport, MissingPartError, ProgressStep, pool_size
+from .cluster import connect, original_map_errors, require_ray
+from .encode import MAX_BLOCKS, ChunkEncoder, EncodeReport, MissingPartError, ProgressStep, check_load, pool_size
 
 
 class BlockEncoder(ChunkEncoder):
@@ -70,6 +70,7 @@ def encode_blocks(load: Callable[[], Head], parts: Path, blocks: list, lengths: 
     Returns what ran and the digest of each chunk's texts, for ``read_plan``. The other arguments are
     ``encode_parts``'s."""
     ray = require_ray()
+    check_load(load, address)
     cluster = connect(address)
     started = time.perf_counter()
     workers, gpus_per_worker = pool_size(cluster, workers, gpus_per_worker, cpus_per_worker)
@@ -81,14 +82,15 @@ def encode_blocks(load: Callable[[], Head], parts: Path, blocks: list, lengths: 
         parts.mkdir(parents=True, exist_ok=True)
         saved = {number: digest for number in range(len(chunks))
                  if (digest := saved_digest(parts / part_name(number, is_query))) is not None}
-        sorted_rows = _sorted_by_plan(ray, blocks, [len(block) for block in lengths], chunks, chunk_texts)
+        with original_map_errors(ray):
+            sorted_rows = _sorted_by_plan(ray, blocks, [len(block) for block in lengths], chunks, chunk_texts)
         encoder = sorted_rows.map_batches(
             BlockEncoder, fn_constructor_kwargs={"load": load, "threads": max(1, int(cpus_per_worker)),
                                                  "is_query": is_query, "chunk_texts": chunk_texts, "saved": saved},
             batch_size=None, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=min(workers, len(chunks))),
             num_cpus=cpus_per_worker, num_gpus=gpus_per_worker or None)
         step = ProgressStep(progress, texts)
-        with step as advance:
+        with step as advance, original_map_errors(ray):
             for row in encoder.iter_rows():
                 number, data = int(row["number"]), row["part"]
                 digests[number] = str(row["digest"])

@@ -30,12 +30,13 @@ from typing import Any
 
 import numpy as np
 
+from modernretrieval.errors import ModernRetrievalError, SettingsError
 from modernretrieval.files import atomic_write
 from retrieval.encoding import CHUNK_TEXTS, Encoded, chunk_plan, encode_texts, part_name, saved_digest, texts_digest
 from retrieval.heads.base import Head, Kind
-from retrieval.heads.loading import load_head
+from retrieval.heads.loading import load_head, loader_for
 
-from .cluster import connect, require_ray
+from .cluster import connect, original_map_errors, require_ray, user_errors
 
 MAX_BLOCKS = 10_000  # one chunk per block (a finished chunk comes back at once) up to this many
 
@@ -57,6 +58,44 @@ class HeadSpec:
     def __call__(self) -> Head:
         return load_head(self.model, self.kind, self.max_length, self.token_embeddings, device=self.device,
                          dtype=self.dtype, pool_factor=self.pool_factor)
+
+    def check(self, model_files: bool = True) -> None:
+        """Fail here, on the driver, with one line, on what every actor would fail on: the kind, the pool factor, the
+        spelling of the device and dtype, and (``model_files``) a model that is neither a folder nor a hub id (a path
+        that does not exist, a file). Reads no weights and downloads nothing (a hub id is left to the actors)."""
+        from encoder import checkpoint
+        from retrieval.heads.precision import check
+        from retrieval.heads.token_pooling import check_pool_factor
+
+        loader_for(self.kind, self.token_embeddings)
+        if check_pool_factor(self.pool_factor) != 1 and self.kind != "colbert":
+            raise SettingsError(f"token pooling (pool factor {self.pool_factor}) applies to kind colbert only, "
+                                f"not {self.kind}")
+        check(self.device, self.dtype)
+        path = Path(self.model).expanduser()
+        if model_files and not path.is_dir() and (path.exists() or self.model.startswith((".", "/", "~"))
+                                                  or self.model.count("/") != 1):
+            checkpoint.resolve(self.model)  # not a hub id: raises its ModelLoadError, downloads nothing
+
+
+def check_load(load: Callable[[], Head], address: str | None) -> None:
+    """``load.check()`` for a ``HeadSpec`` (any other function is the caller's), before an actor starts. The model
+    folder is looked for here unless the driver is a Ray Client (``ray://``): its folders are the cluster's."""
+    if isinstance(load, HeadSpec):
+        load.check(model_files=not _ray_client(address))
+
+
+def _ray_client(address: str | None) -> bool:
+    import os
+
+    if str(address or "").startswith("ray://") or os.environ.get("RAY_ADDRESS", "").startswith("ray://"):
+        return True
+    try:
+        from ray.util.client import ray as client
+
+        return client.is_connected()
+    except ImportError:
+        return False
 
 
 @dataclass
@@ -80,14 +119,20 @@ class EncodeReport:
 
 
 class ChunkEncoder:
-    """One Ray actor: loads the head once, then encodes whole chunks through ``encode_texts``."""
+    """One Ray actor: loads the head once, then encodes whole chunks through ``encode_texts``. A user's mistake in
+    loading (a ModernRetrievalError: a folder that is no model) is raised by each chunk, as the task's error, which
+    the driver shows as one line; raised here, Ray would restart the actor or report only its traceback's text."""
 
     def __init__(self, load: Callable[[], Head], threads: int | None = None):
         if threads:
             import torch
 
             torch.set_num_threads(threads)
-        self.head = load()
+        self.error: ModernRetrievalError | None = None
+        try:
+            self.head = load()
+        except ModernRetrievalError as error:
+            self.error = error
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         """Ray Data's call: a batch of rows (number, is_query, texts), each a whole chunk."""
@@ -97,6 +142,8 @@ class ChunkEncoder:
 
     def encode_chunk(self, texts: list[str], is_query: bool) -> bytes:
         """One chunk, encoded and saved as the pipeline saves a part: the file's bytes."""
+        if self.error is not None:
+            raise self.error
         with tempfile.TemporaryDirectory() as folder:
             encode_texts(self.head, texts, is_query, chunk_texts=len(texts), parts=Path(folder))
             (part,) = Path(folder).glob("*.npz")
@@ -118,8 +165,10 @@ def encode_parts(load: Callable[[], Head], parts: Path, documents: Sequence[str]
     pool; default one per GPU when the cluster has GPUs (``gpus_per_worker`` default 1), else one per
     ``cpus_per_worker`` CPUs (torch in each actor gets that many threads). ``progress``: a tqdm bar of texts written
     (None: on a terminal only), or a function called with the number of texts of each part written. ``address``:
-    the cluster to join when Ray is not initialized yet ("local": start one here)."""
+    the cluster to join when Ray is not initialized yet ("local": start one here). A mistake in ``load`` (a
+    ``HeadSpec``) fails before the cluster is joined; one raised in an actor comes out as itself (``user_errors``)."""
     ray = require_ray()
+    check_load(load, address)
     cluster = connect(address)
     started = time.perf_counter()
     workers, gpus_per_worker = pool_size(cluster, workers, gpus_per_worker, cpus_per_worker)
@@ -139,7 +188,7 @@ def encode_parts(load: Callable[[], Head], parts: Path, documents: Sequence[str]
             num_cpus=cpus_per_worker, num_gpus=gpus_per_worker or None)
         # Ray Data's actor pools restart a dead actor and retry its chunk (max_restarts = max_task_retries = -1)
         sizes = {(row["number"], row["is_query"]): len(row["texts"]) for row in rows}
-        with ProgressStep(progress, sum(sizes.values())) as advance:
+        with ProgressStep(progress, sum(sizes.values())) as advance, original_map_errors(ray):
             for row in dataset.iter_rows():
                 number, is_query = int(row["number"]), bool(row["is_query"])
                 data = row["part"]
@@ -168,6 +217,7 @@ class RayEncoder:
     def __init__(self, load: Callable[[], Head], workers: int | None = None, gpus_per_worker: float | None = None,
                  cpus_per_worker: float = 1, chunk_texts: int = CHUNK_TEXTS, address: str | None = "local"):
         self.ray = require_ray()
+        check_load(load, address)
         cluster = connect(address)
         self.workers, gpus = pool_size(cluster, workers, gpus_per_worker, cpus_per_worker)
         self.gpus_per_worker, self.cpus_per_worker, self.chunk_texts = gpus, cpus_per_worker, chunk_texts
@@ -180,7 +230,7 @@ class RayEncoder:
 
         chunks = plan(texts, is_query, self.chunk_texts)
         pool = ActorPool(self.actors)
-        with tempfile.TemporaryDirectory() as folder:
+        with tempfile.TemporaryDirectory() as folder, user_errors():
             for number, data in enumerate(pool.map(lambda actor, chunk: actor.encode_chunk.remote(chunk, is_query),
                                                    chunks)):
                 (Path(folder) / part_name(number, is_query)).write_bytes(data)
@@ -204,8 +254,8 @@ def read_parts(parts: Path, texts: Sequence[str], is_query: bool, chunk_texts: i
     return encode_texts(_Refuser(), texts, is_query, chunk_texts=chunk_texts, parts=parts)
 
 
-class MissingPartError(RuntimeError):
-    """A chunk is not in the parts folder (its encoding did not finish)."""
+class MissingPartError(ModernRetrievalError, RuntimeError):
+    """A chunk is not in the parts folder (its encoding did not finish): one line, the step to run again."""
 
 
 class _Refuser:

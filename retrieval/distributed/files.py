@@ -4,7 +4,8 @@ Ray: what ``mret embed --ray`` runs (``embed_corpus(spec, read_corpus(inputs), p
 What is read where. The files are read by Ray Data tasks (``ray.data.read_parquet`` / ``ray.data.read_json``), so
 they may live on any filesystem pyarrow reaches (a local folder, ``s3://``, ``gs://``, ``hdfs://``...), and only the
 columns used are read: ``text`` (required), ``title`` (optional: joined before the text as ``mret embed`` joins a
-.jsonl's title, so the vectors are those of single-process ``mret embed``) and ``id`` (optional: returned in input
+.jsonl's title; with or without it the text's edges are stripped as ``mret embed`` strips them, so the vectors are
+those of single-process ``mret embed``) and ``id`` (optional: returned in input
 order so that the caller can write them beside the vectors). Input order is the order of the files as given
 (a folder's files sorted by name, a glob's matches sorted) and of the rows within each file; Ray Data keeps it
 (``preserve_order``) in the order of the materialized blocks. JSON lines are read by pyarrow's reader (a file at a time), which
@@ -41,7 +42,7 @@ from retrieval.encoding import CHUNK_TEXTS, Encoded, chunk_plan, part_name, save
 
 from .blocks import encode_blocks, iter_plan, read_plan
 from .cluster import connect, require_ray
-from .encode import EncodeReport, HeadSpec
+from .encode import EncodeReport, HeadSpec, check_load
 
 FORMATS = {".parquet": "parquet", ".jsonl": "json"}
 SETTINGS_FILE = "parts.json"
@@ -89,11 +90,13 @@ class FilesRun:
 
 def corpus_files(inputs: Sequence[str | Path]) -> tuple[str, list[str]]:
     """The format ("parquet" or "json") and the files of ``inputs``: files, folders (their .parquet/.jsonl files,
-    sorted) or globs (sorted); a URI (``s3://...``) is passed to Ray as it is. One format for all of them."""
+    sorted) or globs (sorted); a URI (``s3://...``) of a file or a glob is passed to Ray as it is, one of a folder
+    is listed (``uri_folder``). One format for all of them."""
     paths: list[str] = []
     for item in map(str, inputs):
         if "://" in item:
-            paths.append(item)
+            path = item.split("?")[0]
+            paths += [item] if Path(path).suffix in FORMATS or glob.has_magic(path) else uri_folder(item)
         elif glob.has_magic(item):
             matches = sorted(glob.glob(item, recursive=True))
             if not matches:
@@ -115,6 +118,28 @@ def corpus_files(inputs: Sequence[str | Path]) -> tuple[str, list[str]]:
                                f"{', '.join(sorted(s or '(no suffix)' for s in suffixes))}"
                                + (" (a .txt is read without --ray)" if ".txt" in suffixes else ""))
     return FORMATS[suffixes.pop()], paths
+
+
+def uri_folder(uri: str) -> list[str]:
+    """The URIs of the .parquet/.jsonl files in the folder ``uri`` names (``s3://bucket/corpus/``,
+    ``file:///data/corpus``: any filesystem pyarrow reaches), sorted by name; a URI of a single file, as it is."""
+    import pyarrow.fs as pafs
+
+    base, sep, query = uri.partition("?")
+    try:
+        filesystem, root = pafs.FileSystem.from_uri(uri)
+        info = filesystem.get_file_info(root)
+        files = (filesystem.get_file_info(pafs.FileSelector(root)) if info.type == pafs.FileType.Directory else [])
+    except (OSError, ValueError) as error:  # no such scheme, unreachable, no credentials
+        raise CorpusFilesError(f"cannot list {uri}: {_first_line(error)}") from None
+    if info.type == pafs.FileType.File:
+        return [uri]
+    if info.type != pafs.FileType.Directory:
+        raise CorpusFilesError(f"{uri} does not exist")
+    names = sorted(f.base_name for f in files if f.type == pafs.FileType.File and Path(f.base_name).suffix in FORMATS)
+    if not names:
+        raise CorpusFilesError(f"{uri} holds no .parquet or .jsonl file")
+    return [f"{base.rstrip('/')}/{name}{sep}{query}" for name in names]
 
 
 def read_corpus(inputs: Sequence[str | Path]) -> Corpus:
@@ -166,7 +191,9 @@ def embed_corpus(spec: HeadSpec, corpus: Corpus, parts: Path, is_query: bool = F
                  chunk_texts: int = CHUNK_TEXTS, workers: int | None = None,
                  progress: bool | Callable[[int], object] | None = None, address: str | None = "local") -> FilesRun:
     """Encode ``corpus`` through ``encode_blocks`` into ``parts`` (a rerun resumes; a folder of other settings
-    raises CorpusFilesError) and return the rows in input order."""
+    raises CorpusFilesError) and return the rows in input order. A mistake in ``spec`` fails before anything is
+    written."""
+    check_load(spec, address)
     claim_parts(parts, {**asdict(spec), "query": is_query, "chunk_texts": chunk_texts})
     report, digests = encode_blocks(spec, parts, corpus.blocks, corpus.lengths, is_query, chunk_texts=chunk_texts,
                                     workers=workers, progress=progress, address=address)
@@ -189,12 +216,32 @@ def write_output(run: FilesRun, output: Path, kind: str) -> tuple[int, ...]:
     if kind == "dense":
         atomic_write(output, lambda f: shape.append(_write_rows(f, run.chunks(), where)))
     else:
-        with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.") as folder:
+        sweep_temporary(output)  # what a killed run left: as large as the output
+        with tempfile.TemporaryDirectory(dir=output.parent, prefix=temporary_prefix(output)) as folder:
             embeddings = Path(folder) / "embeddings.npy"
             with open(embeddings, "wb") as f:
                 shape.append(_write_rows(f, run.chunks(), where))
             atomic_write(output, lambda f: _zip_packed(f, embeddings, where))
     return shape[0]
+
+
+def temporary_prefix(output: Path) -> str:
+    """The name ``write_output``'s temporary folder beside ``output`` starts with (a colbert output's embeddings,
+    written there before they are zipped: the output needs about twice its size free in its folder while it is
+    written, besides the parts)."""
+    return f".{output.name}."
+
+
+def sweep_temporary(output: Path) -> list[Path]:
+    """Remove the temporary folders an earlier ``write_output`` of ``output`` left when it was killed; returns them.
+    (Two runs writing the same output at once are not supported: the second would remove the first's.)"""
+    import shutil
+
+    # folders only: atomic_write's temporary files (.NAME.PID.HEX.tmp) are its own
+    stale = [p for p in output.parent.glob(f"{glob.escape(temporary_prefix(output))}*") if p.is_dir()]
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+    return stale
 
 
 def _write_rows(f: BinaryIO, chunks: Iterator, where: np.ndarray) -> tuple[int, ...]:
@@ -245,8 +292,9 @@ def _has_text(columns: list[str], where: str) -> None:
 
 
 def _prepare(batch, where: str):
-    """A batch as the corpus keeps it (run by Ray Data's tasks): ``text`` with the title joined as ``mret embed``
-    joins a .jsonl's (missing texts stay null: the driver names their rows), and ``id`` when there is one."""
+    """A batch as the corpus keeps it (run by Ray Data's tasks): ``text`` as ``mret embed`` reads a .jsonl's
+    (``retrieval.cli.embed.read_texts``: the title, if any, joined before it, and the edges stripped, with or without
+    a title; missing texts stay null: the driver names their rows), and ``id`` when there is one."""
     import pyarrow as pa
 
     _has_text(batch.column_names, where)
@@ -254,9 +302,9 @@ def _prepare(batch, where: str):
     if not (pa.types.is_string(text.type) or pa.types.is_large_string(text.type) or pa.types.is_null(text.type)):
         raise CorpusFilesError(f'{where}: the "text" column holds {text.type}, not strings')
     values = text.to_pylist()
-    if "title" in batch.column_names:
-        values = [value if value is None else (str(title or "") + " " + value).strip()
-                  for title, value in zip(batch.column("title").to_pylist(), values)]
+    titles = batch.column("title").to_pylist() if "title" in batch.column_names else [None] * len(values)
+    values = [value if value is None else (str(title or "") + " " + value).strip()  # read_texts' own expression
+              for title, value in zip(titles, values)]
     columns = {"text": pa.array(values, pa.large_string())}
     if "id" in batch.column_names:
         columns["id"] = batch.column("id")

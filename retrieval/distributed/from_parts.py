@@ -28,15 +28,16 @@ from indexes.sharded import (
     codec_settings,
     read_manifest,
     shard_name,
+    start_build,
     train_shared_codec,
     write_manifest,
 )
 from indexes.state import Batch
-from modernretrieval.errors import SettingsError
 from retrieval.encoding import CHUNK_TEXTS, chunk_plan, part_name, read_part, saved_row_lengths
 
-from .cluster import connect, require_ray
+from .cluster import connect, require_ray, user_errors
 from .encode import MissingPartError
+from .shards import check_shards
 
 CODEC_SAMPLE_FACTOR = 2  # the codec is trained on about this many times its sample_tokens, read from random parts
 
@@ -69,8 +70,7 @@ def shard_parts(parts: Path, ids: Sequence[str], lengths: Sequence[int], n_shard
     """What each of ``n_shards`` shards reads (see the module docstring). ``ids`` and ``lengths`` (the texts'
     lengths in characters) are in input order, as the texts were encoded."""
     chunks = chunk_plan(lengths, chunk_texts)
-    if not 1 <= n_shards <= len(ids):
-        raise SettingsError(f"--shards {n_shards} for {len(ids)} documents: between 1 and one per document")
+    check_shards(n_shards, len(ids))
     pieces: list[list[tuple[int, tuple[int, ...], tuple[str, ...]]]] = [[] for _ in range(n_shards)]
     rank = 0
     for number, chunk in enumerate(chunks):
@@ -92,7 +92,8 @@ def build_sharded_from_parts(path: str | Path, backend: str, parts: Path, ids: S
     """Build the sharded index of the documents ``encode_parts`` encoded into ``parts`` (``ids`` and the texts'
     ``lengths``, in input order, give its plan) with one Ray task per shard, in parallel; returns the manifest.
     For PLAID the shared codec is trained here, on the driver, from random parts (about ``CODEC_SAMPLE_FACTOR``
-    times its ``sample_tokens``), sized for every token. A rerun keeps the shards already complete."""
+    times its ``sample_tokens``), sized for every token. A rerun keeps the shards already complete; an earlier
+    manifest is removed first (``start_build``) and the new one written once every shard is."""
     ray = require_ray()
     connect(address)
     path = Path(path)
@@ -100,9 +101,11 @@ def build_sharded_from_parts(path: str | Path, backend: str, parts: Path, ids: S
     codec, codec_tokens = None, 0
     if backend == "plaid":
         codec, codec_tokens = _shared_codec(parts, len(chunk_plan(lengths, chunk_texts)), settings)
+    start_build(path, backend, [shard.ids() for shard in shards], codec)
     task = ray.remote(num_cpus=cpus_per_task, max_retries=3)(_build_shard)
-    sizes = ray.get([task.remote(str(path / shard_name(i)), backend, shard, codec, codec_tokens, **settings)
-                     for i, shard in enumerate(shards)])
+    with user_errors():
+        sizes = ray.get([task.remote(str(path / shard_name(i)), backend, shard, codec, codec_tokens, **settings)
+                         for i, shard in enumerate(shards)])
     write_manifest(path, backend, sizes)
     return read_manifest(path)
 

@@ -63,3 +63,48 @@ def test_eval_on_ray_scores_what_the_single_node_runner_scores(ray_cluster, mode
     wrong = CliRunner().invoke(build_app(), [str(a) for a in common] + ["--ray", "local", "--mode", "hybrid"])
     assert wrong.exit_code == 2 and "error:" in wrong.output and "--ray runs --mode semantic" in wrong.output
     assert "Traceback" not in wrong.output
+
+
+def trec_rows(path) -> list[tuple[str, str, int, float]]:
+    """run.trec's rows as (query, document, rank, score); the tag (last column) names the runner."""
+    rows = [line.split() for line in path.read_text().splitlines()]
+    return [(q, d, int(rank), float(score)) for q, _, d, rank, score, _ in rows]
+
+
+def test_eval_on_ray_keeps_depth_documents_without_own_ids_as_the_single_node_runner(ray_cluster, model, tmp_path):
+    """More documents than --depth, and queries whose ids are documents of the corpus (as in Quora, ArguAna): the
+    Ray run keeps the top --depth once a query's own id is dropped, as the single-node runner does, so MAP (which
+    counts every document of the run) and run.trec are the same. With keep_own_ids (``mret eval --keep-own-ids``,
+    which the command line still refuses with --ray) ``ray_eval`` keeps them as the single node does."""
+    from eval.datasets.beir import load_beir, write_beir
+    from eval.runner import EvalSettings
+    from retrieval.cli.distributed import ray_eval
+
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda".split()
+    corpus = {f"d{i}": {"title": "", "text": " ".join(words[(i + j) % len(words)] for j in range(3 + i % 5))}
+              for i in range(40)}
+    queries = {**{f"q{i}": " ".join(words[i % len(words): i % len(words) + 2]) for i in range(8)},
+               **{f"d{i}": corpus[f"d{i}"]["text"] for i in (2, 7, 19, 30)}}  # own id: the best match
+    qrels = {q: {f"d{(3 * i) % 40}": 1, f"d{(7 * i + 5) % 40}": 1} for i, q in enumerate(queries)}
+    qrels["d7"]["d7"] = 1  # judged on its own id: scored with keep_own_ids only
+    write_beir(tmp_path / "data", corpus, queries, {"test": qrels})
+    common = ["eval", "folder", "--dataset", tmp_path / "data", "--model", model, "--cache-dir", tmp_path / "cache",
+              "--device", "cpu", "--depth", "10"]
+    for keep in (False, True):
+        name = "keep" if keep else "drop"
+        mret(*common, *(["--keep-own-ids"] if keep else []), "--output", tmp_path / f"single-{name}")
+        if keep:
+            settings = EvalSettings(str(model), "dense", "flat", depth=10, device="cpu", keep_own_ids=True)
+            ray_eval(load_beir(tmp_path / "data"), settings, tmp_path / "ray-keep", tmp_path / "cache", "local", 2)
+        else:
+            mret(*common, "--output", tmp_path / "ray-drop", "--ray", "local", "--shards", "2")
+        single = json.loads((tmp_path / f"single-{name}" / "metrics.json").read_text())
+        ray = json.loads((tmp_path / f"ray-{name}" / "metrics.json").read_text())
+        for key in ("ndcg@10", "recall@100", "mrr@10", "map"):
+            assert ray[key] == pytest.approx(single[key], abs=1e-9), (name, key)
+        want, got = trec_rows(tmp_path / f"single-{name}" / "run.trec"), trec_rows(tmp_path / f"ray-{name}" / "run.trec")
+        assert [row[:3] for row in got] == [row[:3] for row in want], name
+        assert all(abs(a[3] - b[3]) <= 1e-5 for a, b in zip(got, want))
+        assert {q: sum(row[0] == q for row in got) for q in queries} == dict.fromkeys(queries, 10)
+        own = {(q, d) for q, d, _, _ in got if q == d}
+        assert own == ({(q, q) for q in ("d2", "d7", "d19", "d30")} if keep else set()), name

@@ -122,7 +122,6 @@ def test_an_interrupted_index_build_is_rebuilt(subset, dense_runs, minilm_folder
     ("ok", ["folder", "--nbits", "3"], "--nbits must be 1, 2 or 4"),
     ("ok", ["folder", "--max-length", "100000"], "--max-length must be between 8 and 512"),
     ("ok", ["folder", "--model", "/nonexistent/model"], "error:"),
-    ("ok", ["folder", "--keep-own-ids", "--ray", "local"], "--keep-own-ids is not available with --ray"),
 ])
 def test_mistakes_end_in_one_clear_line(tmp_path, minilm_folder, setup, args, message):
     folder = tmp_path / "data"
