@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import typer
@@ -17,13 +18,19 @@ DTYPE_HELP = ("auto (bfloat16 on CUDA; on a CPU the faster of float32 and bfloat
 
 def read_texts(path: Path) -> list[str]:
     """A .txt file (one text per line) or .jsonl (a JSON string per line, or an object with "text" and
-    optionally "title", joined as BEIR does)."""
+    optionally "title", joined as BEIR does), UTF-8 with or without a byte order mark."""
     if not path.exists():
         fail(f"{path} does not exist")
+    if path.is_dir():
+        fail(f"{path} is a folder; the input must be a .txt or .jsonl file (a folder is read with --ray)")
     if path.suffix not in (".txt", ".jsonl"):
         fail(f"{path}: the input must be .txt (one text per line) or .jsonl")
     try:
-        content = path.read_bytes().decode("utf-8")
+        data = path.read_bytes()
+    except OSError as error:
+        fail(f"{path}: cannot be read ({error.strerror or error})")
+    try:
+        content = data.decode("utf-8-sig")  # a BOM (Windows editors write one) is not part of the first text
     except UnicodeDecodeError as error:
         fail(f"{path}: not UTF-8 (byte {error.start})")
     # lines end at \n (and \r\n) only: str.splitlines() would also cut at form feeds and Unicode line separators
@@ -78,6 +85,7 @@ def embed_command(
     expected = ".npy" if kind.value == "dense" else ".npz"
     if output.suffix != expected:
         fail(f"--kind {kind.value} writes {expected}; got {output}")
+    check_output(output)
     if ray is not None:
         return embed_on_ray(model, input, output, kind.value, query, device, dtype, ray, workers)
     if workers is not None:
@@ -87,9 +95,30 @@ def embed_command(
     texts = read_texts(Path(input[0]))
     from retrieval.heads import load_head
 
-    head = load_head(model, kind.value, device=device, dtype=dtype)
+    # the vectors are written as the model makes them (a "dot" model's are not normalized): nothing to warn about
+    head = load_head(model, kind.value, device=device, dtype=dtype, warn_similarity=False)
     vectors = (head.encode_queries if query else head.encode_documents)(texts, show_progress=True)
     write_vectors(output, kind.value, vectors)
+
+
+def check_output(output: Path) -> None:
+    """Before any model is loaded: one line when ``output`` cannot be written (it is a folder, a file stands where a
+    folder of its path should be, or the folder is not writable). Missing folders are made when it is written; an
+    existing file is replaced (``wrote`` then says so)."""
+    if output.is_dir():
+        fail(f"--output {output} is a folder; give the path of the file to write")
+    existing = output.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        fail(f"--output {output}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        fail(f"--output {output}: the folder {existing} is not writable")
+
+
+def _replacing(output: Path) -> str:
+    """What ``wrote`` adds when the file was there before."""
+    return " (replaced the file that was there)" if output.exists() else ""
 
 
 def embed_on_ray(model: str, inputs: list[str], output: Path, kind: str, query: bool, device: str, dtype: str,
@@ -127,8 +156,9 @@ def embed_on_ray(model: str, inputs: list[str], output: Path, kind: str, query: 
     else:
         ids_path(output).unlink(missing_ok=True)  # an earlier run's ids would not be these rows'
     output.parent.mkdir(parents=True, exist_ok=True)
+    replaced = _replacing(output)
     shape = write_output(run, output, kind)
-    err.print(f"wrote {output}: {corpus.size} texts, array {shape}", highlight=False)
+    err.print(f"wrote {output}{replaced}: {corpus.size} texts, array {shape}", highlight=False)
     shutil.rmtree(parts)
     if run.ids is not None:
         err.print(f"wrote {ids_path(output)}: the id of each row", highlight=False)
@@ -157,6 +187,7 @@ def write_vectors(output: Path, kind: str, vectors) -> None:
     from retrieval.heads.colbert import pack_arrays
 
     output.parent.mkdir(parents=True, exist_ok=True)
+    replaced = _replacing(output)
     if kind == "dense":
         array = np.stack(vectors) if isinstance(vectors, list) else vectors
         atomic_write(output, lambda f: np.save(f, array))
@@ -165,4 +196,4 @@ def write_vectors(output: Path, kind: str, vectors) -> None:
         embeddings, offsets = pack_arrays(vectors)
         atomic_write(output, lambda f: np.savez(f, embeddings=embeddings, offsets=offsets))
         shape = embeddings.shape
-    err.print(f"wrote {output}: {len(vectors)} texts, array {shape}", highlight=False)
+    err.print(f"wrote {output}{replaced}: {len(vectors)} texts, array {shape}", highlight=False)

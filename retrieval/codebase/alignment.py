@@ -80,7 +80,7 @@ def token_lines(head: ColBERT, text: str, first_line: int = 1) -> np.ndarray | N
     encoding = backend.encode(body, add_special_tokens=True)
     ids, offsets, sequence = list(encoding.ids), list(encoding.offsets), list(encoding.sequence_ids)
     prefix = head.document_prefix_id
-    limit = min(head.document_length - (prefix is not None), head.tokenizer.model_max_length)
+    limit = head.document_length - (prefix is not None)  # the head's length is used as given (encoder.tokenizer)
     if len(ids) > limit:  # as encoder.tokenizer._truncated: the text's last tokens go, the special ones stay
         start = sequence.index(0)
         end = len(sequence) - sequence[::-1].index(0)

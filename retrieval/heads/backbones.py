@@ -6,20 +6,25 @@ that a head's ``parameters()``, ``train()`` and ``to()`` reach it."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 import encoder
-from encoder.packing import batches_by_token_budget, pack
+from encoder.packing import batches_by_token_budget, pack, split
+from encoder.pretrained import CPU_BATCH_TOKENS, CUDA_BATCH_TOKENS, progress
 from encoder.tokenizer import Tokenizer
 from modernretrieval.errors import SettingsError
 
 from .precision import is_int8, quantize_linears, release_checkpoint
 from .tracing import TracedForward
+
+# what ``map_batches`` applies to each batch: (the batch's input positions, their token states) -> one result each
+Reduce = Callable[[list[int], list[torch.Tensor]], Sequence[Any]]
 
 
 class ModernBertBackbone(nn.Module):
@@ -34,6 +39,25 @@ class ModernBertBackbone(nn.Module):
                      key_lengths: Sequence[int] | None = None) -> list[torch.Tensor]:
         """Per-text token states; with ``key_lengths``, only the first key_lengths[i] tokens are attended to."""
         return self.model.embed_token_ids(token_ids, show_progress=show_progress, key_lengths=key_lengths)
+
+    @torch.inference_mode()
+    def map_batches(self, token_ids: Sequence[Sequence[int]], reduce: Reduce, show_progress: bool | None = None,
+                    key_lengths: Sequence[int] | None = None) -> list[Any]:
+        """``reduce`` applied to each batch's token states as soon as the batch is run, results in input order: the
+        batches and states of ``token_states`` (``Encoder.embed_token_ids``), but only one batch's states alive at a
+        time, so that a head that pools or projects holds one batch of hidden states plus its outputs, not every
+        token's state of every text."""
+        model = self.model
+        budget = CUDA_BATCH_TOKENS if model.device.type == "cuda" else CPU_BATCH_TOKENS
+        batches = batches_by_token_budget([len(ids) for ids in token_ids], budget)
+        out: list[Any] = [None] * len(token_ids)
+        for batch in progress(batches, show_progress, total_tokens=sum(map(len, token_ids))):
+            input_ids, cu_seqlens = pack([token_ids[i] for i in batch], model.device)
+            keys = None if key_lengths is None else [key_lengths[i] for i in batch]
+            results = reduce(batch, split(model(input_ids, cu_seqlens, keys), cu_seqlens))  # states: gone after
+            for i, result in zip(batch, results, strict=True):
+                out[i] = result
+        return out
 
     def forward_states(self, token_ids: Sequence[Sequence[int]],
                        key_lengths: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,6 +87,10 @@ class TransformersBackbone(nn.Module):
             raise encoder.ModelLoadError(
                 f"{folder} is not a ModernBERT model; other architectures need transformers: "
                 "pip install 'modernretrieval[hf]'") from None
+        if not (folder / "tokenizer.json").exists():
+            raise encoder.ModelLoadError(
+                f"{folder} has no tokenizer.json (only fast tokenizers are read: save the tokenizer with "
+                "transformers' AutoTokenizer.from_pretrained(folder).save_pretrained(folder) to write one)")
         self.folder = folder
         self.model = AutoModel.from_pretrained(folder, dtype=dtype).to(device).eval()
         self.tokenizer = Tokenizer.from_folder(folder)
@@ -88,6 +116,20 @@ class TransformersBackbone(nn.Module):
             for row, i in enumerate(batch):
                 out[i] = states[row, : len(token_ids[i])]
         return out  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def map_batches(self, token_ids: Sequence[Sequence[int]], reduce: Reduce, show_progress: bool | None = None,
+                    key_lengths: Sequence[int] | None = None, batch_tokens: int = 8192) -> list[Any]:
+        """As ModernBertBackbone.map_batches, over ``token_states``'s padded batches."""
+        out: list[Any] = [None] * len(token_ids)
+        for batch in batches_by_token_budget([len(ids) for ids in token_ids], batch_tokens, max_sequences=256):
+            states = self._padded([token_ids[i] for i in batch], None if key_lengths is None else
+                                  [key_lengths[i] for i in batch])
+            results = reduce(batch, [states[row, : len(token_ids[i])] for row, i in enumerate(batch)])
+            del states  # (before the next batch runs)
+            for i, result in zip(batch, results, strict=True):
+                out[i] = result
+        return out
 
     def forward_states(self, token_ids: Sequence[Sequence[int]],
                        key_lengths: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:

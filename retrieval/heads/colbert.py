@@ -7,6 +7,10 @@ colbert-ai does not strip, but their BERT tokenizer drops edge whitespace itself
 Queries: "[Q]" token after [CLS], truncated to query_length, then expanded with [MASK] up to query_length; the
 [MASK]s read the query but are not read (attend_to_expansion_tokens=False), and their vectors are kept.
 Documents: "[D]" after [CLS], truncated to document_length, and the tokens of the skiplist (punctuation) dropped.
+As PyLate, the text is cut at the length minus one and the marker inserted after, so that query_length and
+document_length count the marker; an empty prefix ("query_prefix": "") inserts none and cuts at the length itself.
+Both lengths must fit the backbone's positions (512 for BERT, 8192 for ModernBERT): a longer one is refused when the
+head is made (from the folder's settings: ModelLoadError; from an argument: SettingsError), not clamped.
 Output: one (n_tokens, dim) float32 array per text, never padded.
 
 ``ColBERT.from_token_embeddings`` runs any encoder's own token states as a multi-vector model (no projection, no
@@ -31,6 +35,7 @@ from encoder import checkpoint
 from encoder.errors import ModelLoadError
 from encoder.pretrained import check_dtype
 from encoder.tokenizer import Tokenizer, check_texts
+from modernretrieval.errors import SettingsError
 
 from ..scoring import maxsim, maxsim_scores
 from .backbones import load_backbone
@@ -58,6 +63,12 @@ class ColBERT(nn.Module):
         tokenizer = self.backbone.tokenizer
         self.query_length = query_length or settings.get("query_length") or 32
         self.document_length = document_length or settings.get("document_length") or 180
+        for name, given, length in (("query_length", query_length, self.query_length),
+                                    ("document_length", document_length, self.document_length)):
+            if length > self.backbone.max_length:
+                why = (f"{name} {length} is above the backbone's {self.backbone.max_length} positions (the length "
+                       "counts every token, [CLS], [SEP] and the marker included)")
+                raise SettingsError(why) if given else ModelLoadError(f"{spec.transformer}: {why}")
         self.attend_to_expansion = bool(settings.get("attend_to_expansion_tokens", False))
         self.query_expansion = bool(settings.get("do_query_expansion", True))
         # None: no marker token is inserted (from_token_embeddings)
@@ -72,7 +83,8 @@ class ColBERT(nn.Module):
         self.eval()
 
     def _prefix_id(self, prefix: str | None) -> int | None:
-        if prefix is None:
+        """None for no marker: a model made by from_token_embeddings, or an empty prefix (PyLate inserts none)."""
+        if not prefix:
             return None
         token_id = self.backbone.tokenizer.backend.token_to_id(prefix.strip()) or self.backbone.tokenizer.backend.token_to_id(prefix)
         if token_id is None:
@@ -108,7 +120,8 @@ class ColBERT(nn.Module):
         check_dtype(device, dtype)
         folder = checkpoint.resolve(name_or_path, revision, extra_files=["*.json", "*/*.json", "*/*.safetensors"])
         spec = STFolder.read(folder) if (folder / "modules.json").exists() else STFolder(transformer=folder)
-        limit = spec.max_seq_length or checkpoint.read_config(spec.transformer).get("max_position_embeddings", 512)
+        positions = checkpoint.read_config(spec.transformer).get("max_position_embeddings", 512)
+        limit = min(spec.max_seq_length or positions, positions)
         settings = {"query_prefix": None, "document_prefix": None, "query_length": limit, "document_length": limit,
                     "do_query_expansion": False, "skiplist_words": []}
         spec = replace(spec, pooling=None, dense=[], normalize=None, settings=settings)
@@ -232,10 +245,16 @@ class ColBERT(nn.Module):
         return [self._kept(vectors[a:b], row, is_query) for row, a, b in zip(token_ids, bounds, bounds[1:])]
 
     def _encode(self, texts: Sequence[str], is_query: bool, show_progress: bool | None) -> list[np.ndarray]:
+        """Each batch of the backbone is projected as soon as it is run and its vectors moved to the CPU: what is
+        held is one batch's token states and the output, whatever the number of texts."""
         token_ids = self.tokenize(texts, is_query)
-        states = self.backbone.token_states(token_ids, show_progress, key_lengths=self._key_lengths(token_ids, is_query))
-        with torch.inference_mode():
-            vectors = [self._kept(self._project(s), row, is_query).numpy() for s, row in zip(states, token_ids)]
+
+        def vectors_of(batch: list[int], states: list[torch.Tensor]) -> list[np.ndarray]:
+            return [self._kept(self._project(s), token_ids[i], is_query).float().cpu().numpy()
+                    for i, s in zip(batch, states)]
+
+        vectors = self.backbone.map_batches(token_ids, vectors_of, show_progress,
+                                            key_lengths=self._key_lengths(token_ids, is_query))
         return vectors if is_query else pool_documents(vectors, self.pool_factor)
 
     def encode_queries(self, texts: Sequence[str], show_progress: bool | None = None) -> list[np.ndarray]:
@@ -251,8 +270,10 @@ class ColBERT(nn.Module):
         """The PyLate folder layout (Transformer + 1_Dense), loadable by PyLate and sentence-transformers.
 
         A model without marker tokens or projection (``from_token_embeddings``) is refused: PyLate would load that
-        folder with [Q]/[D] inserted and a new random projection, i.e. silently as a different model."""
-        if self.query_prefix_id is None or self.document_prefix_id is None or not self.dense:
+        folder with [Q]/[D] inserted and a new random projection, i.e. silently as a different model. A PyLate model
+        whose prefix is empty (no marker) is saved so, with ``""``."""
+        if not self.dense or any(i is None and self.spec.settings.get(name) != "" for i, name in (
+                (self.query_prefix_id, "query_prefix"), (self.document_prefix_id, "document_prefix"))):
             raise ValueError(
                 "this model has no [Q]/[D] marker tokens or no projection (made by from_token_embeddings?), which "
                 "the PyLate layout cannot express: PyLate would load it as a different model. Load it again from its "

@@ -71,9 +71,16 @@ class STFolder:
         if not modules_file.exists():
             raise ModelLoadError(f"{folder} has no modules.json; it is not a sentence-transformers model folder")
         spec = cls(transformer=folder)
-        for module in json.loads(modules_file.read_text()):
-            kind = module["type"].rsplit(".", 1)[-1]
+        modules = json.loads(modules_file.read_text())
+        kinds = [module["type"].rsplit(".", 1)[-1] for module in modules]
+        for module, kind in zip(modules, kinds):
+            if kind not in ORDER:
+                raise ModelLoadError(f"module {module['type']} in {modules_file} is not supported")
+        _check_order(kinds, modules_file)
+        for module, kind in zip(modules, kinds):
             path = folder / module.get("path", "")
+            if kind in ("Pooling", "Dense") and not path.is_dir():
+                raise ModelLoadError(f"{modules_file} names the {kind} module's folder {path}, which does not exist")
             if kind == "Transformer":
                 spec.transformer = path
                 spec.max_seq_length, spec.do_lower_case = _transformer_settings(path)
@@ -81,14 +88,43 @@ class STFolder:
                 spec.pooling = Pooling.load(path)
             elif kind == "Dense":
                 spec.dense.append(dense.load(path))
-            elif kind == "Normalize":
-                spec.normalize = Normalize.load(path)
             else:
-                raise ModelLoadError(f"module {module['type']} in {modules_file} is not supported")
+                spec.normalize = Normalize.load(path)
+        _check_inputs(spec, modules_file)
         settings = folder / "config_sentence_transformers.json"
         if settings.exists():
             spec.settings = json.loads(settings.read_text())
         return spec
+
+
+# the modules a head runs, in the one order it runs them: Transformer, Pooling (dense heads), Dense..., Normalize
+ORDER = {"Transformer": 0, "Pooling": 1, "Dense": 2, "Normalize": 3}
+
+
+def _check_order(kinds: list[str], modules_file: Path) -> None:
+    """Refuse a module order the heads cannot reproduce (a Dense after Normalize, Pooling after Dense, two Pooling or
+    Normalize modules...): the model would run in another order than sentence-transformers runs it."""
+    ranks = [ORDER[kind] for kind in kinds]
+    once = [kind for kind in ("Transformer", "Pooling", "Normalize") if kinds.count(kind) > 1]
+    if not kinds or kinds[0] != "Transformer" or once or ranks != sorted(ranks):
+        raise ModelLoadError(
+            f"{modules_file} runs {' -> '.join(kinds) or 'no module'}; only Transformer -> Pooling -> Dense... -> "
+            "Normalize (each optional but the Transformer, Dense repeatable) can be run here, in that order")
+
+
+def _check_inputs(spec: "STFolder", modules_file: Path) -> None:
+    """Dense and Normalize modules must work on what the head feeds them: the pooled vector in a model with Pooling
+    ("sentence_embedding"), the token vectors in one without ("token_embeddings", ColBERT). sentence-transformers
+    6.x lets a module read and write another entry of its features (``module_input_name``/``module_output_name``)."""
+    wanted = "sentence_embedding" if spec.pooling is not None else "token_embeddings"
+    for layer in [*spec.dense, *([spec.normalize] if spec.normalize is not None else [])]:
+        names = {layer.input_name, getattr(layer, "output_name", layer.input_name)} - {None}
+        if spec.pooling is None and isinstance(layer, Normalize):
+            continue  # (ColBERT normalizes every token itself)
+        if names and names != {wanted}:
+            raise ModelLoadError(
+                f"{modules_file}: its {type(layer).__name__} module works on {' -> '.join(sorted(names))}, "
+                f"not on {wanted}: this head cannot run it where sentence-transformers does")
 
 
 def _transformer_settings(path: Path) -> tuple[int | None, bool]:

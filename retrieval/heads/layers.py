@@ -7,7 +7,9 @@ backbone's files plus one numbered folder per module (see ``formats``).
   (total, hidden) tensor, text i at cu_seqlens[i]:cu_seqlens[i+1]), so pooling is segment arithmetic: no padding,
   and differentiable for training.
 - ``Dense``: Linear then an activation; ``PyLateDense`` is the same layer in PyLate's spelling (ColBERT's
-  projection).
+  projection). A config without ``activation_function`` means Tanh, sentence-transformers' default (Identity for
+  PyLate's Dense, PyLate's default); a path that is not a ``torch.nn`` Module class is refused (ModelLoadError), where
+  sentence-transformers would fall back to Tanh with a warning.
 - ``Normalize``: L2 normalization.
 """
 
@@ -33,6 +35,7 @@ CLASSIC_POOLING_KEYS = {
     "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens", "pooling_mode_lasttoken": "lasttoken",
 }
 IDENTITY = "torch.nn.modules.linear.Identity"
+TANH = "torch.nn.modules.activation.Tanh"
 
 
 def write_json(path: Path, content: dict) -> None:
@@ -99,17 +102,21 @@ class Dense(nn.Module):
     """sentence-transformers' Dense: Linear then an activation (Identity, Tanh, ...)."""
 
     type_name: ClassVar[str] = "sentence_transformers.models.Dense"
+    default_activation: ClassVar[str] = TANH  # a config without activation_function (sentence-transformers' default)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: str = IDENTITY):
         """Weights are left uninitialized (``load_weights`` or ``new`` fill them): building a layer draws nothing
-        from the global random stream."""
+        from the global random stream. ``activation``: a ``torch.nn`` Module class by its path (ValueError
+        otherwise)."""
         super().__init__()
         self.in_features, self.out_features, self.bias = in_features, out_features, bias
         self.activation_name = activation
         self.linear = nn.utils.skip_init(nn.Linear, in_features, out_features, bias=bias)
-        module_path, _, name = activation.rpartition(".")
-        self.activation = getattr(importlib.import_module(module_path), name)() if module_path.startswith(
-            "torch.nn") else nn.Identity()
+        self.activation = _activation(activation)
+        # the entries of sentence-transformers' features it reads and writes, when its config names them (6.x):
+        # set by ``load``, checked by ``formats.STFolder.read``; None: what the head feeds it
+        self.input_name: str | None = None
+        self.output_name: str | None = None
 
     @classmethod
     def new(cls, in_features: int, out_features: int) -> "Dense":
@@ -139,8 +146,15 @@ class Dense(nn.Module):
         raw = read_config(folder)
         if raw.get("use_residual"):
             raise ModelLoadError(f"{folder / 'config.json'}: a Dense layer with use_residual is not supported")
-        layer = cls(raw["in_features"], raw["out_features"], raw.get("bias", True),
-                    raw.get("activation_function", IDENTITY))
+        if "in_features" not in raw or "out_features" not in raw:
+            raise ModelLoadError(f"{folder / 'config.json'}: a Dense layer's config needs in_features and out_features")
+        try:
+            layer = cls(raw["in_features"], raw["out_features"], raw.get("bias", True),
+                        raw.get("activation_function") or cls.default_activation)
+        except ValueError as error:
+            raise ModelLoadError(f"{folder / 'config.json'}: {error}") from None
+        layer.input_name = raw.get("module_input_name")
+        layer.output_name = raw.get("module_output_name") or layer.input_name
         layer.load_weights(folder / "model.safetensors")
         return layer
 
@@ -158,6 +172,7 @@ class PyLateDense(Dense):
     PyLate's type name, which PyLate needs to load the folder as a ColBERT."""
 
     type_name: ClassVar[str] = "pylate.models.Dense.Dense"
+    default_activation: ClassVar[str] = IDENTITY  # PyLate's Dense default
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "use_residual": False}
@@ -167,6 +182,7 @@ class Normalize(nn.Module):
     """sentence-transformers' Normalize: L2 normalization of each vector."""
 
     type_name: ClassVar[str] = "sentence_transformers.models.Normalize"
+    input_name: str | None = None  # what sentence-transformers' Normalize normalizes, when its config says (6.x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(x, dim=-1)
@@ -177,7 +193,24 @@ class Normalize(nn.Module):
 
     @classmethod
     def load(cls, folder: Path) -> "Normalize":
-        return cls()
+        layer = cls()
+        layer.input_name = read_config(folder).get("module_input_name")
+        return layer
+
+
+def _activation(path: str) -> nn.Module:
+    """A ``torch.nn`` activation Module from its class path (``torch.nn.modules.activation.Tanh``), as
+    sentence-transformers saves it; anything else is a ValueError, not a silent Identity."""
+    module_path, _, name = path.rpartition(".")
+    cls = None
+    if module_path == "torch.nn" or module_path.startswith("torch.nn."):
+        try:
+            cls = getattr(importlib.import_module(module_path), name, None)
+        except ImportError:
+            cls = None
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ValueError(f"activation_function {path!r} is not a torch.nn Module class (only those are loaded)")
+    return cls()
 
 
 def pool_packed(hidden: torch.Tensor, cu_seqlens: torch.Tensor, modes: list[str]) -> torch.Tensor:

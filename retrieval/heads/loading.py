@@ -31,7 +31,7 @@ def loader_for(kind: Kind, token_embeddings: bool = False) -> Callable[..., Head
 
 def load_head(name_or_path: str | Path, kind: Kind, max_length: int | None = None,
               token_embeddings: bool = False, device: str | torch.device | None = "cpu",
-              dtype: str | torch.dtype | None = "float32", pool_factor: int = 1) -> Head:
+              dtype: str | torch.dtype | None = "float32", pool_factor: int = 1, warn_similarity: bool = True) -> Head:
     """A BiEncoder or ColBERT. ``max_length``: None keeps the model's own document length; 0 takes the backbone's
     maximum (8192 for ModernBERT, 512 for BERT); any other value must lie between 8 and that maximum.
 
@@ -40,12 +40,17 @@ def load_head(name_or_path: str | Path, kind: Kind, max_length: int | None = Non
     exact and reproducible; the command line passes its --device and --dtype.
 
     ``pool_factor``: ColBERT token pooling of documents (``ColBERT.pool_factor``; 1: none). A dense head has one
-    vector per text, nothing to pool: any other value is a SettingsError, raised before the weights are read."""
+    vector per text, nothing to pool: any other value is a SettingsError, raised before the weights are read.
+
+    ``warn_similarity``: warn when a dense model does not score by cosine (its similarity_fn_name is "dot", ...),
+    since indexes and evaluations score by cosine; False where the vectors are used as they are (``mret embed``)."""
     pool_factor = check_pool_factor(pool_factor)
     if pool_factor != 1 and kind != "colbert":
         raise SettingsError(f"token pooling (pool factor {pool_factor}) applies to kind colbert only, not {kind}")
     precision = resolve(device, dtype)
     model = loader_for(kind, token_embeddings)(name_or_path, device=precision.device, dtype=precision.dtype)
+    if warn_similarity and isinstance(model, BiEncoder):
+        model.warn_similarity()
     if precision.int8:
         model.backbone.quantize_int8()  # type: ignore[attr-defined]  (both heads hold a backbone)
     if max_length is not None:

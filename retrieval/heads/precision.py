@@ -3,7 +3,8 @@
 ``--device auto|cpu|cuda|cuda:N`` and ``--dtype auto|float32|bfloat16|int8``:
 
 - ``auto`` device: the first CUDA device when torch sees one, else the CPU.
-- ``auto`` dtype: bfloat16 on CUDA (float32 on a GPU without bf16); on a CPU, the faster of float32 and bfloat16 *for
+- ``auto`` dtype: bfloat16 on CUDA (float32 on a GPU without native bf16: compute capability below 8.0, checked for
+  the device asked for); on a CPU, the faster of float32 and bfloat16 *for
   this processor*, because that depends on the hardware: with native bf16 instructions (AVX512-BF16, AMX) bf16 is
   1.5-2x faster, without them torch emulates it and it is several times slower. The choice is measured once (a short
   timed forward of a two-layer ModernBERT-base-shaped stack) and remembered in ``precision.json`` under the cache
@@ -78,8 +79,20 @@ def resolve(device: str | torch.device | None = "auto", dtype: str | torch.dtype
     if isinstance(what, torch.dtype):
         return Precision(where, what)
     if where.type == "cuda":
-        return Precision(where, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32)
+        return Precision(where, torch.bfloat16 if cuda_bf16_native(where) else torch.float32)
     return Precision(where, fastest_cpu_dtype())
+
+
+def cuda_bf16_native(device: torch.device) -> bool:
+    """Whether ``device`` (cuda:N; cuda: the current one) runs bf16 natively: compute capability 8.0 (Ampere) or
+    later. ``torch.cuda.is_bf16_supported()`` also counts emulation by default (a Turing or Volta GPU "supports" bf16
+    several times slower than float32) and looks at the current device, not the one asked for; its
+    ``including_emulation=False`` is this same capability test, on the current device only. On ROCm, torch's own
+    answer."""
+    if torch.version.hip:
+        return torch.cuda.is_bf16_supported()
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return tuple(torch.cuda.get_device_capability(index)) >= (8, 0)
 
 
 def _parse(device: str | torch.device | None, dtype: str | torch.dtype | None) -> tuple[torch.device, torch.dtype | str]:

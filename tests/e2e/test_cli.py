@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +91,86 @@ def test_bad_model_and_output_suffix(tmp_path, minilm):
 def test_installed_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "retrieval.cli", "embed", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--kind" in out.stdout
+
+
+@pytest.mark.parametrize("case", ["a folder", "under a file", "unwritable"])
+def test_an_output_that_cannot_be_written_is_one_line_before_the_model_loads(tmp_path, case):
+    """Checked first: the model named here does not exist, so a message about the output proves nothing was loaded
+    (the mistake used to surface after encoding, as a traceback)."""
+    import os
+
+    (tmp_path / "in.txt").write_text("x\n")
+    if case == "a folder":
+        output, message = tmp_path / "out.npy", "is a folder"
+        output.mkdir()
+    elif case == "under a file":
+        (tmp_path / "afile").write_text("")
+        output, message = tmp_path / "afile" / "deeper" / "out.npy", "afile is a file, not a folder"
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root writes in any folder")
+        (tmp_path / "locked").mkdir(mode=0o500)
+        output, message = tmp_path / "locked" / "new" / "out.npy", "is not writable"
+    result = runner.invoke(app, ["embed", "-m", str(tmp_path / "nowhere"), "-i", str(tmp_path / "in.txt"),
+                                 "-o", str(output)])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert "Traceback" not in result.output and "no such model" not in result.output
+
+
+def test_missing_output_folders_are_made_and_a_replaced_file_is_said(tmp_path, minilm):
+    (tmp_path / "in.txt").write_text("\n".join(TEXTS) + "\n")
+    output = tmp_path / "new" / "deeper" / "out.npy"
+    args = ["embed", "-m", str(minilm), "-i", str(tmp_path / "in.txt"), "-o", str(output)]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0 and output.exists() and "replaced" not in first.output, first.output
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and "(replaced the file that was there)" in again.output
+
+
+def test_a_folder_as_input_and_a_model_without_tokenizer_json_are_one_line(tmp_path, minilm):
+    import shutil
+
+    (tmp_path / "dir.txt").mkdir()
+    result = runner.invoke(app, ["embed", "-m", str(minilm), "-i", str(tmp_path / "dir.txt"),
+                                 "-o", str(tmp_path / "o.npy")])
+    assert result.exit_code == 2 and "is a folder" in result.output and "Traceback" not in result.output
+    model = tmp_path / "mini"
+    shutil.copytree(minilm, model)
+    (model / "tokenizer.json").unlink()
+    (tmp_path / "in.txt").write_text("x\n")
+    result = runner.invoke(app, ["embed", "-m", str(model), "-i", str(tmp_path / "in.txt"),
+                                 "-o", str(tmp_path / "o.npy")])
+    assert result.exit_code == 2 and "has no tokenizer.json" in result.output, result.output
+    assert "Traceback" not in result.output and not isinstance(result.exception, FileNotFoundError)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_text(tmp_path):
+    from retrieval.cli.embed import read_texts
+
+    (tmp_path / "in.txt").write_bytes("\ufefffirst\nsecond\n".encode())
+    assert read_texts(tmp_path / "in.txt") == ["first", "second"]
+    (tmp_path / "in.jsonl").write_bytes(('\ufeff{"text": "first"}\n"second"\n').encode())
+    assert read_texts(tmp_path / "in.jsonl") == ["first", "second"]
+
+
+def test_a_dot_model_is_embedded_as_it_is_without_a_warning(tmp_path, minilm):
+    """mret embed writes a "dot" model's vectors as the model makes them (no Normalize module: not unit length),
+    and does not warn: the warning is for indexes and evaluations, which score by cosine."""
+    import shutil
+
+    model = tmp_path / "dot"
+    shutil.copytree(minilm, model)
+    modules = json.loads((model / "modules.json").read_text())
+    (model / "modules.json").write_text(json.dumps([m for m in modules if not m["type"].endswith("Normalize")]))
+    settings = json.loads((model / "config_sentence_transformers.json").read_text())
+    (model / "config_sentence_transformers.json").write_text(json.dumps({**settings, "similarity_fn_name": "dot"}))
+    (tmp_path / "in.txt").write_text("\n".join(TEXTS) + "\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = runner.invoke(app, ["embed", "-m", str(model), "-i", str(tmp_path / "in.txt"),
+                                     "-o", str(tmp_path / "o.npy")])
+    assert result.exit_code == 0, result.output
+    assert not [w for w in caught if "scores by dot" in str(w.message)]
+    vectors = np.load(tmp_path / "o.npy")
+    assert np.allclose(vectors, BiEncoder.from_pretrained(model).encode_documents(TEXTS), atol=1e-6)
+    assert np.abs(np.linalg.norm(vectors, axis=1) - 1).max() > 0.01

@@ -42,3 +42,26 @@ def test_cuda_half_precision_backends_match_sdpa(tiny_checkpoint, backend):
                                          attention_backend=backend), token_ids)
     cosine = min(torch.nn.functional.cosine_similarity(a, b, dim=-1).min().item() for a, b in zip(reference, got))
     assert cosine > 0.999
+
+
+def test_cuda_colbert_and_bi_encoder_encode_as_on_cpu(tmp_path):
+    """The heads' encode on CUDA (the vectors come back to the CPU as float32 numpy: ColBERT called .numpy() on
+    CUDA tensors and raised), against the same model on the CPU."""
+    import numpy as np
+
+    from retrieval import BiEncoder, ColBERT
+
+    from support import PYLATE_MODEL, dense_model_folder
+
+    if not (PYLATE_MODEL / "modules.json").exists():
+        pytest.skip(f"the PyLate fixture model is not at {PYLATE_MODEL}")
+    texts = ["late interaction, token by token", "retrieval " * 300, "x"]
+    cpu, gpu = ColBERT.from_pretrained(PYLATE_MODEL), ColBERT.from_pretrained(PYLATE_MODEL, device="cuda")
+    for encode in ("encode_documents", "encode_queries"):
+        for a, b in zip(getattr(cpu, encode)(texts), getattr(gpu, encode)(texts)):
+            assert isinstance(b, np.ndarray) and b.dtype == np.float32 and a.shape == b.shape
+            assert np.abs(a - b).max() <= 1e-4
+    folder = dense_model_folder(tmp_path / "dense")
+    a, b = BiEncoder.from_pretrained(folder).encode_documents(texts), BiEncoder.from_pretrained(
+        folder, device="cuda").encode_documents(texts)
+    assert isinstance(b, np.ndarray) and b.dtype == np.float32 and np.abs(a - b).max() <= 1e-4

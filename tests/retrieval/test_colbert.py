@@ -123,3 +123,73 @@ def test_bfloat16_is_close_to_float32(model, fixture):
                           model.encode_documents(info["documents"]) + model.encode_queries(info["queries"])):
         assert ours.dtype == np.float32 and ours.shape == full.shape
         assert per_token_cosine(ours, full) >= 0.99
+
+
+def test_an_empty_prefix_inserts_no_marker(tmp_path, model):
+    """PyLate: "query_prefix": "" (or "document_prefix") means no marker token, and the text is then cut at the
+    length itself (not the length minus one); such a folder loads, and saves as it was."""
+    import shutil
+
+    from encoder import Tokenizer
+
+    folder = tmp_path / "model"
+    shutil.copytree(FIXTURE / "model", folder)
+    settings = json.loads((folder / "config_sentence_transformers.json").read_text())
+    (folder / "config_sentence_transformers.json").write_text(json.dumps({**settings, "query_prefix": "",
+                                                                          "document_prefix": ""}))
+    bare = ColBERT.from_pretrained(folder)
+    assert bare.query_prefix_id is None and bare.document_prefix_id is None
+    tokenizer = Tokenizer.from_folder(folder)
+    texts = ["late interaction, token by token", "retrieval " * 400]
+    assert bare.tokenize(texts, is_query=False) == tokenizer.encode(texts, 180)
+    queries = bare.tokenize(texts, is_query=True)
+    assert [row[: len(ids)] for row, ids in zip(queries, tokenizer.encode(texts, 32))] == tokenizer.encode(texts, 32)
+    assert all(len(row) == 32 for row in queries)  # [MASK] expansion up to query_length
+    with_marker = model.tokenize(texts[:1], is_query=False)[0]
+    assert with_marker[:1] + with_marker[2:] == bare.tokenize(texts[:1], is_query=False)[0]
+    assert len(bare.encode_documents(texts)[1]) == 180
+    bare.save(tmp_path / "saved")
+    saved = json.loads((tmp_path / "saved" / "config_sentence_transformers.json").read_text())
+    assert saved["query_prefix"] == saved["document_prefix"] == ""
+    assert ColBERT.from_pretrained(tmp_path / "saved").tokenize(texts, False) == bare.tokenize(texts, False)
+
+
+def test_lengths_above_the_backbones_positions_are_refused(tmp_path):
+    """query_length / document_length count the marker and must fit the backbone's positions: 8192 is the most a
+    ModernBERT document takes (8191 tokens of text, [CLS], [D] and [SEP] included), 8193 is refused at construction,
+    whether asked for or read from the folder."""
+    import shutil
+
+    from encoder import ModelLoadError
+    from modernretrieval.errors import SettingsError
+
+    longest = ColBERT.from_pretrained(FIXTURE / "model", document_length=8192)
+    ids = longest.tokenize(["retrieval " * 9000], is_query=False)[0]
+    assert len(ids) == 8192 and ids[1] == longest.document_prefix_id and ids[-1] == longest.tokenizer.sep_token_id
+    with pytest.raises(SettingsError, match="document_length 8193 is above the backbone's 8192 positions"):
+        ColBERT.from_pretrained(FIXTURE / "model", document_length=8193)
+    with pytest.raises(SettingsError, match="query_length 9000"):
+        ColBERT.from_pretrained(FIXTURE / "model", query_length=9000)
+    folder = tmp_path / "model"
+    shutil.copytree(FIXTURE / "model", folder)
+    settings = json.loads((folder / "config_sentence_transformers.json").read_text())
+    (folder / "config_sentence_transformers.json").write_text(json.dumps({**settings, "document_length": 10000}))
+    with pytest.raises(ModelLoadError, match="document_length 10000 is above"):
+        ColBERT.from_pretrained(folder)
+
+
+def test_token_embeddings_lengths_are_capped_at_a_berts_512_positions(tmp_path, minilm_folder):
+    """from_token_embeddings takes the folder's max_seq_length, capped at the backbone's positions: a BERT folder
+    saying 1000 is read at 512 (a longer text was an index error inside BERT), and 513 asked for is refused."""
+    import shutil
+
+    from modernretrieval.errors import SettingsError
+
+    folder = tmp_path / "mini"
+    shutil.copytree(minilm_folder, folder)
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 1000, "do_lower_case": False}))
+    model = ColBERT.from_token_embeddings(folder)
+    assert model.document_length == model.query_length == 512
+    assert len(model.encode_documents(["words " * 2000])[0]) == 512
+    with pytest.raises(SettingsError, match="document_length 513"):
+        ColBERT.from_token_embeddings(folder, document_length=513)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from encoder import ModelLoadError
 from encoder.testing import random_encoder
@@ -156,10 +157,156 @@ def test_not_a_sentence_transformers_folder(tmp_path, tiny_checkpoint):
 
 def test_bfloat16_is_close_to_float32(tmp_path, tokenizer_dir):
     """bf16 on CPU (the fast path for long inputs): float32 numpy out, vectors within bf16 rounding of fp32."""
-    import torch
 
     folder = st_folder(tmp_path, tokenizer_dir, "mean", dense=32)
     full = BiEncoder.from_pretrained(folder).encode_documents(TEXTS)
     half = BiEncoder.from_pretrained(folder, dtype=torch.bfloat16).encode_documents(TEXTS)
     assert half.dtype == np.float32 and half.shape == full.shape
     assert cosines(full, half).min() >= 0.99
+
+
+# ----- lengths: the head's own, capped at the backbone's positions
+LONG = "lengthy words " * 3000  # thousands of tokens for either tokenizer
+
+
+def test_max_seq_length_is_used_above_the_tokenizers_model_max_length(tmp_path, tokenizer_dir):
+    """sentence-transformers tokenizes at max_seq_length even where tokenizer_config.json says model_max_length
+    512: the head's length is the length used, not silently the tokenizer's."""
+    from sentence_transformers import SentenceTransformer
+
+    folder = st_folder(tmp_path, tokenizer_dir, "mean")
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 2048, "do_lower_case": False}))
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": 512}))
+    ours = BiEncoder.from_pretrained(folder)
+    assert ours.max_length == 2048 and len(ours.tokenize([LONG])[0]) == 2048
+    reference = SentenceTransformer(str(folder), device="cpu")
+    assert reference.max_seq_length == 2048
+    assert cosines(ours.encode_documents([LONG, "short"]), reference.encode_document([LONG, "short"])).min() >= 0.99999
+
+
+def test_the_length_is_capped_at_the_backbones_positions(tmp_path, minilm_folder, tokenizer_dir):
+    """No max_seq_length and no usable model_max_length (all-MiniLM's tokenizer_config says 1e30): the length is
+    the backbone's 512 positions, as sentence-transformers caps it (not our tokenizer's default 8192, which made a
+    long text an index error inside BERT). A max_seq_length above the positions is capped too."""
+    from sentence_transformers import SentenceTransformer
+
+    folder = tmp_path / "mini"
+    shutil.copytree(minilm_folder, folder)
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"do_lower_case": False}))
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": int(1e30)}))
+    ours = BiEncoder.from_pretrained(folder)
+    assert ours.max_length == 512 == ours.max_document_length
+    reference = SentenceTransformer(str(folder), device="cpu")
+    assert reference.max_seq_length == 512
+    assert cosines(ours.encode_documents([LONG]), reference.encode_document([LONG])).min() >= 0.99999
+
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 1000, "do_lower_case": False}))
+    assert BiEncoder.from_pretrained(folder).max_length == 512
+    modern = st_folder(tmp_path / "modern", tokenizer_dir, "mean")
+    (modern / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 20000, "do_lower_case": False}))
+    assert BiEncoder.from_pretrained(modern).max_length == 8192  # ModernBERT's positions
+
+
+# ----- similarity_fn_name
+def test_a_dot_model_is_scored_by_dot_product_and_not_normalized(tmp_path, tokenizer_dir):
+    """A sentence-transformers model saved with similarity_fn_name "dot" and no Normalize module: its vectors keep
+    their lengths and ``similarity`` is the dot product, as sentence-transformers' own; load_head (indexes, eval:
+    cosine) warns; a cosine model is left as it was."""
+    from sentence_transformers import SentenceTransformer, models
+
+    from retrieval.heads import load_head
+
+    backbone = tmp_path / "backbone"
+    random_encoder("tiny", seed=11, tokenizer_dir=tokenizer_dir, mlm_head=False).save_pretrained(backbone)
+    transformer = models.Transformer(str(backbone))
+    modules = [transformer, models.Pooling(transformer.get_embedding_dimension(), "mean"), models.Dense(64, 16)]
+    SentenceTransformer(modules=modules, similarity_fn_name="dot", device="cpu").save(str(tmp_path / "dot"))
+    ours = BiEncoder.from_pretrained(tmp_path / "dot")
+    reference = SentenceTransformer(str(tmp_path / "dot"), device="cpu")
+    assert ours.similarity_fn_name == "dot" == reference.similarity_fn_name
+    q, d = ours.encode_queries(TEXTS[:2]), ours.encode_documents(TEXTS)
+    assert np.abs(np.linalg.norm(d, axis=1) - 1).max() > 0.01  # not normalized
+    expected = reference.similarity(reference.encode_query(TEXTS[:2]), reference.encode_document(TEXTS)).numpy()
+    assert np.allclose(ours.similarity(q, d), expected, rtol=1e-4, atol=1e-4)
+    cosine = (q / np.linalg.norm(q, axis=1)[:, None]) @ (d / np.linalg.norm(d, axis=1)[:, None]).T
+    assert not np.allclose(ours.similarity(q, d), cosine, atol=1e-3)
+    with pytest.warns(UserWarning, match="scores by dot"):
+        load_head(tmp_path / "dot", "dense")
+    ours.save(tmp_path / "saved")
+    assert json.loads((tmp_path / "saved" / "config_sentence_transformers.json").read_text())[
+        "similarity_fn_name"] == "dot"
+    assert BiEncoder.from_pretrained(tmp_path / "saved").similarity_fn_name == "dot"
+
+    import warnings
+
+    folder = st_folder(tmp_path / "cos", tokenizer_dir, "mean")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_head(folder, "dense").similarity_fn_name == "cosine"
+
+
+# ----- the modules.json a head can run
+def test_a_module_order_the_head_cannot_run_is_refused(tmp_path, tokenizer_dir):
+    """Dense after Normalize (sentence-transformers runs them in modules.json's order: the output is not unit
+    length), Pooling after Dense, a Dense reading token_embeddings in a pooled model: refused, not run in our order."""
+    folder = st_folder(tmp_path, tokenizer_dir, "mean", dense=16)
+    modules = json.loads((folder / "modules.json").read_text())
+    assert [m["type"].rsplit(".", 1)[-1] for m in modules] == ["Transformer", "Pooling", "Dense", "Normalize"]
+    BiEncoder.from_pretrained(folder)  # the order it runs
+    for order in ([0, 1, 3, 2], [0, 2, 1, 3], [1, 0, 2, 3]):
+        (folder / "modules.json").write_text(json.dumps([modules[i] for i in order]))
+        with pytest.raises(ModelLoadError, match="only Transformer -> Pooling -> Dense"):
+            BiEncoder.from_pretrained(folder)
+    (folder / "modules.json").write_text(json.dumps(modules))
+    dense_config = folder / modules[2]["path"] / "config.json"
+    config = json.loads(dense_config.read_text())
+    dense_config.write_text(json.dumps({**config, "module_input_name": "token_embeddings",
+                                        "module_output_name": "token_embeddings"}))
+    with pytest.raises(ModelLoadError, match="token_embeddings, not on sentence_embedding"):
+        BiEncoder.from_pretrained(folder)
+
+
+def test_a_dense_layer_without_activation_is_tanh_and_an_unknown_one_is_refused(tmp_path, tokenizer_dir):
+    """sentence-transformers' Dense defaults to Tanh: a config without activation_function means Tanh (not
+    Identity); a path that is not a torch.nn Module class is a ModelLoadError, not a silent Identity."""
+    from sentence_transformers import SentenceTransformer
+
+    folder = st_folder(tmp_path, tokenizer_dir, "mean", dense=16)
+    dense_config = next(folder.glob("*_Dense")) / "config.json"
+    config = json.loads(dense_config.read_text())
+    assert config["activation_function"] == "torch.nn.modules.activation.Tanh"
+    dense_config.write_text(json.dumps({k: v for k, v in config.items() if k != "activation_function"}))
+    ours = BiEncoder.from_pretrained(folder)
+    assert isinstance(ours.dense[0].activation, torch.nn.Tanh)
+    reference = SentenceTransformer(str(folder), device="cpu")
+    assert cosines(ours.encode_documents(TEXTS), reference.encode_document(TEXTS)).min() >= 0.99999
+    for path in ("mypackage.activations.Swish", "torch.nn.functional.gelu", "torch.nn.modules.activation.Nope"):
+        dense_config.write_text(json.dumps({**config, "activation_function": path}))
+        with pytest.raises(ModelLoadError, match="not a torch.nn Module class"):
+            BiEncoder.from_pretrained(folder)
+
+
+# ----- prompts
+def test_the_default_prompt_is_used_alike_by_encode_tokenize_and_document_overhead(tmp_path, tokenizer_dir):
+    """sentence-transformers 6.x: the default prompt (default_prompt_name) applies to encode() without a prompt, not
+    to encode_document / encode_query, whose own prompt wins even when empty. encode_documents, tokenize and
+    document_overhead agree on that (the token counts and the room for text are those of what is encoded)."""
+    from sentence_transformers import SentenceTransformer
+
+    folder = st_folder(tmp_path, tokenizer_dir, "mean")
+    settings = json.loads((folder / "config_sentence_transformers.json").read_text())
+    settings.update(prompts={"query": "search_query: ", "clustering": "clustering: "}, default_prompt_name="clustering")
+    (folder / "config_sentence_transformers.json").write_text(json.dumps(settings))
+    ours = BiEncoder.from_pretrained(folder)
+    assert ours.document_prompt == "" and ours.query_prompt == "search_query: "
+    assert ours.tokenize(["text"], is_query=False) == ours.tokenize(["text"], prompt="")
+    assert ours.document_overhead == len(ours.tokenize([""], is_query=False)[0]) == 2  # [CLS] [SEP]
+    documents = ours.encode_documents(TEXTS)
+    assert np.allclose(documents, ours.encode(TEXTS, prompt=""), atol=1e-6)
+    reference = SentenceTransformer(str(folder), device="cpu")
+    assert cosines(documents, reference.encode_document(TEXTS)).min() >= 0.99999
+    assert cosines(ours.encode_queries(TEXTS), reference.encode_query(TEXTS)).min() >= 0.99999
+    assert cosines(ours.encode(TEXTS), reference.encode(TEXTS)).min() >= 0.99999  # the default prompt, here
+    assert np.abs(ours.encode(TEXTS) - documents).max() > 1e-3

@@ -206,3 +206,53 @@ def test_ahead_reads_items_in_the_consumers_thread_and_stops_when_it_leaves():
     assert len(worked) <= 3 + 1 + 2  # what was consumed, and at most depth + 1 more
     with pytest.raises(ValueError):
         next(ahead(work, [], depth=0))
+
+
+# ----- a huge text is not tokenized whole
+@pytest.mark.parametrize("which", ["modernbert", "bert"])
+def test_a_huge_text_is_tokenized_from_a_prefix_with_the_same_ids(which, tokenizer_dir, minilm_folder):
+    """A text far longer than max_length characters is tokenized from a prefix of max_length * CUT_CHARS_PER_TOKEN
+    characters (an 8 MB line whole took seconds and GBs): the ids are exactly those of tokenizing it whole and
+    cutting, for texts below and above the cut, cut anywhere (inside a word, a run of spaces, an emoji), and a
+    text whose prefix holds too few words is tokenized whole."""
+    from encoder import Tokenizer
+    from encoder.tokenizer import CUT_CHARS_PER_TOKEN, _truncated
+
+    tokenizer = Tokenizer.from_folder(tokenizer_dir if which == "modernbert" else minilm_folder)
+
+    def whole(text: str, limit: int, special: bool = True) -> list[int]:
+        encoding = tokenizer.backend.encode(text, add_special_tokens=special)
+        if not special:
+            return encoding.ids[:limit]
+        return encoding.ids if len(encoding.ids) <= limit else _truncated(encoding, limit)
+
+    pieces = ["alpha", "  ", "\n", "北京", "[MASK]", "x" * 40, "...", "    indent", "émoji🚀", "\t", "don't", "42"]
+    generator = np.random.default_rng(0)
+    texts = ["".join(pieces[i] + " " * int(generator.integers(0, 2)) for i in generator.integers(0, len(pieces), n))
+             for n in (3, 40, 300, 2000, 9000)]
+    texts += ["x" * 5000, " " * 5000 + "tail", "word " * 4000]  # one huge word; a space run; plain words
+    for limit in (3, 8, 16, 64, 200):
+        cut = limit * CUT_CHARS_PER_TOKEN
+        for text in texts + [t[:cut + shift] for t in texts for shift in (-2, -1, 0, 1, 2)]:
+            assert tokenizer.encode([text], limit) == [whole(text, limit)], (limit, len(text))
+            assert tokenizer.encode([text], limit, add_special_tokens=False) == [whole(text, limit, False)]
+
+    class Spy:  # the backend, with encode_batch recording the longest text it is given
+        def __init__(self, backend):
+            self.backend, self.longest = backend, 0
+
+        def encode_batch(self, texts, **kwargs):
+            self.longest = max(self.longest, *map(len, texts))
+            return self.backend.encode_batch(texts, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(self.backend, name)
+
+    huge = "a few plain words, again and again. " * 30_000  # 1 MB
+    spy = tokenizer.backend = Spy(tokenizer.backend)
+    try:
+        ids = tokenizer.encode([huge, "short"], 512)
+    finally:
+        tokenizer.backend = spy.backend
+    assert spy.longest <= 512 * CUT_CHARS_PER_TOKEN < len(huge)
+    assert ids == [whole(huge, 512), whole("short", 512)]

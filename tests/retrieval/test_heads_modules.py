@@ -155,3 +155,50 @@ def test_scores_are_the_differentiable_similarity(dense, colbert):
         head.zero_grad(set_to_none=True)
     rows = dense.forward(dense.tokenize(TEXTS, False))
     assert torch.equal(dense.scores(list(rows), rows), dense.scores(rows, rows))  # rows one by one, or stacked
+
+
+@pytest.mark.parametrize("kind", ["dense", "colbert", "dense-bert"])
+def test_encoding_holds_one_batch_of_token_states_at_a_time(dense_folder, minilm_folder, kind, monkeypatch):
+    """Each backbone batch is pooled (dense) or projected (ColBERT) as soon as it is run, before the next batch runs:
+    the states of every token of every text were all kept until the end (memory grew with the total tokens). Counted,
+    not timed: when the backbone starts a batch, how many texts' states made by earlier batches have not yet been
+    pooled or projected (must be none). The vectors are those of pooling / projecting all the states at once."""
+    from retrieval.heads import dense as dense_module
+    from retrieval.heads.layers import pool_all
+
+    head = (ColBERT.from_base(dense_folder, dim=16, document_length=1000) if kind == "colbert" else
+            BiEncoder.from_pretrained(minilm_folder if kind == "dense-bert" else dense_folder))
+    # ModernBERT: batches of 2048 tokens; transformers' BERT: of 256 texts at most
+    texts = ([f"word {i}" for i in range(520)] if kind == "dense-bert" else
+             [f"word{i} and more words " * (60 + 20 * i) for i in range(8)])
+    made, used, waiting = [0], [0], []
+
+    def batch_size(args, kwargs) -> int:  # ModernBERT: (input_ids, cu_seqlens, ...); transformers: input_ids=(b, n)
+        return len(args[1]) - 1 if len(args) > 1 else len(kwargs["input_ids"])
+
+    hooks = [head.backbone.model.register_forward_pre_hook(
+                 lambda module, args, kwargs: waiting.append(made[0] - used[0]), with_kwargs=True),
+             head.backbone.model.register_forward_hook(
+                 lambda module, args, kwargs, out: made.__setitem__(0, made[0] + batch_size(args, kwargs)),
+                 with_kwargs=True)]
+    if kind == "colbert":
+        project = head._project
+        monkeypatch.setattr(head, "_project", lambda states: used.__setitem__(0, used[0] + 1) or project(states))
+    else:
+        monkeypatch.setattr(dense_module, "pool_all",
+                            lambda states, modes: used.__setitem__(0, used[0] + len(states)) or pool_all(states, modes))
+    try:
+        vectors = head.encode_documents(texts, show_progress=False)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        monkeypatch.undo()
+    assert len(waiting) >= 3 and waiting == [0] * len(waiting) and made[0] == used[0] == len(texts)
+    ids = head.tokenize(texts, is_query=False)
+    with torch.inference_mode():
+        states = head.backbone.token_states(ids)
+        if kind == "colbert":
+            for got, s, row in zip(vectors, states, ids):
+                assert np.allclose(got, head._kept(head._project(s), row, False).numpy(), atol=1e-6)
+        else:
+            assert np.allclose(vectors, head._head(pool_all(states, head.pooling.modes)).numpy(), atol=1e-6)

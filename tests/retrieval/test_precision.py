@@ -73,13 +73,34 @@ def test_cuda_rules_on_a_machine_with_one_gpu(monkeypatch):
     second device are refused."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     assert resolve("auto", "auto") == Precision(torch.device("cuda"), torch.bfloat16)
     assert resolve("cuda:0", "float32") == Precision(torch.device("cuda:0"), torch.float32)
     with pytest.raises(SettingsError, match="int8 runs on the CPU only"):
         resolve("cuda", "int8")
     with pytest.raises(SettingsError, match=r"there is 1 CUDA device \(cuda:0..cuda:0\)"):
         resolve("cuda:1", "auto")
+
+
+def test_auto_dtype_on_cuda_is_bf16_only_where_the_device_asked_for_runs_it_natively(monkeypatch):
+    """A Turing/Volta GPU (capability < 8.0) emulates bf16, several times slower than float32: torch's
+    is_bf16_supported() says yes there (emulation counts) and looks at the current device. auto asks the device
+    that was named: cuda:1 an Ampere beside a Turing cuda:0 (the current one) is bf16, cuda:0 and plain cuda float32."""
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # emulation: must not decide
+    capabilities = {0: (7, 5), 1: (8, 0)}
+    asked = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability",
+                        lambda device=None: asked.append(device) or capabilities[device])
+    assert resolve("cuda:1", "auto") == Precision(torch.device("cuda:1"), torch.bfloat16)
+    assert resolve("cuda:0", "auto") == Precision(torch.device("cuda:0"), torch.float32)
+    assert resolve("cuda", "auto") == Precision(torch.device("cuda"), torch.float32)
+    assert resolve("auto", "auto") == Precision(torch.device("cuda"), torch.float32)
+    assert asked == [1, 0, 0, 0]
 
 
 # ----- auto on a CPU: measured once, remembered
