@@ -98,6 +98,7 @@ def embed_command(
     # the vectors are written as the model makes them (a "dot" model's are not normalized): nothing to warn about
     head = load_head(model, kind.value, device=device, dtype=dtype, warn_similarity=False)
     vectors = (head.encode_queries if query else head.encode_documents)(texts, show_progress=True)
+    ids_path(output).unlink(missing_ok=True)  # an earlier `--ray` run's ids would not name these rows
     write_vectors(output, kind.value, vectors)
 
 
@@ -151,13 +152,14 @@ def embed_on_ray(model: str, inputs: list[str], output: Path, kind: str, query: 
 
     run = embed_corpus(spec, corpus, parts, query, workers=workers, progress=progress, address=address)
     err.print(run.report.describe(), highlight=False, soft_wrap=True)
-    if run.ids is not None:
-        write_ids(ids_path(output), run.ids)
-    else:
-        ids_path(output).unlink(missing_ok=True)  # an earlier run's ids would not be these rows'
+    # ids after the vectors, an earlier run's ids gone first: a kill in between leaves vectors without ids,
+    # never new vectors beside old ids (or the reverse)
+    ids_path(output).unlink(missing_ok=True)
     output.parent.mkdir(parents=True, exist_ok=True)
     replaced = _replacing(output)
     shape = write_output(run, output, kind)
+    if run.ids is not None:
+        write_ids(ids_path(output), run.ids)
     err.print(f"wrote {output}{replaced}: {corpus.size} texts, array {shape}", highlight=False)
     shutil.rmtree(parts)
     if run.ids is not None:

@@ -123,8 +123,11 @@ def test_missing_output_folders_are_made_and_a_replaced_file_is_said(tmp_path, m
     args = ["embed", "-m", str(minilm), "-i", str(tmp_path / "in.txt"), "-o", str(output)]
     first = runner.invoke(app, args)
     assert first.exit_code == 0 and output.exists() and "replaced" not in first.output, first.output
+    stale_ids = output.with_name("out.ids.npy")  # an earlier `mret embed --ray` run's ids beside the old rows
+    np.save(stale_ids, np.array(["a", "b"]))
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and "(replaced the file that was there)" in again.output
+    assert not stale_ids.exists()  # they would not name these rows
 
 
 def test_a_folder_as_input_and_a_model_without_tokenizer_json_are_one_line(tmp_path, minilm):
