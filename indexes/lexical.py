@@ -10,7 +10,11 @@ Terms (``terms``): every word of the text, lower-cased; an identifier is kept wh
 (``getUserById`` -> getuserbyid get user id, ``max_retries`` -> max_retries max retries, ``utf8Decode`` -> utf8decode
 utf 8 decode), so that a query names a symbol either way. The English stop words of Lucene's analyzer and single
 letters are dropped (they are noise in prose and in code); diacritics are removed and the Porter stemmer (Snowball's
-"porter", the algorithm of Lucene's PorterStemFilter) gives the indexed form (``index_terms``).
+"porter", the algorithm of Lucene's PorterStemFilter) gives the indexed form (``index_terms``). A word longer than
+``MAX_TERM_CHARS`` is not kept whole, but its parts are when it splits into words (a long test name); one that does
+not (a hash, base64, minified code) gives nothing. Han, Hiragana, Katakana and Hangul runs, written without spaces,
+give their overlapping character bigrams (``中文代码`` -> 中文 文代 代码, as Lucene's CJKBigramFilter), whatever their
+length.
 
 Why our own postings and not SQLite FTS5 (which this module used first): FTS5's ``bm25()`` has k1 = 1.2 and b = 0.75
 built in, where the published BM25 figures use Lucene's (k1 0.9, b 0.4, idf log(1 + (N - n + 0.5) / (n + 0.5))), and
@@ -49,7 +53,7 @@ from typing import Any
 import numpy as np
 import Stemmer
 
-TERMS_VERSION = 3  # bump when terms(), index_terms() or the tables change: stores rebuild their rows on open
+TERMS_VERSION = 4  # bump when terms(), index_terms() or the tables change: stores rebuild their rows on open
 IDS, SEGMENTS, POSTINGS, GENERATION = "lexical_ids", "lexical_segments", "lexical_postings", "lexical_generation"
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS {IDS} (id INTEGER PRIMARY KEY AUTOINCREMENT, doc_id TEXT NOT NULL UNIQUE,
@@ -66,7 +70,8 @@ FIELDS = ("path", "symbols", "body")
 DEFAULT_WEIGHTS = (1.0, 1.0, 1.0)
 K1, B = 0.9, 0.4  # Lucene's BM25 as Pyserini runs it for its published BEIR figures
 MAX_QUERY_TERMS = 64  # a pasted file as a query: its first distinct terms are enough, and bound the query's cost
-MAX_TERM_CHARS = 64  # longer "words" are hashes, base64 and minified code
+MAX_TERM_CHARS = 64  # longer words are kept only as their parts, if they split into words (see _plain_terms)
+WORDY_SHARE = 0.75
 REBUILD_BATCH = 5000  # documents per segment when a store's rows are rewritten
 MERGE_FACTOR = 8  # segments of one size class (a power of 8 postings) merge into one when this many exist
 ROW, COUNT = np.dtype("<u4"), np.dtype("<u2")  # a posting: the document's row id and the term's count in the field
@@ -76,6 +81,9 @@ STOP_WORDS = frozenset(
     "a an and are as at be but by for if in into is it no not of on or such that the their then there these they "
     "this to was will with".split())
 WORD = re.compile(r"\w+")
+# Han, Hiragana, Katakana and Hangul: the scripts Lucene's CJKBigramFilter makes bigrams of
+CJK = re.compile("[\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\ua960-\ua97f"
+                 "\uac00-\ud7ff\uf900-\ufaff\uff66-\uff9f\U00020000-\U0003134f]+")
 PART = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+|[^\W\d_]+")
 _local = threading.local()  # a stemmer per thread (PyStemmer's objects are not thread-safe)
 CACHE_WORDS = 200_000
@@ -96,15 +104,37 @@ def terms(text: str) -> list[str]:
 
 
 def _word_terms(word: str) -> tuple[str, ...]:
+    if CJK.search(word) is None:
+        return _plain_terms(word)
+    out: list[str] = []  # CJK text has no spaces: its runs give their character bigrams (a lone character: itself)
+    start = 0
+    for run in CJK.finditer(word):
+        out += _plain_terms(word[start:run.start()])
+        text = run.group()
+        out += [text] if len(text) == 1 else [text[i:i + 2] for i in range(len(text) - 1)]
+        start = run.end()
+    out += _plain_terms(word[start:])
+    return tuple(out)
+
+
+def _plain_terms(word: str) -> tuple[str, ...]:
     word = word.strip("_")
-    if not word or len(word) > MAX_TERM_CHARS:
+    if not word:
         return ()
-    out = [word.lower()]
+    out = [word.lower()] if len(word) <= MAX_TERM_CHARS else []
     if "_" in word or not (word.isalpha() and (word.islower() or word.isupper() or word.istitle())):
-        parts = [p.lower() for piece in word.split("_") for p in PART.findall(piece)]
-        if len(parts) > 1:
-            out += parts
+        parts = [p for piece in word.split("_") for p in PART.findall(piece)]
+        if len(parts) > 1 and (len(word) <= MAX_TERM_CHARS or _has_words(parts)):
+            out += [p.lower() for p in parts if len(p) <= MAX_TERM_CHARS]
     return tuple(t for t in out if t not in STOP_WORDS and (len(t) > 1 or t.isdigit()))
+
+
+def _has_words(parts: list[str]) -> bool:
+    """Whether an over-long identifier's parts are words (a long test name) rather than the shards of a hash or of
+    base64: letter runs of 3 or more make up at least ``WORDY_SHARE`` of it (random base64 stays below 0.67, hex
+    below 0.45)."""
+    wordy = sum(len(p) for p in parts if len(p) >= 3 and p.isalpha())
+    return wordy >= WORDY_SHARE * sum(map(len, parts))
 
 
 def index_terms(words: list[str]) -> list[str]:
@@ -450,10 +480,9 @@ def _best(db: sqlite3.Connection, rows: np.ndarray, scores: np.ndarray, k: int, 
             order = _best_first(scores, len(scores))
         batch = order[start:start + size]
         start += len(batch)
-        marks = ",".join("?" * len(batch))
-        sql = (f"SELECT {IDS}.id, {IDS}.doc_id FROM {IDS} {join} WHERE {IDS}.id IN ({marks}) "
-               f"{'AND (' + where + ')' if where else ''}")
-        doc_of = dict(db.execute(sql, (*rows[batch].tolist(), *params)).fetchall())
+        sql = (f"SELECT {IDS}.id, {IDS}.doc_id FROM {IDS} {join} WHERE {IDS}.id IN (SELECT value FROM json_each(?)) "
+               f"{'AND (' + where + ')' if where else ''}")  # one parameter however many rows (SQLite's limit)
+        doc_of = dict(db.execute(sql, (json.dumps(rows[batch].tolist()), *params)).fetchall())
         found += [(doc_of[row], float(score)) for row, score in zip(rows[batch].tolist(), scores[batch].tolist())
                   if row in doc_of]
         if len(found) >= k and (start >= len(order) or scores[order[start]] < sorted(s for _, s in found)[-k]):

@@ -4,11 +4,14 @@ so that its effect is measured on its own (bench/code_search.py, the ablation ta
 Scores enter normalized to [0, 1] as a share of the best one (fused, BM25 and most cosine scores are positive; a
 list holding a negative score is min-max normalized instead) and the rules move them by fixed amounts (with every rule off the candidates
 keep their own scores and order):
-- ``definitions``: a chunk that defines a name the query asks for (an identifier-shaped query word, or a one-word
-  query) gets ``DEFINITION_BONUS``, which puts definitions above chunks that only use the name;
-- ``demote_tests``: tests, examples, benchmarks, generated and vendored files are multiplied by
-  ``SECONDARY_FACTOR`` unless the query asks for one of those (names "test", "example", ...);
 - ``path_match``: a file whose stem the query names (or all of whose stem's parts it names) gets ``PATH_BONUS``;
+- ``demote_tests``: tests, examples, benchmarks, generated and vendored files are multiplied by
+  ``SECONDARY_FACTOR`` unless the query asks for one of those (names "test", "example", ..., or their plurals);
+- ``definitions``: a chunk that defines a name the query asks for (an identifier-shaped query word, or a one-word
+  query) gets ``DEFINITION_BONUS`` after the above, more than any other chunk's value can be (1 + ``PATH_BONUS``),
+  so every definition of a queried name comes before every chunk that only uses it, whatever their scores; one in
+  a demoted file (a test's helper, a vendored copy) gets ``SECONDARY_DEFINITION_BONUS`` instead, which puts it
+  below the other definitions and still above the uses;
 - ``per_file``: at most that many chunks of one file in the results (the rest follow, so a short list still fills);
   off by default (measured: README), ``mret search --per-file N``.
 """
@@ -25,15 +28,17 @@ from pathlib import PurePosixPath
 from indexes import Document
 from indexes.lexical import symbol_names, terms
 
-DEFINITION_BONUS = 1.0  # at least the whole range of scores: every definition of a queried name comes first
 PATH_BONUS = 0.1
 SECONDARY_FACTOR = 0.75
+SECONDARY_DEFINITION_BONUS = 2.0  # more than 1 + PATH_BONUS, the most a chunk has before the definition rule
+DEFINITION_BONUS = 2 * SECONDARY_DEFINITION_BONUS  # a definition outside the demoted files: above those in them
 SECONDARY_FOLDERS = frozenset({"test", "tests", "testing", "__tests__", "spec", "specs", "example", "examples",
                                "demo", "demos", "bench", "benches", "benchmarks", "vendor", "vendored", "third_party",
                                "thirdparty", "node_modules", "dist", "build", "generated", "__generated__", "fixtures"})
 SECONDARY_FILE = re.compile(r"(^test_|_test\.|\.test\.|\.spec\.|_spec\.|\.min\.|_pb2\.|\.pb\.|\.generated\.|^conftest\.py$)")
 ASKS_FOR_SECONDARY = frozenset({"test", "tests", "testing", "spec", "example", "examples", "demo", "bench",
-                                "benchmark", "vendor", "vendored", "generated", "fixture", "fixtures", "mock"})
+                                "benchmark", "benches", "vendor", "vendored", "generated", "fixture", "fixtures",
+                                "mock"})  # and plurals (asks_for_secondary)
 IDENTIFIER = re.compile(r"[A-Za-z_$][\w$]*(?:\.[A-Za-z_$][\w$]*)*")
 
 
@@ -86,23 +91,29 @@ def rerank(query: str, candidates: Sequence[tuple[Document, float]], rules: Rule
         low = 0.0
     names = queried_names(query) if rules.definitions else set()
     query_terms = set(terms(query))
-    keep_secondary = bool(query_terms & ASKS_FOR_SECONDARY)
+    keep_secondary = asks_for_secondary(query_terms)
     scored = []
     for position, (doc, score) in enumerate(candidates):
         value = (score - low) / (high - low) if high > low else 1.0
         path = doc.source or ""
-        if names and names & {n.lower() for n in symbol_names(doc.metadata)}:
-            value += DEFINITION_BONUS
         if rules.path_match and path and _names_file(path, query_terms):
             value += PATH_BONUS
-        if rules.demote_tests and not keep_secondary and path and is_secondary(path):
+        demoted = rules.demote_tests and not keep_secondary and bool(path) and is_secondary(path)
+        if demoted:
             value *= SECONDARY_FACTOR
+        if names and names & {n.lower() for n in symbol_names(doc.metadata)}:
+            value += SECONDARY_DEFINITION_BONUS if demoted else DEFINITION_BONUS
         scored.append((value, -position, doc))
     scored.sort(key=lambda item: (item[0], item[1]), reverse=True)
     ranked = [(doc, value) for value, _, doc in scored]
     if rules.per_file > 0:
         ranked = _limit_per_file(ranked, rules.per_file)
     return ranked[:k]
+
+
+def asks_for_secondary(query_terms: set[str]) -> bool:
+    """Whether the query names tests, examples, benchmarks... ("test", "benchmarks", "mocks": a plural's "s" off)."""
+    return any(t in ASKS_FOR_SECONDARY or t.endswith("s") and t[:-1] in ASKS_FOR_SECONDARY for t in query_terms)
 
 
 def _names_file(path: str, query_terms: set[str]) -> bool:

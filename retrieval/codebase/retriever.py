@@ -317,7 +317,8 @@ class Retriever:
         ``mode``: "hybrid" (default) fuses the embedding ranking with BM25 over paths, defined names and text
         (fusion.py); "semantic" and "lexical" use one side. ``rules``: the code-aware ranking (ranking.py; default
         all on, ``Rules.off()`` for none). Each hit's lines are its best-matching part (spans.py); ``text`` is the
-        whole chunk, whose lines are ``chunk_start_line``-``chunk_end_line``."""
+        whole chunk, whose lines are ``chunk_start_line``-``chunk_end_line``. A hit whose lines lie within a better
+        hit's in the same file (a definition in the overlap of two chunks) is left out, and the next one comes up."""
         if not isinstance(query, str) or not query.strip():
             raise RetrieverError("the query is empty")
         if k < 1:
@@ -335,9 +336,16 @@ class Retriever:
         depth = max(CANDIDATES, 3 * k) if mode == "hybrid" or rules.any else k
         candidates, encoded = self._candidates(query, mode, depth, allowed)
         terms = query_terms(query)
-        hits = []
-        for doc, score in rerank(query, candidates, rules, k):
+        hits: list[Hit] = []
+        kept: dict[str, list[tuple[int, int]]] = {}  # path -> the spans of the hits kept
+        for doc, score in rerank(query, candidates, rules, len(candidates)):
+            if len(hits) == k:
+                break
             start, end = best_span(doc, query, self._alignment(index, query, encoded, doc))
+            spans = kept.setdefault(doc.source or "", [])
+            if any(first <= start and end <= last for first, last in spans):
+                continue  # chunks overlap: a definition in the overlap is in two of them, with the same span
+            spans.append((start, end))
             text = doc.text or ""
             first = doc.start_line or 1
             span_text = "\n".join(text.split("\n")[start - first:end - first + 1])

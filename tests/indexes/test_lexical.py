@@ -373,3 +373,79 @@ def test_the_word_caches_starting_over_mid_text_change_nothing(monkeypatch):
         assert lexical.index_terms(words) == stemmer.stemWords(words)
         assert lexical.indexed_terms(" ".join(words)) == stemmer.stemWords(
             [w for w in words if w not in lexical.STOP_WORDS])
+
+
+LONG_SNAKE = "test_a_search_for_a_long_snake_case_test_name_finds_its_definition_by_parts"
+LONG_CAMEL = "testThatALongCamelCaseFunctionNameIsStillFoundByTheWordsItIsMadeOf"
+LONG_HASH = "d41d8cd98f00b204e9800998ecf8427e5d41402abc4b2a76b9719d911017c592ae41e4649b934ca495991b7852b855"
+
+
+def test_an_overlong_identifier_keeps_its_parts_and_a_hash_gives_nothing():
+    """Words over MAX_TERM_CHARS are not kept whole, but one that splits into words still gives its parts, in the
+    body, the defined names and the query; a hash (no words in it) gives nothing."""
+    assert len(LONG_SNAKE) > lexical.MAX_TERM_CHARS and len(LONG_CAMEL) > lexical.MAX_TERM_CHARS
+    assert lexical.terms(LONG_SNAKE) == ["test", "search", "long", "snake", "case", "test", "name", "finds", "its",
+                                         "definition", "parts"]
+    assert lexical.terms(f"def {LONG_CAMEL}():") == ["def", "test", "long", "camel", "case", "function", "name",
+                                                     "still", "found", "words", "made"]
+    assert lexical.query_terms(LONG_CAMEL)[:4] == ["test", "long", "camel", "case"]
+    assert lexical.fields(None, {"symbols": [[LONG_SNAKE, "function", 1, 2, None]]}, "")[1][:3] == [
+        "test", "search", "long"]
+    assert lexical.terms(LONG_HASH) == [] and lexical.query_terms(LONG_HASH) == []
+    assert lexical.terms("QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAxMjM0NTY3ODk") == []
+    assert lexical.terms("short_name " + "x" * 65) == ["short_name", "short", "name"]  # the cap still applies
+
+
+def test_a_search_for_a_long_test_name_finds_it(tmp_path):
+    corpus = {"tests": f"def {LONG_SNAKE}(tmp_path):\n    assert index(tmp_path)\n",
+              "camel": f"function {LONG_CAMEL}() {{ return 1; }}",
+              "other": "def test_something_else(tmp_path):\n    assert search(tmp_path)\n"}
+    store = store_with(tmp_path, corpus)
+    assert store.lexical_search(LONG_SNAKE, 3)[0][0] == "tests"
+    assert store.lexical_search(LONG_CAMEL, 3)[0][0] == "camel"
+    store.close()
+
+
+def test_a_store_of_the_previous_terms_version_is_rewritten(tmp_path):
+    """TERMS_VERSION 3 dropped over-long identifiers whole: its stores are rewritten on open and find them."""
+    store = store_with(tmp_path, {"tests": f"def {LONG_SNAKE}():\n    pass\n"})
+    with store.transaction() as db:  # what version 3 wrote: no postings for the long name's parts
+        db.execute("DELETE FROM lexical_postings WHERE term != 'def' AND term != 'pass'")
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('lexical_version', 3)")
+    store.close()
+    store = DocumentStore(tmp_path / "store.sqlite")
+    assert [d for d, _ in store.lexical_search(LONG_SNAKE, 3)] == ["tests"]
+    store.close()
+
+
+def test_cjk_runs_give_bigrams_so_a_word_inside_a_run_matches(tmp_path):
+    """Chinese and Japanese are written without spaces: a run gives its character bigrams (Lucene's
+    CJKBigramFilter), however long, and a query of words found inside the run matches it."""
+    assert lexical.terms("中文代码搜索") == ["中文", "文代", "代码", "码搜", "搜索"]
+    assert lexical.terms("検索エンジン 字") == ["検索", "索エ", "エン", "ンジ", "ジン", "字"]
+    assert lexical.terms("get中文Name") == ["get", "中文", "name"]
+    long_run = "这是一个非常长的中文句子" * 8  # over MAX_TERM_CHARS: bigrams are exempt from the cap
+    assert "中文" in lexical.terms(long_run)
+    corpus = {"zh": "# 中文代码搜索工具的说明\n", "ja": "# 検索エンジンの説明\n", "en": "# code search tool\n"}
+    store = store_with(tmp_path, corpus)
+    assert [d for d, _ in store.lexical_search("代码 搜索", 3)] == ["zh"]
+    assert [d for d, _ in store.lexical_search("エンジン", 3)] == ["ja"]
+    store.close()
+
+
+def test_many_candidates_need_no_more_sql_variables_than_sqlite_allows():
+    """_best reads the candidates' ids as one JSON parameter: a large k, or a selective filter that sends the batches
+    past 999 candidates, works where SQLite allows only 999 variables (its old default limit)."""
+    import json
+    import sqlite3
+
+    db = sqlite3.connect(":memory:")
+    db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+    db.execute("CREATE TABLE documents (doc_id TEXT PRIMARY KEY, source TEXT, metadata TEXT, text TEXT)")
+    lexical.create(db)
+    docs = [(f"d{i:04d}", None, {}, f"common value {i}") for i in range(3000)]
+    db.executemany("INSERT INTO documents VALUES (?, ?, ?, ?)", [(d, s, json.dumps(m), t) for d, s, m, t in docs])
+    lexical.write_rows(db, docs)
+    assert len(lexical.search(db, "common value", 2000)) == 2000
+    found = lexical.search(db, "common value", 10, "doc_id IN (?, ?)", ("d0005", "d2999"))
+    assert sorted(d for d, _ in found) == ["d0005", "d2999"]

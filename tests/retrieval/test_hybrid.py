@@ -75,6 +75,36 @@ def test_tests_and_vendored_files_are_pushed_down_unless_asked_for():
     assert order("retry backoff test", candidates, Rules(path_match=False)) == ["test", "source"]
 
 
+def test_every_definition_of_a_queried_name_comes_before_every_use():
+    """The reviewer's edge cases: a definition at the bottom of the scores (a tie with a use at the same value before
+    the fix), one beaten by a use's path bonus, and definitions in demoted files; those rank below the other
+    definitions but still above every use."""
+    user = doc("user", "src/app.py")
+    low = doc("low", "src/retry.py", symbols=[("backoff_delay", "function", 1, 3, None)])
+    assert order("backoff_delay", [(user, 1.0), (low, 0.0)], Rules()) == ["low", "user"]
+    named = doc("named", "src/backoff_delay.py")  # a use whose file the query names: +PATH_BONUS
+    assert order("backoff_delay", [(named, 1.0), (low, 0.05)], Rules()) == ["low", "named"]
+    in_tests = doc("in_tests", "tests/conftest.py", symbols=[("make_client", "function", 1, 3, None)])
+    assert order("make_client", [(user, 1.0), (in_tests, 0.6)], Rules()) == ["in_tests", "user"]
+    vendored = doc("vendored", "third_party/six.py", symbols=[("add_metaclass", "function", 1, 3, None)])
+    assert order("add_metaclass", [(user, 1.0), (vendored, 0.0)], Rules()) == ["vendored", "user"]
+    source_def = doc("source_def", "src/client.py", symbols=[("make_client", "function", 1, 3, None)])
+    candidates = [(in_tests, 1.0), (named, 0.9), (source_def, 0.0)]
+    assert order("make_client", candidates, Rules()) == ["source_def", "in_tests", "named"]
+    assert order("make_client tests", candidates, Rules()) == ["in_tests", "source_def", "named"]  # not demoted
+    values = [value for _, value in rerank("make_client", candidates, Rules(), 5)]
+    assert values == sorted(values, reverse=True)  # the reported values follow the order
+
+
+@pytest.mark.parametrize("query", ["retry benchmarks", "retry mocks", "retry demos", "retry specs", "retry tests",
+                                   "retry fixtures", "retry examples", "retry benches"])
+def test_a_plural_query_word_asks_for_tests_and_examples_too(query):
+    for path in ("bench/retry.py", "tests/retry.py", "demos/retry.py", "spec/retry.py", "examples/retry.py"):
+        candidates = [(doc("secondary", path), 1.0), (doc("source", "src/backoff.py"), 0.8)]
+        assert order(query, candidates, Rules(path_match=False)) == ["secondary", "source"]
+        assert order("retry policy", candidates, Rules(path_match=False)) == ["source", "secondary"]
+
+
 def test_a_file_named_by_the_query_is_lifted():
     named = doc("named", "src/retry_policy.py")
     other = doc("other", "src/client.py")

@@ -281,6 +281,35 @@ def test_hit_fields_and_snippets_come_from_the_chunk(odd):
                 assert terms & {w.lower() for w in WORD.findall(hit.snippet)}, (query, hit.path)
 
 
+def test_a_definition_in_two_overlapping_chunks_is_one_hit(tmp_path, model_dir):
+    """Chunks overlap: a short definition in the overlap starts in both, both get the definition rule and the same
+    span. It is reported once, and the next candidate fills its place (k hits still come back)."""
+    from retrieval.codebase.retriever import Retriever
+
+    root = tmp_path / "tree"
+    root.mkdir()
+    rng = random.Random(0)
+    (root / "m.py").write_text("".join(
+        f"def fn_{i}():\n" + "    x = 1\n" * rng.randint(1, 6) + "    return x\n\n" for i in range(150)))
+    with Retriever(root, model=model_dir, max_length=1024, show_progress=False) as retriever:
+        retriever.index()
+        chunks = documents(retriever).values()
+        assert all(chunk["end_line"] - chunk["start_line"] > 60 for chunk in chunks)  # spans are parts of them
+        defined: dict[str, list[int]] = defaultdict(list)
+        for chunk in chunks:
+            for name, *_ in chunk["metadata"]["symbols"]:
+                defined[name].append(chunk["start_line"])
+        twice = sorted(name for name, starts in defined.items() if len(starts) > 1)
+        assert twice  # the case at hand: definitions in the overlaps
+        for name in twice[:3]:
+            hits = retriever.search(f"{name} return", k=3, mode="lexical")
+            assert len(hits) == 3
+            spans = [(h.path, h.start_line, h.end_line) for h in hits]
+            assert len(set(spans)) == 3, spans
+            lines = (root / "m.py").read_text().split("\n")
+            assert hits[0].start_line == lines.index(f"def {name}():") + 1  # the definition first
+
+
 def test_filters_by_path_glob_and_file_type(odd):
     from retrieval.codebase.retriever import RetrieverError
 
