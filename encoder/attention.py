@@ -8,13 +8,15 @@ those at most ``window_radius`` positions away (|i - j| <= 64 for ModernBERT's w
   (n, heads, L, head_dim) block with no padding and no key mask. Global layers run SDPA on the group;
   local layers run SDPA under a band mask when L is small and, for long sequences, blocks of queries
   against their own window of keys, so their cost grows linearly with L instead of L^2.
-- ``varlen``: ``torch.nn.attention.varlen.varlen_attn`` (CUDA, torch >= 2.9, fp16/bf16).
+- ``varlen``: ``torch.nn.attention.varlen.varlen_attn`` (CUDA, fp16/bf16; a torch whose varlen_attn takes ``scale``
+  and ``window_size``: 2.11 or later).
 - ``flash``: flash-attn's ``flash_attn_varlen_func`` when the optional ``gpu`` extra is installed.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import functools
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -117,8 +119,10 @@ def _local_mask(length: int, radius: int, device: torch.device) -> torch.Tensor 
 
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan, local: bool,
-                   scale: float) -> torch.Tensor:
-    """The grouped backend (see module docstring). Works on any device and dtype."""
+                   scale: float, dropout: float = 0.0) -> torch.Tensor:
+    """The grouped backend (see module docstring). Works on any device and dtype.
+
+    ``dropout``: on the attention probabilities (training only), as transformers passes attention_dropout to SDPA."""
     assert plan.groups is not None, "plan was built without length groups"
     out = torch.empty_like(q)
     for group in plan.groups:
@@ -130,9 +134,9 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Atte
             qg, kg, vg = (t[group.index].transpose(1, 2) for t in (q, k, v))
         mask = group.local_mask if local else group.global_mask
         if mask is None or mask.dim() == 2:
-            og = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=mask, scale=scale)
+            og = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=mask, scale=scale, dropout_p=dropout)
         else:
-            og = torch.cat([_blockwise_local(qg[i], kg[i], vg[i], mask, plan.window_radius, scale)
+            og = torch.cat([_blockwise_local(qg[i], kg[i], vg[i], mask, plan.window_radius, scale, dropout)
                             for i in range(n)])
         og = og.transpose(1, 2)  # (n, L, heads, head_dim)
         if group.index is None:
@@ -143,7 +147,7 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Atte
 
 
 def _blockwise_local(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, radius: int,
-                     scale: float) -> torch.Tensor:
+                     scale: float, dropout: float = 0.0) -> torch.Tensor:
     """Sliding-window attention for one sequence, (heads, L, d) -> (1, heads, L, d).
 
     Queries go in blocks of QUERY_BLOCK; each block attends to the QUERY_BLOCK + 2 * radius keys around it
@@ -159,7 +163,8 @@ def _blockwise_local(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
         t = F.pad(t, (0, 0, radius, padded - length + radius))
         return t.unfold(1, window, QUERY_BLOCK).permute(1, 0, 3, 2)
 
-    out = F.scaled_dot_product_attention(q_blocks, windows(k), windows(v), attn_mask=mask, scale=scale)
+    out = F.scaled_dot_product_attention(q_blocks, windows(k), windows(v), attn_mask=mask, scale=scale,
+                                         dropout_p=dropout)
     return out.transpose(0, 1).reshape(1, heads, padded, dim)[:, :, :length]
 
 
@@ -167,8 +172,11 @@ VarlenFn = Callable[..., torch.Tensor]
 
 
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan, local: bool,
-                     scale: float, fn: VarlenFn | None = None) -> torch.Tensor:
+                     scale: float, dropout: float = 0.0, fn: VarlenFn | None = None) -> torch.Tensor:
     """torch's varlen_attn on the packed batch. ``fn`` lets tests substitute a CPU reference."""
+    if dropout > 0:  # varlen_attn has no dropout: refuse rather than train a different model than transformers
+        raise ValueError("attention_dropout > 0 in training needs the 'sdpa' or 'flash' attention backend; "
+                         "torch's varlen_attn has no dropout")
     if fn is None:
         from torch.nn.attention.varlen import varlen_attn as fn
     window = (plan.window_radius, plan.window_radius) if local else (-1, -1)
@@ -177,25 +185,37 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: At
 
 
 def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan, local: bool,
-                    scale: float, fn: VarlenFn | None = None) -> torch.Tensor:
+                    scale: float, dropout: float = 0.0, fn: VarlenFn | None = None) -> torch.Tensor:
     """flash-attn's flash_attn_varlen_func on the packed batch."""
     if fn is None:
         from flash_attn import flash_attn_varlen_func as fn
     window = (plan.window_radius, plan.window_radius) if local else (-1, -1)
     cu = plan.cu_seqlens
-    return fn(q, k, v, cu, cu, plan.max_seqlen, plan.max_seqlen, softmax_scale=scale, causal=False,
-              window_size=window)
+    return fn(q, k, v, cu, cu, plan.max_seqlen, plan.max_seqlen, dropout_p=dropout, softmax_scale=scale,
+              causal=False, window_size=window)
 
 
 ATTENTION_FUNCTIONS = {"sdpa": sdpa_attention, "varlen": varlen_attention, "flash": flash_attention}
 
 
 def torch_varlen_available() -> bool:
-    return importlib.util.find_spec("torch.nn.attention.varlen") is not None
+    """torch's varlen_attn with the ``scale`` and ``window_size`` arguments we pass (torch 2.9 and 2.10 lack them)."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+        parameters = inspect.signature(varlen_attn).parameters
+    except (ImportError, TypeError, ValueError):
+        return False
+    return "scale" in parameters and "window_size" in parameters
 
 
+@functools.cache
 def flash_attn_available() -> bool:
-    return importlib.util.find_spec("flash_attn") is not None
+    """flash-attn importable, not only installed: a build for another torch or CUDA fails at import."""
+    try:
+        from flash_attn import flash_attn_varlen_func
+    except Exception:  # ImportError, or an OSError/RuntimeError from its compiled extension
+        return False
+    return callable(flash_attn_varlen_func)
 
 
 def resolve_backend(name: str, device: torch.device, dtype: torch.dtype) -> str:
@@ -214,7 +234,8 @@ def resolve_backend(name: str, device: torch.device, dtype: torch.dtype) -> str:
         if device.type != "cuda" or not half:
             raise ValueError(f"attention backend {name!r} needs a CUDA device and float16/bfloat16 weights")
         if name == "varlen" and not torch_varlen_available():
-            raise ValueError("torch.nn.attention.varlen is not available: it needs torch >= 2.9")
+            raise ValueError("torch.nn.attention.varlen.varlen_attn with scale and window_size is not available: "
+                             "it needs torch >= 2.11")
         if name == "flash" and not flash_attn_available():
-            raise ValueError("flash-attn is not installed: pip install 'modernretrieval[gpu]'")
+            raise ValueError("flash-attn is not installed or does not import: pip install 'modernretrieval[gpu]'")
     return name

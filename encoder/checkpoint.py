@@ -86,25 +86,40 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
 def canonical_names(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """ModernBertModel names (``layers.0...``) and ForMaskedLM names (``model.layers.0...``) -> the latter.
 
-    Weights of other heads (a classifier, say) are dropped: the encoder does not use them.
+    Weights of other heads are dropped: the encoder does not use them. A classifier (ForSequenceClassification,
+    ForTokenClassification: ``classifier.*``) has its own ``head.*`` (dense, act, norm before the classifier), dropped
+    with it unless ``decoder.*`` says the checkpoint has an MLM head.
     """
+    mlm_head = has_mlm_head(weights)
     out = {}
     for name, tensor in weights.items():
         if name.startswith(BODY_PREFIXES):
             name = "model." + name
-        if name.startswith(("model.", "head.", "decoder.")):
+        if name.startswith(("model.", "decoder.")) or (mlm_head and name.startswith("head.")):
             out[name] = tensor
     return out
 
 
+def has_mlm_head(weights: dict[str, torch.Tensor]) -> bool:
+    """``decoder.*``, or ``head.*`` without a classifier (a tied decoder without bias saves no ``decoder.*``)."""
+    names = list(weights)
+    return (any(n.startswith("decoder.") for n in names)
+            or (any(n.startswith("head.") for n in names) and not any(n.startswith("classifier.") for n in names)))
+
+
 def load_into(encoder: "Encoder", weights: dict[str, torch.Tensor]) -> None:
-    """Copy ``weights`` into ``encoder``, with one clear error listing every missing or mis-shaped tensor."""
+    """Copy ``weights`` into ``encoder``, with one clear error listing every missing, unexpected or mis-shaped tensor.
+
+    ``weights`` are canonical names (``canonical_names``): an unexpected one is under the encoder's own prefixes (a
+    layer past ``num_hidden_layers``, a bias the config turns off), so the config does not describe the checkpoint."""
     expected = encoder.state_dict()
     tied = encoder.decoder is not None and encoder.config.tie_word_embeddings
     if tied:
         weights = {k: v for k, v in weights.items() if k != "decoder.weight"}
         expected.pop("decoder.weight", None)
     problems = [f"missing {name}" for name in expected if name not in weights]
+    # RoPE frequencies are recomputed from the config, never read (older exports may hold them)
+    problems += [f"unexpected {name}" for name in weights if name not in expected and not name.endswith("inv_freq")]
     problems += [f"{name}: checkpoint has shape {tuple(weights[name].shape)}, config expects {tuple(t.shape)}"
                  for name, t in expected.items() if name in weights and weights[name].shape != t.shape]
     if problems:

@@ -76,28 +76,45 @@ class ModernBertConfig:
     @classmethod
     def from_hf_dict(cls, raw: dict[str, Any]) -> "ModernBertConfig":
         """Read a transformers ``config.json`` (4.x or 5.x spelling)."""
+        if not isinstance(raw, dict):
+            raise ModelLoadError(f"config.json holds a {type(raw).__name__}, not a JSON object")
         model_type = raw.get("model_type")
         if model_type != "modernbert":
             raise ModelLoadError(
                 f"config.json describes model_type={model_type!r}, not 'modernbert'; "
                 "this encoder only runs ModernBERT checkpoints"
             )
+        _check_values(raw)
         kwargs = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw and raw[k] is not None}
         kwargs.pop("layer_types", None)
         n_layers = raw.get("num_hidden_layers", cls.num_hidden_layers)
         if raw.get("layer_types"):
+            if not isinstance(raw["layer_types"], list):
+                raise ModelLoadError(f"invalid ModernBERT config: layer_types={raw['layer_types']!r} is not a list")
             kwargs["layer_types"] = list(raw["layer_types"])
         else:
-            kwargs["layer_types"] = layer_pattern(n_layers, raw.get("global_attn_every_n_layers", 3))
+            every_n = raw.get("global_attn_every_n_layers", 3)
+            if not _is_int(every_n) or every_n < 1:
+                raise ModelLoadError(f"invalid ModernBERT config: global_attn_every_n_layers={every_n!r} "
+                                     "is not a positive integer")
+            kwargs["layer_types"] = layer_pattern(n_layers, every_n)
         rope = raw.get("rope_parameters") or {}
         if "rope_theta" in rope:  # one set of parameters shared by both layer types
             rope = {GLOBAL: rope, LOCAL: rope}
         for layer_type, key in ((GLOBAL, "global_rope_theta"), (LOCAL, "local_rope_theta")):
             params = rope.get(layer_type) or {}
+            if not isinstance(params, dict):
+                raise ModelLoadError(f"invalid ModernBERT config: rope_parameters[{layer_type!r}]={params!r}")
             if params.get("rope_type", "default") != "default":
                 raise ModelLoadError(f"RoPE scaling {params['rope_type']!r} is not supported (only 'default')")
-            if "rope_theta" in params:
-                kwargs[key] = float(params["rope_theta"])
+            if params.get("rope_theta") is not None:
+                kwargs[key] = _theta(key, params["rope_theta"])
+        # a local theta present but null means the global one (transformers 4.x: "local_rope_theta: null")
+        local_params = rope.get(LOCAL) or {}
+        if "local_rope_theta" not in kwargs and (
+                ("local_rope_theta" in raw and raw["local_rope_theta"] is None)
+                or ("rope_theta" in local_params and local_params["rope_theta"] is None)):
+            kwargs["local_rope_theta"] = kwargs.get("global_rope_theta", cls.global_rope_theta)
         if raw.get("rope_scaling"):
             raise ModelLoadError("RoPE scaling (rope_scaling in config.json) is not supported")
         return cls(**kwargs)
@@ -116,6 +133,43 @@ class ModernBertConfig:
         out.update(model_type="modernbert", architectures=[architecture], bos_token_id=self.cls_token_id,
                    eos_token_id=self.sep_token_id)
         return out
+
+
+SHAPE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+INT_FIELDS = ("max_position_embeddings", "local_attention", "pad_token_id", "cls_token_id", "sep_token_id",
+              "mask_token_id")
+FLOAT_FIELDS = ("norm_eps", "global_rope_theta", "local_rope_theta", "embedding_dropout", "attention_dropout",
+                "mlp_dropout")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _theta(name: str, value: Any) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        raise ModelLoadError(f"invalid ModernBERT config: {name}={value!r} is not a positive number")
+    return float(value)
+
+
+def _check_values(raw: dict[str, Any]) -> None:
+    """Types and ranges of what config.json sets, so a malformed file is one ModelLoadError, not a traceback later.
+    A null shape (num_hidden_layers: null) is an error too: a default would build a model the weights do not fit."""
+    problems = []
+    for name in SHAPE_FIELDS:
+        if name in raw and (not _is_int(raw[name]) or raw[name] < 1):
+            problems.append(f"{name}={raw[name]!r} is not a positive integer")
+    for name in INT_FIELDS:
+        if raw.get(name) is not None and not _is_int(raw[name]):
+            problems.append(f"{name}={raw[name]!r} is not an integer")
+    for name in FLOAT_FIELDS:
+        value = raw.get(name)
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
+            problems.append(f"{name}={value!r} is not a non-negative number")
+    if raw.get("rope_parameters") is not None and not isinstance(raw["rope_parameters"], dict):
+        problems.append(f"rope_parameters={raw['rope_parameters']!r} is not an object")
+    if problems:
+        raise ModelLoadError("invalid ModernBERT config: " + "; ".join(problems))
 
 
 def layer_pattern(num_layers: int, global_every_n: int) -> list[str]:

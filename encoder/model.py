@@ -37,16 +37,30 @@ def layer_norm(config: ModernBertConfig) -> nn.LayerNorm:
 
 
 class Rotary(nn.Module):
-    """RoPE tables (cos, sin) for one theta, looked up by each token's position in its sequence."""
+    """RoPE tables (cos, sin) for one theta, looked up by each token's position in its sequence.
+
+    ``inv_freq`` stays float32 whatever the model's dtype, as in transformers: rounded to bf16, the angles of
+    positions in the thousands are off by whole radians. ``Module.to``/``half``/``bfloat16`` convert every float
+    buffer, so ``_apply`` recomputes it in float32 on the buffer's new device after each conversion.
+    """
 
     def __init__(self, head_dim: int, theta: float):
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.head_dim, self.theta = head_dim, theta
+        self.register_buffer("inv_freq", self._inv_freq(), persistent=False)
+
+    def _inv_freq(self, device: torch.device | None = None) -> torch.Tensor:
+        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim
+        return (1.0 / (self.theta ** exponents)).to(device)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self.inv_freq = self._inv_freq(self.inv_freq.device)  # never the model's (half-precision) dtype
+        return self
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = positions[:, None].float() * self.inv_freq.float()
-        angles = torch.cat((freqs, freqs), dim=-1)[:, None, :]  # (tokens, 1 head, head_dim)
+        freqs = positions[:, None].float() * self.inv_freq.to(device=positions.device, dtype=torch.float32)
+        angles = torch.cat((freqs, freqs), dim=-1)[:, None, :]  # (tokens, 1 head, head_dim), float32
         return angles.cos().to(dtype), angles.sin().to(dtype)  # rounded to the model's dtype, as the reference
 
 
@@ -76,6 +90,9 @@ class Attention(nn.Module):
         self.local = layer_type == LOCAL
         self.Wqkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.attention_bias)
         self.Wo = nn.Linear(config.hidden_size, config.hidden_size, bias=config.attention_bias)
+        # attention_dropout applies twice, as in transformers: to the attention probabilities (inside the backend,
+        # training only) and to the output projection
+        self.attention_dropout = config.attention_dropout
         self.drop = nn.Dropout(config.attention_dropout)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], plan: AttentionPlan,
@@ -83,7 +100,8 @@ class Attention(nn.Module):
         q, k, v = self.Wqkv(x).view(-1, 3, self.heads, self.head_dim).unbind(dim=1)
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         attend = ATTENTION_FUNCTIONS[backend]
-        out = attend(q, k, v, plan, local=self.local, scale=1.0 / math.sqrt(self.head_dim))
+        out = attend(q, k, v, plan, local=self.local, scale=1.0 / math.sqrt(self.head_dim),
+                     dropout=self.attention_dropout if self.training else 0.0)
         return self.drop(self.Wo(out.reshape(-1, self.heads * self.head_dim)))
 
 

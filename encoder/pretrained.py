@@ -15,6 +15,7 @@ from torch import nn
 from . import checkpoint
 from .attention import resolve_backend
 from .config import ModernBertConfig
+from .errors import ModelLoadError
 from .model import MaskedLMHead, ModernBert
 from .packing import batches_by_token_budget, pack, repad, split, unpad
 from .tokenizer import Tokenizer
@@ -48,6 +49,7 @@ class Encoder(nn.Module):
                         revision: str | None = None) -> "Encoder":
         """Load a ModernBERT checkpoint: a local folder in the Hugging Face layout, or a hub id."""
         device = torch.device(device)
+        check_device(device)
         check_dtype(device, dtype)
         folder = checkpoint.resolve(name_or_path, revision)
         config = ModernBertConfig.from_hf_dict(checkpoint.read_config(folder))
@@ -61,10 +63,11 @@ class Encoder(nn.Module):
     @classmethod
     def from_state_dict(cls, config: ModernBertConfig, weights: dict[str, torch.Tensor],
                         tokenizer: Tokenizer | None = None) -> "Encoder":
-        """Build from transformers-named weights (ModernBertModel or ModernBertForMaskedLM)."""
+        """Build from transformers-named weights (ModernBertModel, ModernBertForMaskedLM, or the body of a
+        ModernBertFor...Classification: its classifier and pooling head are dropped)."""
         weights = checkpoint.canonical_names(weights)
         with torch.device("meta"):  # no memory and no time spent on a random init that is overwritten
-            encoder = cls(config, tokenizer, mlm_head=any(k.startswith("head.") for k in weights))
+            encoder = cls(config, tokenizer, mlm_head=checkpoint.has_mlm_head(weights))
         checkpoint.load_into(encoder, weights)
         return encoder
 
@@ -89,6 +92,8 @@ class Encoder(nn.Module):
         the sequence but are not read (what an attention mask of 0 on trailing tokens does in transformers).
         """
         backend = "sdpa" if key_lengths is not None else resolve_backend(self.attention_backend, self.device, self.dtype)
+        if backend == "varlen" and self.attention_backend == "auto" and self.training and self.config.attention_dropout:
+            backend = "sdpa"  # varlen_attn has no dropout on the attention probabilities; sdpa has, as transformers
         return self.model(input_ids.to(self.device), cu_seqlens.to(self.device), backend, key_lengths)
 
     def forward_padded(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -150,6 +155,18 @@ class Encoder(nn.Module):
         probs = logits.float().softmax(dim=-1)
         top = probs.topk(top_k)
         return [(tokenizer.decode([i]).strip(), p) for i, p in zip(top.indices.tolist(), top.values.tolist())]
+
+
+def check_device(device: torch.device) -> None:
+    """A CUDA device this torch cannot use: one line now, before any weight is read."""
+    if device.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else "built with CUDA, but it sees no GPU"
+        raise ModelLoadError(f"device {str(device)!r} is not available: this torch {torch.__version__} is {build}; "
+                             "use device='cpu'")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ModelLoadError(f"device {str(device)!r} is not available: torch sees {torch.cuda.device_count()} GPU(s)")
 
 
 def check_dtype(device: torch.device, dtype: torch.dtype) -> None:

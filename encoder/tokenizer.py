@@ -10,6 +10,7 @@ import torch
 from tokenizers import Encoding
 from tokenizers import Tokenizer as HFTokenizer
 
+from .errors import ModelLoadError
 from .packing import pack
 
 # a text longer than max_length * this many characters is tokenized from its prefix first (see Tokenizer.encode)
@@ -42,12 +43,22 @@ class Tokenizer:
         folder = Path(folder)
         config_path = folder / "tokenizer_config.json"
         if model_max_length is None and config_path.exists():
-            model_max_length = json.loads(config_path.read_text()).get("model_max_length")
+            try:
+                tokenizer_config = json.loads(config_path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                raise ModelLoadError(f"{config_path} is not valid JSON: {error}") from None
+            if not isinstance(tokenizer_config, dict):
+                raise ModelLoadError(f"{config_path} holds a {type(tokenizer_config).__name__}, not a JSON object")
+            model_max_length = tokenizer_config.get("model_max_length")
         if not isinstance(model_max_length, int) or model_max_length > 1_000_000:
             model_max_length = 8192
         if not (folder / "tokenizer.json").exists():
             raise FileNotFoundError(f"{folder} has no tokenizer.json")
-        return cls(HFTokenizer.from_file(str(folder / "tokenizer.json")), model_max_length, folder)
+        try:
+            backend = HFTokenizer.from_file(str(folder / "tokenizer.json"))
+        except Exception as error:  # the tokenizers library raises its own Exception for any malformed file
+            raise ModelLoadError(f"cannot read {folder / 'tokenizer.json'}: {str(error).splitlines()[0]}") from None
+        return cls(backend, model_max_length, folder)
 
     def __len__(self) -> int:
         return self.backend.get_vocab_size(with_added_tokens=True)

@@ -33,8 +33,9 @@ def direct(q, k, v, cu_seqlens, radius: int | None) -> torch.Tensor:
 
 
 def reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, softmax_scale=None, window_size=(-1, -1),
-                     causal=False):
+                     causal=False, dropout_p=0.0):
     """The varlen contract of torch.nn.attention.varlen.varlen_attn and flash_attn_varlen_func, on the CPU."""
+    assert dropout_p == 0.0  # inference: no dropout reaches the kernel
     assert q.dim() == 3 and q.shape == k.shape == v.shape
     assert cu_q.dtype == torch.int32 and torch.equal(cu_q, cu_k)
     assert max_q == max_k == int(cu_q.diff().max())
@@ -109,3 +110,79 @@ def test_backend_choice():
         resolve_backend("varlen", cpu, torch.bfloat16)
     with pytest.raises(ValueError, match="unknown attention backend"):
         resolve_backend("xformers", cpu, torch.float32)
+
+
+def test_auto_skips_a_varlen_attn_without_scale_and_window(monkeypatch):
+    """torch 2.9 and 2.10 have varlen_attn, but without the scale and window_size arguments we pass: sdpa instead."""
+    import torch.nn.attention.varlen as varlen_module
+
+    from encoder import attention
+
+    def old_varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, is_causal=False, return_aux=None):
+        raise AssertionError("not to be called")
+
+    monkeypatch.setattr(varlen_module, "varlen_attn", old_varlen_attn)
+    monkeypatch.setattr(attention, "flash_attn_available", lambda: False)
+    assert not attention.torch_varlen_available()
+    assert resolve_backend("auto", torch.device("cuda"), torch.bfloat16) == "sdpa"
+    with pytest.raises(ValueError, match="window_size"):
+        resolve_backend("varlen", torch.device("cuda"), torch.bfloat16)
+
+
+def test_auto_skips_a_flash_attn_that_does_not_import(monkeypatch, tmp_path):
+    """A flash-attn built for another torch or CUDA is installed (find_spec sees it) but fails at import."""
+    import importlib.util
+    import sys
+
+    from encoder import attention
+
+    (tmp_path / "flash_attn").mkdir()
+    (tmp_path / "flash_attn" / "__init__.py").write_text(
+        'raise ImportError("flash_attn_2_cuda.so: undefined symbol: _ZN3c10")\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "flash_attn", raising=False)
+    forget = getattr(attention.flash_attn_available, "cache_clear", lambda: None)  # the answer is cached per process
+    forget()
+    monkeypatch.setattr(attention, "torch_varlen_available", lambda: False)
+    try:
+        assert importlib.util.find_spec("flash_attn") is not None
+        assert resolve_backend("auto", torch.device("cuda"), torch.float16) == "sdpa"
+        with pytest.raises(ValueError, match="flash-attn"):
+            resolve_backend("flash", torch.device("cuda"), torch.float16)
+    finally:
+        forget()
+        sys.modules.pop("flash_attn", None)
+
+
+def test_attention_dropout_reaches_sdpa_in_training_only(monkeypatch):
+    """transformers applies attention_dropout to the attention probabilities too (SDPA's dropout_p), in training."""
+    from encoder import attention
+    from encoder.testing import random_encoder
+
+    model = random_encoder("tiny", num_hidden_layers=2, attention_dropout=0.25)
+    seen = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording(*args, dropout_p=0.0, **kwargs):
+        seen.append(dropout_p)
+        return sdpa(*args, dropout_p=dropout_p, **kwargs)
+
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", recording)
+    ids, cu_seqlens = (torch.tensor([50281] + list(range(100, 500)) + [50282]), torch.tensor([0, 402]))
+    model.train()
+    model(ids, cu_seqlens)
+    assert seen and set(seen) == {0.25}  # the global layer and the blockwise local layer
+    seen.clear()
+    model.eval()
+    model(ids, cu_seqlens)
+    assert seen and set(seen) == {0.0}
+    plan = AttentionPlan.build(cu_seqlens.to(torch.int32), RADIUS, grouped=False)
+    q = torch.randn(402, HEADS, DIM)
+    with pytest.raises(ValueError, match="dropout"):
+        varlen_attention(q, q, q, plan, local=False, scale=SCALE, dropout=0.1, fn=reference_varlen)
+    # 'auto' trains on sdpa where it would pick varlen (no dropout there)
+    monkeypatch.setattr("encoder.pretrained.resolve_backend", lambda name, device, dtype: "varlen")
+    seen.clear()
+    model.train()
+    model(ids, cu_seqlens)
+    assert seen and set(seen) == {0.25}

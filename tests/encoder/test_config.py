@@ -65,3 +65,30 @@ def test_unsupported_rope_scaling_is_a_clear_error():
 def test_inconsistent_shapes_are_a_clear_error():
     with pytest.raises(ModelLoadError, match="not a multiple"):
         ModernBertConfig.from_hf_dict({**BASE_4X, "num_attention_heads": 7})
+
+
+def test_null_local_rope_theta_means_the_global_one():
+    """transformers 4.x: local layers use global_rope_theta when local_rope_theta is null."""
+    config = ModernBertConfig.from_hf_dict({**BASE_4X, "local_rope_theta": None, "global_rope_theta": 50000.0})
+    assert (config.global_rope_theta, config.local_rope_theta) == (50000.0, 50000.0)
+    as_5x = {k: v for k, v in BASE_4X.items() if not k.endswith("rope_theta")}
+    as_5x["rope_parameters"] = {GLOBAL: {"rope_type": "default", "rope_theta": 50000.0},
+                                LOCAL: {"rope_type": "default", "rope_theta": None}}
+    assert ModernBertConfig.from_hf_dict(as_5x).local_rope_theta == 50000.0
+    assert ModernBertConfig.from_hf_dict({k: v for k, v in BASE_4X.items()
+                                          if k != "local_rope_theta"}).local_rope_theta == 10000.0  # absent: default
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"global_attn_every_n_layers": 0}, "global_attn_every_n_layers=0"),
+    ({"global_attn_every_n_layers": None}, "global_attn_every_n_layers=None"),
+    ({"num_hidden_layers": None}, "num_hidden_layers=None"),
+    ({"num_hidden_layers": "22"}, "num_hidden_layers='22'"),
+    ({"hidden_size": 0}, "hidden_size=0"),
+    ({"norm_eps": "small"}, "norm_eps='small'"),
+    ({"layer_types": "full_attention"}, "layer_types"),
+    ({"rope_parameters": {GLOBAL: "default"}}, "rope_parameters"),
+])
+def test_malformed_values_are_a_clear_error(change, message):
+    with pytest.raises(ModelLoadError, match=message.replace("(", r"\(")):
+        ModernBertConfig.from_hf_dict({**BASE_4X, **change})

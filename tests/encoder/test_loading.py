@@ -152,3 +152,96 @@ def test_random_encoder_saves_a_real_checkpoint(tmp_path, tokenizer_dir):
     ids, cu_seqlens = encoder.pack(token_ids)
     with torch.inference_mode():
         assert (ours.mlm_logits(ours(ids, cu_seqlens)) - expected[mask]).abs().max() <= 1e-4
+
+
+def test_checkpoint_with_more_layers_than_its_config_is_refused(tmp_path, tiny_checkpoint):
+    """6 layers of weights under a 3-layer config.json: an error naming the extra tensors, not a 3-layer model."""
+    shutil.copyfile(tiny_checkpoint / "model.safetensors", tmp_path / "model.safetensors")
+    config = json.loads((tiny_checkpoint / "config.json").read_text())
+    config.pop("layer_types", None)
+    (tmp_path / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 3}))
+    with pytest.raises(ModelLoadError, match=r"unexpected model\.layers\.3\.attn\.Wo\.weight.*and \d+ more"):
+        encoder.from_pretrained(tmp_path)
+
+
+def test_unexpected_tensor_in_the_body_is_refused(tmp_path, tiny_checkpoint):
+    from safetensors.torch import load_file, save_file
+
+    shutil.copyfile(tiny_checkpoint / "config.json", tmp_path / "config.json")
+    weights = load_file(str(tiny_checkpoint / "model.safetensors"))
+    weights["model.embeddings.extra_bias"] = torch.zeros(3)
+    weights["classifier.weight"] = torch.zeros(2, 64)  # another head's weights are still dropped silently
+    save_file(weights, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ModelLoadError, match=r"unexpected model\.embeddings\.extra_bias$"):
+        encoder.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("task", ["SequenceClassification", "TokenClassification"])
+def test_classification_checkpoint_loads_its_body(tmp_path, task):
+    """ModernBertFor...Classification: head.* (its pooling head) and classifier.* are dropped, the body loads."""
+    import transformers
+    from transformers.initialization import no_init_weights
+
+    from support import hf_config
+    from encoder.testing import randomize_
+
+    with no_init_weights():
+        classifier = getattr(transformers, f"ModernBertFor{task}")(hf_config("tiny", num_labels=3)).eval()
+    randomize_(classifier.named_parameters(), seed=4)
+    classifier.save_pretrained(tmp_path)
+    ours = encoder.from_pretrained(tmp_path)
+    assert ours.head is None and ours.decoder is None
+    token_ids = random_ids([20, 150], seed=5)
+    expected, mask = hf_states(classifier.model, token_ids)
+    ids, cu_seqlens = encoder.pack(token_ids)
+    with torch.inference_mode():
+        assert (ours(ids, cu_seqlens) - expected[mask]).abs().max() <= 1e-4
+
+
+def test_tied_mlm_head_without_decoder_bias_keeps_its_head(tmp_path):
+    """Tied and without a decoder bias, a ModernBertForMaskedLM saves no decoder.* at all: head.* alone says MLM."""
+    model = hf_model("tiny", seed=6, decoder_bias=False)
+    model.save_pretrained(tmp_path)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as saved:
+        assert not any(name.startswith("decoder.") for name in saved.keys())
+    ours = encoder.from_pretrained(tmp_path)
+    assert ours.head is not None
+    token_ids = random_ids([40], seed=7)
+    expected, mask = hf_states(model, token_ids)
+    ids, cu_seqlens = encoder.pack(token_ids)
+    with torch.inference_mode():
+        assert (ours.mlm_logits(ours(ids, cu_seqlens)) - expected[mask]).abs().max() <= 1e-4
+
+
+def _corrupt_tokenizer_json(folder):
+    (folder / "tokenizer.json").write_text('{"version": "1.0", "model": ')
+
+
+def _corrupt_tokenizer_config(folder):
+    (folder / "tokenizer_config.json").write_text("{not json")
+
+
+def _config_as_list(folder):
+    (folder / "config.json").write_text("[]")
+
+
+@pytest.mark.parametrize("corrupt, message", [
+    (_corrupt_tokenizer_json, "cannot read .*tokenizer.json"),
+    (_corrupt_tokenizer_config, "tokenizer_config.json is not valid JSON"),
+    (_config_as_list, "not a JSON object"),
+])
+def test_malformed_files_are_a_clear_error(tmp_path, tiny_checkpoint, corrupt, message):
+    for path in tiny_checkpoint.iterdir():
+        shutil.copyfile(path, tmp_path / path.name)
+    corrupt(tmp_path)
+    with pytest.raises(ModelLoadError, match=message):
+        encoder.from_pretrained(tmp_path)
+
+
+def test_cuda_without_cuda_is_one_clear_error_before_loading(monkeypatch, tiny_checkpoint):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr("encoder.checkpoint.read_weights", lambda folder: pytest.fail("weights read first"))
+    with pytest.raises(ModelLoadError, match="'cuda' is not available"):
+        encoder.from_pretrained(tiny_checkpoint, device="cuda")

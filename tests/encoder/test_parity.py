@@ -140,3 +140,40 @@ def test_query_only_tokens_match_transformers_attention_mask(tiny):
         expected = hf.model(input_ids=ids, attention_mask=mask).last_hidden_state
         states = split(ours(input_ids, cu_seqlens, key_lengths=key_lengths), cu_seqlens)
     assert max_diff(states, [expected[i, : len(row)] for i, row in enumerate(token_ids)]) <= TOL
+
+
+def test_rope_frequencies_stay_float32_in_any_dtype():
+    from encoder.testing import random_encoder
+
+    model = random_encoder("tiny", num_hidden_layers=1)
+    expected = {name: rotary.inv_freq.clone() for name, rotary in model.model.rotary.items()}
+    for convert in (lambda m: m.to(torch.bfloat16), lambda m: m.half(), lambda m: m.to(dtype=torch.float32)):
+        convert(model)
+        for name, rotary in model.model.rotary.items():
+            assert rotary.inv_freq.dtype == torch.float32
+            assert torch.equal(rotary.inv_freq, expected[name])
+
+
+def test_bf16_long_sequence_tracks_transformers_bf16(tmp_path):
+    """Loaded in bf16, our RoPE angles are those of transformers' bf16 (float32 frequencies): at ~2000 tokens, with
+    position-sensitive attention, ours stays as close to the fp32 reference as transformers' bf16 does."""
+    from transformers import ModernBertModel
+
+    from encoder.testing import random_encoder
+
+    model = random_encoder("tiny", mlm_head=False, hidden_size=128, num_attention_heads=2, num_hidden_layers=3)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.attn.Wqkv.weight.mul_(8)  # sharp attention: a wrong angle moves the output
+    model.save_pretrained(tmp_path)
+    ours = encoder.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    hf16 = ModernBertModel.from_pretrained(tmp_path, dtype=torch.bfloat16, attn_implementation="sdpa").eval()
+    hf32 = ModernBertModel.from_pretrained(tmp_path, attn_implementation="sdpa").eval()
+    ids = random_ids([2000], seed=3)
+    with torch.inference_mode():
+        got = ours(*pack(ids)).float()
+        theirs = hf16(input_ids=torch.tensor(ids)).last_hidden_state[0].float()
+        exact = hf32(input_ids=torch.tensor(ids)).last_hidden_state[0]
+    cosine = torch.nn.functional.cosine_similarity
+    assert cosine(got, exact, dim=-1).min() >= cosine(theirs, exact, dim=-1).min() - 0.02
+    assert cosine(got, theirs, dim=-1).min() > 0.97
