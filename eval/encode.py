@@ -115,16 +115,38 @@ def model_cache_name(name_or_path: str | Path, loader: Callable) -> str:
     """How a model loaded from a folder or hub id is named in the cache key: the resolved folder (or the hub id),
     the loader, and for a folder a fingerprint of its files (names, sizes, modification times), so that a model
     trained again into the same folder is encoded again, e.g. "/models/minilm (ColBERT.from_token_embeddings)
-    files 3f2a9c0d1e4b"."""
+    files 3f2a9c0d1e4b". A hub id found in the local hub cache is named by its snapshot folder too (the path holds
+    the commit: a new revision is another key) with the same fingerprint; one not found, by the id alone."""
     local = Path(name_or_path).expanduser()
     if not local.is_dir():
-        return f"{name_or_path} ({loader.__qualname__})"
+        snapshot = hub_snapshot(str(name_or_path))
+        if snapshot is None:
+            return f"{name_or_path} ({loader.__qualname__})"
+        return f"{name_or_path} ({loader.__qualname__}) snapshot {snapshot} files {_fingerprint(snapshot)}"
     folder = local.resolve()
+    return f"{folder} ({loader.__qualname__}) files {_fingerprint(folder)}"
+
+
+def _fingerprint(folder: Path) -> str:
+    """The files under ``folder`` (names, sizes, modification times; links followed) in 12 hex digits."""
     hasher = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         info = path.stat()
         hasher.update(f"{path.relative_to(folder).as_posix()}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
-    return f"{folder} ({loader.__qualname__}) files {hasher.hexdigest()[:12]}"
+    return hasher.hexdigest()[:12]
+
+
+def hub_snapshot(name: str) -> Path | None:
+    """The snapshot folder of hub id ``name`` in the local hub cache (``.../snapshots/{commit}``: the revision the
+    loader just used), or None when it is not a hub id or not cached. Never goes to the network."""
+    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, local_files_only=True))
+    except Exception:  # not cached, or not a valid repo id: the key names the id alone
+        return None
 
 
 def _check_ids(ids: list[str], known: dict, what: str) -> None:

@@ -37,6 +37,7 @@ BM25 = "bm25"  # the lexical "model" in published.json and metrics.json
 INDEXES = {"dense": ("flat", "hnsw", "ivfpq"), "colbert": ("flat", "plaid")}
 QUERY_BATCH = 32
 DOC_BATCH = 256  # documents per PLAID build batch
+MIN_DEPTH = 100  # a shallower run would report recall@depth as Recall@100
 TRAINING_DEPTH = 101  # evaluate_head: Recall@100, plus a query's own id, which is dropped from its results
 
 
@@ -47,7 +48,7 @@ class EvalSettings:
     index: str = "flat"
     max_length: int | None = None  # None: the model's own; 0: the backbone's maximum (8192 for ModernBERT)
     token_embeddings: bool = False  # kind colbert over any encoder's token states (ColBERT.from_token_embeddings)
-    depth: int = 100  # documents retrieved per query (Recall@100 needs 100)
+    depth: int = 100  # documents retrieved per query (at least 100: Recall@100 and MAP are measured on them)
     nbits: int = 2  # PLAID residual bits
     index_options: dict[str, Any] = field(default_factory=dict)  # e.g. ef_search, n_ivf_probe, nprobe
     mode: str = "semantic"  # semantic (the model), lexical (BM25, no model), hybrid (both fused: retrieval.fusion)
@@ -55,6 +56,7 @@ class EvalSettings:
     device: str = "auto"  # auto, cpu, cuda, cuda:N (retrieval.heads.precision)
     dtype: str = "float32"  # auto, float32, bfloat16, int8: part of the embeddings cache key
     keep_own_ids: bool = False  # score a query's own id (BEIR drops it: eval.metrics, on own ids)
+    split: str = "test"  # the qrels split scored: recorded, and matched against the published numbers' split
 
     def check(self) -> None:
         if self.mode not in MODES:
@@ -68,8 +70,9 @@ class EvalSettings:
             raise SettingsError("--token-embeddings needs --kind colbert")
         if check_pool_factor(self.pool_factor) > 1 and self.kind != "colbert":
             raise SettingsError("--pool-factor pools token vectors: it needs --kind colbert")
-        if self.depth < 10:
-            raise SettingsError("--depth must be at least 10 (nDCG@10, MRR@10)")
+        if self.depth < MIN_DEPTH:
+            raise SettingsError(f"--depth must be at least {MIN_DEPTH} (Recall@100 and MAP are measured on the top "
+                                f"{MIN_DEPTH}), got {self.depth}")
         if self.mode != "lexical":
             check_precision(self.device, self.dtype)
 
@@ -100,7 +103,8 @@ def run_eval(dataset: BeirDataset, settings: EvalSettings, output: Path, cache_d
     metrics = evaluate(run, dataset.qrels, settings.keep_own_ids)
     record = {
         **metrics,
-        "dataset": {"name": dataset.name, "folder": str(dataset.folder) if dataset.folder else None,
+        "dataset": {"name": dataset.name, "split": settings.split,
+                    "folder": str(dataset.folder) if dataset.folder else None,
                     "documents": len(dataset.corpus), "queries": len(dataset.queries)},
         "settings": asdict(settings),
         "model": {"name": settings.model, "dim": model.dim, **model.settings(),
@@ -115,8 +119,10 @@ def run_eval(dataset: BeirDataset, settings: EvalSettings, output: Path, cache_d
         "embeddings_cache": str(encoded.path) if encoded.path else None,
         "device": device_description(),
         "versions": versions(),
-        "published": published_scores(settings.model, dataset.name, settings.kind)
-        + (published_scores(BM25, dataset.name, "lexical") if settings.mode == "hybrid" else []),
+        "published": published_scores(settings.model, dataset.name, settings.kind, settings.split, settings.mode,
+                                      settings.index)
+        + (published_scores(BM25, dataset.name, "lexical", settings.split, settings.mode)
+           if settings.mode == "hybrid" else []),
     }
     _write_outputs(record, run, output, settings)
     return record
@@ -140,14 +146,15 @@ def run_lexical_eval(dataset: BeirDataset, settings: EvalSettings, output: Path,
     seconds = time.perf_counter() - started
     record = {
         **evaluate(run, dataset.qrels, settings.keep_own_ids),
-        "dataset": {"name": dataset.name, "folder": str(dataset.folder) if dataset.folder else None,
+        "dataset": {"name": dataset.name, "split": settings.split,
+                    "folder": str(dataset.folder) if dataset.folder else None,
                     "documents": len(dataset.corpus), "queries": len(dataset.queries)},
         "settings": asdict(settings) | {"model": BM25, "kind": "lexical", "index": "bm25"},
         "model": {"name": BM25, "terms_version": TERMS_VERSION},
         "timings": {"total_s": round(seconds, 2), "search_ms_per_query": round(1000 * seconds / max(1, len(query_ids)), 2)},
         "device": device_description(),
         "versions": versions(),
-        "published": published_scores(BM25, dataset.name, "lexical"),
+        "published": published_scores(BM25, dataset.name, "lexical", settings.split, "lexical"),
     }
     _write_outputs(record, run, output, settings)
     return record

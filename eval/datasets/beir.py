@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import warnings
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +59,7 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
                 if not isinstance(item, dict):
                     raise DatasetError(f"{path}:{number}: expected a JSON object")
                 yield number, item
-    except (OSError, EOFError, UnicodeDecodeError) as error:
+    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as error:  # zlib.error: a damaged .gz stream
         raise DatasetError(f"{path}: cannot be read ({error})") from None
 
 
@@ -80,6 +81,24 @@ def field_of(item: dict, keys: tuple[str, ...], path: Path, number: int) -> str:
     raise DatasetError(f"{path}:{number}: no {' or '.join(repr(k) for k in keys)} field")
 
 
+class Duplicates:
+    """Counts the ids a corpus repeats (the last row wins, as BEIR's loader keeps it) and warns once, naming the
+    count and the first repeated id."""
+
+    def __init__(self, path: Path | str):
+        self.path, self.count, self.first = path, 0, None
+
+    def seen(self, doc_id: str, corpus: dict) -> None:
+        if doc_id in corpus:
+            self.count += 1
+            self.first = doc_id if self.first is None else self.first
+
+    def warn(self, stacklevel: int = 3) -> None:
+        if self.count:
+            warnings.warn(f"{self.path}: {self.count} repeated document ids, the last row of each kept as BEIR "
+                          f"does (first: {self.first!r})", stacklevel=stacklevel)
+
+
 def load_beir(folder: str | Path, split: str = "test", name: str | None = None) -> BeirDataset:
     folder = Path(folder)
     if not folder.is_dir():
@@ -96,11 +115,14 @@ def load_beir(folder: str | Path, split: str = "test", name: str | None = None) 
             hint = f" (its qrels splits: {', '.join(splits)})" if splits and label.startswith("qrels") else ""
             raise DatasetError(f"{folder} is not a BEIR dataset folder: {label} is missing{hint}")
     qrels = read_qrels(qrels_path)
-    corpus = {}
+    corpus: dict[str, dict[str, str]] = {}
+    duplicates = Duplicates(corpus_path)
     for number, doc in read_jsonl(corpus_path):
         doc_id = field_of(doc, ("_id",), corpus_path, number)
+        duplicates.seen(doc_id, corpus)
         corpus[doc_id] = {"title": valid_unicode(str(doc.get("title") or "")),
                           "text": valid_unicode(str(doc.get("text") or ""))}
+    duplicates.warn()
     queries = {}
     for number, query in read_jsonl(queries_path):
         query_id = field_of(query, ("_id",), queries_path, number)
@@ -145,11 +167,14 @@ def read_qrels(path: Path) -> dict[str, dict[str, int]]:
 
 
 def _read_info(folder: Path) -> dict[str, object]:
+    """dataset.json (how the set was built: informative only), or {} when it is missing, unreadable or not an
+    object."""
     path = folder / "dataset.json"
     try:
-        return json.loads(path.read_text()) if path.exists() else {}
-    except (OSError, json.JSONDecodeError):
+        info = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return {}
+    return info if isinstance(info, dict) else {}
 
 
 def write_beir(folder: str | Path, corpus: dict[str, dict[str, str]], queries: dict[str, str],

@@ -16,32 +16,43 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from .beir import BeirDataset, DatasetError, field_of, find_file, load_beir, read_jsonl
+from .beir import BeirDataset, DatasetError, Duplicates, field_of, find_file, load_beir, read_jsonl
 from .docstrings import strip_function_source
 from .mldr import error_reason, hub_errors
 
 SPLITS = {"test": "test", "valid": "valid", "validation": "valid", "dev": "valid", "train": "train"}
-SPLIT_FILE = re.compile(r"^.+_(train|valid|test)_\d+\.jsonl(\.gz)?$")
+SPLIT_FILE = re.compile(r"^(.+)_(train|valid|test)_\d+\.jsonl(\.gz)?$")  # {language}_{split}_{i}
 
 
 # ---------------------------------------------------------------------------------------------- CodeSearchNet
 
 
-def load_codesearchnet(folder: str | Path, language: str = "python", split: str = "test") -> BeirDataset:
+def load_codesearchnet(folder: str | Path, language: str | None = None, split: str = "test") -> BeirDataset:
     """CodeSearchNet ``language``/``split`` (test, valid or validation, train) as a BeirDataset named
     ``codesearchnet-{language}``.
 
     ``folder`` is any of: the root holding ``{language}/final/jsonl/{split}/{language}_{split}_{i}.jsonl.gz`` (the
     zip unpacked), the ``{language}`` folder, its ``final/jsonl`` folder, or a folder of the split's .jsonl(.gz)
-    files (files named ``{language}_{split}_{i}`` of other splits in it are left out). Files are read in natural
-    name order, then line order. Doc id: the ``url`` (else ``path:func_name:line``); query id: ``q:`` + doc id.
+    files (files named ``{language}_{split}_{i}`` of other splits in it are left out). The files' ``{language}``
+    prefix names the language: ``language`` None takes it (python where the files have none), another ``language``
+    is an error. Files are read in natural name order, then line order. Doc id: the ``url`` (else
+    ``path:func_name:line``); query id: ``q:`` + doc id.
     Rows with an empty docstring or code are skipped (``info["skipped"]``), as are repeated ids
     (``info["duplicates"]``)."""
     folder = Path(folder)
     if split not in SPLITS:
         raise DatasetError(f"unknown CodeSearchNet split {split!r}: use test, valid (or validation) or train")
     split = SPLITS[split]
-    files = _codesearchnet_files(folder, language, split)
+    files = _codesearchnet_files(folder, language or "python", split)
+    prefixes = sorted({m.group(1) for p in files if (m := SPLIT_FILE.match(p.name))})
+    if language is None:
+        if len(prefixes) > 1:
+            raise DatasetError(f"{files[0].parent} holds files of several languages ({', '.join(prefixes)}); "
+                               "pick one with --language")
+        language = prefixes[0] if prefixes else "python"
+    elif prefixes and prefixes != [language]:
+        raise DatasetError(f"{files[0].parent} holds CodeSearchNet {', '.join(prefixes)} files "
+                           f"({files[0].name}), not {language}: pass --language {prefixes[0]}")
     corpus: dict[str, dict[str, str]] = {}
     queries: dict[str, str] = {}
     qrels: dict[str, dict[str, int]] = {}
@@ -86,7 +97,7 @@ def _codesearchnet_files(folder: Path, language: str, split: str) -> list[Path]:
         files = [p for p in candidate.glob("*.jsonl*") if p.name.endswith((".jsonl", ".jsonl.gz"))]
         if not files:
             continue
-        named = {p: m.group(1) for p in files if (m := SPLIT_FILE.match(p.name))}
+        named = {p: m.group(2) for p in files if (m := SPLIT_FILE.match(p.name))}
         if named:  # files named {language}_{split}_{i}: keep the split's own
             files = [p for p in files if named.get(p) == split]
             if not files:
@@ -153,10 +164,14 @@ def load_coir(folder: str | Path, split: str = "test") -> BeirDataset:
         raise DatasetError(f"{', '.join(str(p) for p in qrels_files)}: no judgements")
 
     corpus: dict[str, dict[str, str]] = {}
-    for path in _coir_part(queries_corpus, "corpus"):
+    corpus_files = _coir_part(queries_corpus, "corpus")
+    duplicates = Duplicates(corpus_files[0].parent)
+    for path in corpus_files:
         for where, row in _rows(path):
-            corpus[_value(row, ("_id",), where)] = {"title": str(row.get("title") or ""),
-                                                    "text": str(row.get("text") or "")}
+            doc_id = _value(row, ("_id",), where)
+            duplicates.seen(doc_id, corpus)
+            corpus[doc_id] = {"title": str(row.get("title") or ""), "text": str(row.get("text") or "")}
+    duplicates.warn()
     queries: dict[str, str] = {}
     queries_files = _coir_part(queries_corpus, "queries")
     for path in queries_files:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .beir import BeirDataset, DatasetError, field_of, find_file, read_jsonl
+from .beir import BeirDataset, DatasetError, Duplicates, field_of, find_file, read_jsonl
 
 MLDR_REPO = "Shitao/MLDR"
 SPLIT_ALIASES = {"valid": "dev", "validation": "dev"}
@@ -20,14 +20,19 @@ def mldr_folder_name(lang: str) -> str:
     return f"mldr-v1.0-{lang}"
 
 
-def load_mldr(folder: str | Path, lang: str = "en", split: str = "test") -> BeirDataset:
+def load_mldr(folder: str | Path, lang: str | None = None, split: str = "test") -> BeirDataset:
     """MLDR ``lang``/``split`` as a BeirDataset named ``mldr-{lang}``.
 
     ``folder`` is the repo root (holding ``mldr-v1.0-{lang}/``) or that language folder itself; the files may be
-    gzipped or not. Queries without a positive passage are dropped (counted in ``info["skipped"]``); a positive
-    docid that is not in the corpus is an error."""
+    gzipped or not. The language of a folder named ``mldr-v1.0-{lang}`` is its own: ``lang`` None takes it, another
+    ``lang`` is an error; elsewhere ``lang`` defaults to en. Queries without a positive passage are dropped (counted
+    in ``info["skipped"]``); a positive docid that is not in the corpus is an error."""
     folder = Path(folder)
     split = SPLIT_ALIASES.get(split, split)
+    named = folder.name.removeprefix(mldr_folder_name("")) if folder.name.startswith(mldr_folder_name("")) else None
+    if named and lang is not None and lang != named:
+        raise DatasetError(f"{folder} holds MLDR {named!r}, not {lang!r}: drop --language, or pass --language {named}")
+    lang = named or lang or "en"
     if not folder.is_dir():
         raise DatasetError(f"{folder} is not a folder (expected MLDR: {mldr_folder_name(lang)}/corpus.jsonl.gz "
                            f"and {split}.jsonl.gz)")
@@ -73,9 +78,12 @@ def load_mldr(folder: str | Path, lang: str = "en", split: str = "test") -> Beir
         raise DatasetError(f"{split_path} holds no query with a positive passage")
 
     corpus: dict[str, dict[str, str]] = {}
+    duplicates = Duplicates(corpus_path)
     for number, row in read_jsonl(corpus_path):
         docid = field_of(row, ("docid",), corpus_path, number)
+        duplicates.seen(docid, corpus)
         corpus[docid] = {"title": "", "text": field_of(row, ("text",), corpus_path, number)}
+    duplicates.warn()
     for docid, (query_id, number) in first_seen.items():
         if docid not in corpus:
             absent = sum(d not in corpus for d in first_seen)

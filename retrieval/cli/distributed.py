@@ -45,7 +45,7 @@ def ray_eval(data: Any, settings: Any, output: Path, cache: Path, address: str, 
     timings = dict(result.timings)
     record = {
         **metrics,
-        "dataset": {"name": data.name, "folder": str(data.folder) if data.folder else None,
+        "dataset": {"name": data.name, "split": settings.split, "folder": str(data.folder) if data.folder else None,
                     "documents": len(data.corpus), "queries": len(data.queries)},
         "settings": {**asdict(settings), "ray": address, "shards": shards},
         "ray": {"cluster": result.cluster, "encoding": asdict(result.encoding), "shards": result.shards},
@@ -53,7 +53,8 @@ def ray_eval(data: Any, settings: Any, output: Path, cache: Path, address: str, 
                     "search_ms_per_query": round(1000 * timings.get("search_s", 0) / max(1, len(data.queries)), 2)},
         "device": device_description(),
         "versions": versions(),
-        "published": published_scores(settings.model, data.name, settings.kind),
+        "published": published_scores(settings.model, data.name, settings.kind, settings.split, settings.mode,
+                                      settings.index),
     }
     output.mkdir(parents=True, exist_ok=True)
     write_trec_run(run, output / "run.trec", f"{Path(settings.model).name}-ray", keep_own_ids=keep_own_ids)

@@ -49,16 +49,17 @@ def eval_command(
         "Document tokens kept (0: the model's maximum, 8192 for ModernBERT). Default: the model's own setting; "
         "for mldr, the maximum.")),
     output: Path = typer.Option(None, "--output", "-o", help="Folder for run.trec and metrics.json "
-                                "(default: runs/<dataset>-<model>-<kind>-<index>)."),
+                                "(default: runs/<dataset>-<split>-<model>-<kind>-<index>)."),
     token_embeddings: bool = typer.Option(False, "--token-embeddings", help=(
         "With --kind colbert: use any encoder's own token vectors as a multi-vector model (an untrained baseline).")),
-    language: str = typer.Option(None, "--language", help="codesearchnet: the language folder (default python); "
-                                 "mldr: the language (default en)."),
+    language: str = typer.Option(None, "--language", help="codesearchnet: the language (default: the files' "
+                                 "prefix, else python); mldr: the language (default: from a mldr-v1.0-XX folder, "
+                                 "else en). One the data contradicts is an error."),
     nbits: int = typer.Option(2, "--nbits", help="PLAID residual bits: 1, 2 or 4."),
     pool_factor: int = typer.Option(1, "--pool-factor", help=(
         "With --kind colbert: pool each document's token vectors to about 1/N of them (PyLate's pool_factor: "
         "hierarchical clustering, [CLS] kept); 1 keeps them all.")),
-    depth: int = typer.Option(100, "--depth", help="Documents retrieved per query."),
+    depth: int = typer.Option(100, "--depth", help="Documents retrieved per query (at least 100)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     dtype: str = typer.Option("float32", "--dtype", help=DTYPE_HELP + " Default float32: the model's own figures."),
     cache_dir: Path = typer.Option(None, "--cache-dir", help="Downloads, embeddings and indexes "
@@ -87,14 +88,15 @@ def eval_command(
         max_length = 0  # long documents: never cut at the model's short default
     settings = EvalSettings(model=model, kind=kind.value, index=index.value, max_length=max_length,
                             token_embeddings=token_embeddings, depth=depth, nbits=nbits, mode=mode.value,
-                            pool_factor=pool_factor, device=device, dtype=dtype, keep_own_ids=keep_own_ids)
+                            pool_factor=pool_factor, device=device, dtype=dtype, keep_own_ids=keep_own_ids,
+                            split=split)
     settings.check()  # a settings mistake fails before the dataset is read or downloaded
     data = load_target(target, dataset, split, language, cache)
     name = "bm25" if mode is ModeChoice.lexical else f"{Path(model.rstrip('/')).name}-{kind.value}-{index.value}"
     name += f"-pool{pool_factor}" if pool_factor != 1 else ""
     name += f"-{dtype}" if dtype != "float32" and mode is not ModeChoice.lexical else ""
     suffix = "-hybrid" if mode is ModeChoice.hybrid else ""
-    output = output or Path("runs") / _slug(f"{data.name}-{name}{suffix}")
+    output = output or Path("runs") / _slug(f"{data.name}-{split}-{name}{suffix}")
     what = "BM25 (lexical)" if mode is ModeChoice.lexical else f"model {model}, {kind.value}, index {index.value}" + (
         ", fused with BM25" if mode is ModeChoice.hybrid else "")
     err.print(f"{data.name} ({split}): {len(data.queries):,} queries, {len(data.corpus):,} documents; {what}",
@@ -127,7 +129,7 @@ def load_target(target: Target, dataset: str, split: str, language: str | None, 
         from eval.datasets.mldr import download_mldr, load_mldr
 
         if local.is_dir():
-            return load_mldr(local, language or "en", split)
+            return load_mldr(local, language, split)  # the language from a mldr-v1.0-XX folder, else en
         return load_mldr(download_mldr(cache / "datasets", language or dataset), language or dataset, split)
     from eval.datasets.codesearchnet import download_coir, load_codesearchnet, load_coir
 
@@ -135,7 +137,7 @@ def load_target(target: Target, dataset: str, split: str, language: str | None, 
         return load_coir(download_coir(dataset, cache / "datasets"), split)
     if find_file(local, "corpus.jsonl") or any(local.rglob("*.parquet")):
         return load_coir(local, split)
-    return load_codesearchnet(local, language or "python", split)
+    return load_codesearchnet(local, language, split)  # the language from the files' prefix, else python
 
 
 def print_report(record: dict, output: Path) -> None:
@@ -154,7 +156,7 @@ def print_report(record: dict, output: Path) -> None:
         for number, reference in enumerate(references):
             table.add_row(label if number == 0 else "", f"{record[key]:.4f}" if number == 0 else "",
                           f"{reference['value']:.4f}" if reference else "-",
-                          f"{reference['source']} ({reference['setting']})" if reference else "")
+                          _source(reference) if reference else "")
     console = Console()
     console.print(table)
     timings = record["timings"]
@@ -163,6 +165,12 @@ def print_report(record: dict, output: Path) -> None:
             if "encoding_total_s" in timings else "")
     console.print(f"{work}search {timings['search_ms_per_query']} ms/query; wrote {output / 'run.trec'} and "
                   f"{output / 'metrics.json'}", highlight=False)
+
+
+def _source(reference: dict) -> str:
+    """Where a published number comes from and how it was made; a number not like ours says so first."""
+    text = f"{reference['source']} ({reference['setting']})"
+    return f"{reference['note']} -- {text}" if reference.get("note") else text
 
 
 def _slug(text: str) -> str:

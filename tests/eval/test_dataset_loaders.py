@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.datasets.beir import DatasetError, write_beir
+from eval.datasets.beir import DatasetError, load_beir, write_beir
 from eval.datasets.codesearchnet import download_coir, load_codesearchnet, load_coir, strip_python_docstring
 from eval.datasets.mldr import download_mldr, load_mldr
 
@@ -451,3 +451,79 @@ def test_qrels_with_a_byte_order_mark_trec_spaces_or_bad_bytes(tmp_path):
     path.write_bytes(b"q1\td\xe9\t1\n")
     with pytest.raises(DatasetError, match="not UTF-8"):
         read_qrels(path)
+
+
+# ------------------------------------------------------------------------------- names from the data, bad files
+
+
+def test_mldr_language_comes_from_its_folder(tmp_path):
+    """`mret eval mldr --dataset .../mldr-v1.0-de` reads German: named mldr-de, and --language en is refused."""
+    from retrieval.cli.eval import Target, load_target
+
+    folder = make_mldr(tmp_path, "de")
+    assert load_mldr(folder).name == "mldr-de" and load_mldr(folder).info["lang"] == "de"
+    assert load_target(Target.mldr, str(folder), "test", None, tmp_path / "cache").name == "mldr-de"
+    assert load_mldr(tmp_path, "de").name == "mldr-de"  # the repo root: the language picks the folder
+    with pytest.raises(DatasetError, match=r"mldr-v1\.0-de holds MLDR 'de', not 'en': drop --language, or pass "
+                                           r"--language de"):
+        load_target(Target.mldr, str(folder), "test", "en", tmp_path / "cache")
+
+
+def test_codesearchnet_language_comes_from_the_file_names(tmp_path):
+    """A python/ folder read with --language java is refused; without --language the files' prefix names it."""
+    from retrieval.cli.eval import Target, load_target
+
+    make_codesearchnet(tmp_path)
+    with pytest.raises(DatasetError, match=r"holds CodeSearchNet python files \(python_test_2\.jsonl\.gz\), not "
+                                           r"java: pass --language python"):
+        load_target(Target.codesearchnet, str(tmp_path / "python"), "test", "java", tmp_path / "cache")
+    java = load_target(Target.codesearchnet, str(tmp_path / "java"), "test", None, tmp_path / "cache")
+    assert java.name == "codesearchnet-java" and java.info["language"] == "java"
+    assert load_codesearchnet(tmp_path / "python", "python").name == "codesearchnet-python"
+
+
+def test_a_damaged_gzip_stream_is_one_dataset_error(tmp_path):
+    raw = "".join(json.dumps({"_id": str(i), "text": f"word {i} " * 20}) + "\n" for i in range(2000)).encode()
+    data = bytearray(gzip.compress(raw))
+    for k in range(100, 110):
+        data[k] ^= 0x55
+    folder = write_beir(tmp_path / "set", {"d1": {"text": "x"}}, {"q1": "y"}, {"test": {"q1": {"d1": 1}}})
+    (folder / "corpus.jsonl").unlink()
+    (folder / "corpus.jsonl.gz").write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match=r"corpus\.jsonl\.gz: cannot be read \(.+\)$"):
+        load_beir(folder)
+
+
+def test_a_dataset_json_that_is_not_an_object_is_ignored(tmp_path):
+    folder = write_beir(tmp_path / "set", {"d1": {"text": "x"}}, {"q1": "y"}, {"test": {"q1": {"d1": 1}}})
+    for text in ("[1]", '"name"', "3"):
+        (folder / "dataset.json").write_text(text)
+        data = load_beir(folder)
+        assert data.name == "set" and data.info == {}
+
+
+def test_repeated_corpus_ids_keep_the_last_row_with_one_warning(tmp_path):
+    """As BEIR's loader: the last row of an id wins; a warning counts the repeats and names the first (BEIR layout,
+    MLDR and CoIR's parquet)."""
+    folder = write_beir(tmp_path / "set", {"d1": {"text": "x"}}, {"q1": "y"}, {"test": {"q1": {"d1": 1}}})
+    write_jsonl(folder / "corpus.jsonl", [{"_id": "d1", "text": "first"}, {"_id": "d2", "text": "two"},
+                                          {"_id": "d1", "text": "last"}, {"_id": "d2", "text": "again"},
+                                          {"_id": "d1", "text": "third"}])
+    with pytest.warns(UserWarning) as caught:
+        data = load_beir(folder)
+    messages = [str(w.message) for w in caught if "repeated" in str(w.message)]
+    assert messages == [f"{folder / 'corpus.jsonl'}: 3 repeated document ids, the last row of each kept as BEIR "
+                        "does (first: 'd1')"]
+    assert data.corpus == {"d1": {"title": "", "text": "third"}, "d2": {"title": "", "text": "again"}}
+
+    mldr = make_mldr(tmp_path / "mldr")
+    write_jsonl(mldr / "corpus.jsonl.gz", [{"docid": d, "text": d} for d in
+                                           ("doc-en-0", "doc-en-1", "doc-en-4", "doc-en-4")])
+    with pytest.warns(UserWarning, match=r"1 repeated document ids.*first: 'doc-en-4'"):
+        load_mldr(mldr)
+
+    coir = make_coir(tmp_path / "cosqa")
+    write_parquet(coir / "cosqa-queries-corpus" / "data" / "corpus-00000-of-00001.parquet",
+                  CORPUS_ROWS + [CORPUS_ROWS[1] | {"text": "newer"}])
+    with pytest.warns(UserWarning, match=r"1 repeated document ids.*first: 'c2'"):
+        assert load_coir(coir).corpus["c2"]["text"] == "newer"

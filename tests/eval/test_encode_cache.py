@@ -184,3 +184,36 @@ def test_a_model_trained_again_into_the_same_folder_is_another_cache_key(tmp_pat
     os.utime(folder / "model.safetensors", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
     assert model_cache_name(folder, load) != first
     assert model_cache_name("org/hub-model", load) == f"org/hub-model ({load.__qualname__})"
+
+
+def test_a_hub_model_is_keyed_by_its_cached_revision(tmp_path, monkeypatch):
+    """A hub id found in the local hub cache is named by its snapshot folder (the commit) and its files: a new
+    revision of the same id is another key. The resolver never goes to the network (local_files_only)."""
+    import huggingface_hub
+
+    from eval.encode import model_cache_name
+    from retrieval.heads.loading import loader_for
+
+    snapshots = tmp_path / "models--org--hub-model" / "snapshots"
+    for commit, weights in (("a" * 40, b"weights v1"), ("b" * 40, b"weights v2 longer")):
+        (snapshots / commit).mkdir(parents=True)
+        (snapshots / commit / "model.safetensors").write_bytes(weights)
+    current = {"commit": "a" * 40}
+    calls = []
+
+    def cached_snapshot(repo_id, **options):
+        calls.append((repo_id, options))
+        if repo_id != "org/hub-model":
+            raise FileNotFoundError("not in the cache")
+        return str(snapshots / current["commit"])
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", cached_snapshot)
+    load = loader_for("dense", False)
+    first = model_cache_name("org/hub-model", load)
+    assert f"snapshots/{'a' * 40}" in first and first.startswith(f"org/hub-model ({load.__qualname__}) snapshot ")
+    assert model_cache_name("org/hub-model", load) == first
+    current["commit"] = "b" * 40
+    second = model_cache_name("org/hub-model", load)
+    assert second != first and f"snapshots/{'b' * 40}" in second
+    assert all(options.get("local_files_only") for _, options in calls)
+    assert model_cache_name("org/uncached", load) == f"org/uncached ({load.__qualname__})"

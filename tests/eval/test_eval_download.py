@@ -140,7 +140,7 @@ def test_offline_is_one_line_from_the_command_line(tmp_path, monkeypatch):
     assert "offline? pass a local folder with --dataset" in result.output and "Traceback" not in result.output
 
 
-@pytest.mark.parametrize("args,message", [(["--depth", "5"], "--depth must be at least 10"),
+@pytest.mark.parametrize("args,message", [(["--depth", "50"], "--depth must be at least 100"),
                                           (["--kind", "colbert", "--index", "hnsw"], "does not apply to --kind colbert")])
 def test_a_settings_mistake_fails_before_the_download(tmp_path, monkeypatch, args, message):
     """Settings are checked before the dataset is read or fetched: the download (here one that could not happen)
