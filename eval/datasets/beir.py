@@ -48,7 +48,7 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
     """(line number, object) for every non-empty line of a .jsonl or .jsonl.gz file; DatasetError on bad JSON."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rt", encoding="utf-8") as f:
+        with opener(path, "rt", encoding="utf-8-sig") as f:  # -sig: a byte-order mark (Windows editors) is no JSON
             for number, line in enumerate(f, start=1):
                 if not line.strip():
                     continue

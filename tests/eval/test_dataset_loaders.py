@@ -453,6 +453,16 @@ def test_qrels_with_a_byte_order_mark_trec_spaces_or_bad_bytes(tmp_path):
         read_qrels(path)
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz"])
+def test_a_jsonl_with_a_byte_order_mark_is_read(tmp_path, suffix):
+    from eval.datasets.beir import read_jsonl
+
+    data = "\ufeff" + json.dumps({"_id": "d1", "text": "a"}) + "\n" + json.dumps({"_id": "d2", "text": "b"}) + "\n"
+    path = tmp_path / f"corpus{suffix}"
+    path.write_bytes(gzip.compress(data.encode()) if suffix.endswith(".gz") else data.encode())
+    assert [item["_id"] for _, item in read_jsonl(path)] == ["d1", "d2"]
+
+
 # ------------------------------------------------------------------------------- names from the data, bad files
 
 
