@@ -130,7 +130,9 @@ def load_target(target: Target, dataset: str, split: str, language: str | None, 
 
         if local.is_dir():
             return load_mldr(local, language, split)  # the language from a mldr-v1.0-XX folder, else en
-        return load_mldr(download_mldr(cache / "datasets", language or dataset), language or dataset, split)
+        if language is not None and language != dataset:  # `--dataset de --language en`: which one was meant?
+            raise DatasetError(f"--dataset {dataset} names MLDR's language; --language {language} disagrees")
+        return load_mldr(download_mldr(cache / "datasets", dataset), dataset, split)
     from eval.datasets.codesearchnet import download_coir, load_codesearchnet, load_coir
 
     if not local.is_dir():  # a CoIR task name

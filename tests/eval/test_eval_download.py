@@ -284,3 +284,14 @@ def test_mret_eval_a_cqadupstack_forum(server, tmp_path, monkeypatch):
         assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
         assert "Traceback" not in result.output
     assert requests == ["/cqadupstack.zip"]
+
+
+def test_an_mldr_language_named_twice_differently_is_refused_before_the_download(tmp_path, monkeypatch):
+    """`--dataset de --language en`: which language was meant is not guessed (the download took --language and the
+    name the run was reported under too, so German was asked for and English fetched)."""
+    import eval.datasets.mldr as mldr
+
+    monkeypatch.setattr(mldr, "download_mldr", lambda *a, **k: pytest.fail("downloaded"))
+    result = CliRunner().invoke(app, ["eval", "mldr", "--dataset", "de", "--language", "en", "--model", "unused",
+                                      "--cache-dir", str(tmp_path / "c"), "--output", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "--language en disagrees" in result.output, result.output
