@@ -18,7 +18,7 @@ from modernretrieval.errors import ModernRetrievalError
 from retrieval.fusion import MODES
 from retrieval.kinds import KINDS
 
-err = Console(stderr=True)
+err = Console(stderr=True, emoji=False)  # ":fire:" in a path or message stays as it is
 
 KindChoice = Enum("KindChoice", {kind: kind for kind in KINDS}, type=str)  # --kind, from the heads' one list
 KindChoice.__doc__ = "dense: one vector per text; colbert: one per token."

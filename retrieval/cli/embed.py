@@ -98,8 +98,16 @@ def embed_command(
     # the vectors are written as the model makes them (a "dot" model's are not normalized): nothing to warn about
     head = load_head(model, kind.value, device=device, dtype=dtype, warn_similarity=False)
     vectors = (head.encode_queries if query else head.encode_documents)(texts, show_progress=True)
-    ids_path(output).unlink(missing_ok=True)  # an earlier `--ray` run's ids would not name these rows
-    write_vectors(output, kind.value, vectors)
+    try:
+        ids_path(output).unlink(missing_ok=True)  # an earlier `--ray` run's ids would not name these rows
+        write_vectors(output, kind.value, vectors)
+    except OSError as error:  # a full disk, a folder made read-only meanwhile, /proc...: the vectors are lost
+        fail(cannot_write(output, error))
+
+
+def cannot_write(output: Path, error: OSError) -> str:
+    """The one line for an output that could not be written after encoding (nothing partial is left: atomic)."""
+    return f"--output {output}: cannot be written ({error.strerror or error}); nothing was written, run it again"
 
 
 def check_output(output: Path) -> None:
@@ -154,12 +162,16 @@ def embed_on_ray(model: str, inputs: list[str], output: Path, kind: str, query: 
     err.print(run.report.describe(), highlight=False, soft_wrap=True)
     # ids after the vectors, an earlier run's ids gone first: a kill in between leaves vectors without ids,
     # never new vectors beside old ids (or the reverse)
-    ids_path(output).unlink(missing_ok=True)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    replaced = _replacing(output)
-    shape = write_output(run, output, kind)
-    if run.ids is not None:
-        write_ids(ids_path(output), run.ids)
+    try:
+        ids_path(output).unlink(missing_ok=True)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        replaced = _replacing(output)
+        shape = write_output(run, output, kind)
+        if run.ids is not None:
+            write_ids(ids_path(output), run.ids)
+    except OSError as error:  # the encoded chunks stay in the parts folder: a rerun writes them without encoding
+        fail(f"--output {output}: cannot be written ({error.strerror or error}); the encoded chunks stay in "
+             f"{parts}, run it again to write them")
     err.print(f"wrote {output}{replaced}: {corpus.size} texts, array {shape}", highlight=False)
     shutil.rmtree(parts)
     if run.ids is not None:

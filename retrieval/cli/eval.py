@@ -159,7 +159,7 @@ def print_report(record: dict, output: Path) -> None:
             table.add_row(label if number == 0 else "", f"{record[key]:.4f}" if number == 0 else "",
                           f"{reference['value']:.4f}" if reference else "-",
                           _source(reference) if reference else "")
-    console = Console()
+    console = Console(emoji=False)  # names and paths are printed as they are
     console.print(table)
     timings = record["timings"]
     speed = f" ({record['tokens_per_s']:,.0f} tokens/s)" if record.get("tokens_per_s") else ""

@@ -54,7 +54,28 @@ def parse_search(argv: list[str]) -> dict | None:
 
 
 def run_warm_search(argv: list[str]) -> bool:
-    """True when a warm server answered ``mret search`` (printed); False: run the full command."""
+    """True when a warm server answered ``mret search`` (printed); False: run the full command. A closed output
+    pipe (``| head``) ends it quietly with exit code 1, as click's full command does; Ctrl-C with 130, no
+    traceback either way."""
+    try:
+        return _warm_search(argv)
+    except BrokenPipeError:
+        import os
+        import sys
+
+        devnull = os.open(os.devnull, os.O_WRONLY)  # the interpreter's last flush of stdout must not fail again
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # a stdout without a descriptor (tests)
+            sys.stdout = open(os.devnull, "w")
+        finally:
+            os.close(devnull)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+def _warm_search(argv: list[str]) -> bool:
     if not argv or argv[0] != "search":
         return False
     options = parse_search(argv[1:])

@@ -20,7 +20,7 @@ from .embed import DEVICE_HELP, DTYPE_HELP
 from .distributed import RAY_HELP
 from .search_output import print_hits
 
-out = Console(highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True, emoji=False)  # ":fire:" in a path stays as it is
 
 INDEX_DIR_HELP = "Index folder (default: ROOT/.mret; for search/status/remove, the nearest .mret at or above here)."
 
@@ -176,6 +176,8 @@ def status_command(
         out.print_json(json.dumps(status))
         return
     table = Table(show_header=False, box=None)
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")  # a long path wraps whole on a terminal, never cropped with "…"
     last = status["last_run"] or {}
     rows = {
         "root": status["root"], "index": status["index_dir"], "model": f"{status['model']} ({status['kind']}, "
@@ -188,18 +190,24 @@ def status_command(
         "last run": (f"{last.get('encoded_files', 0):,} files encoded, {last.get('unchanged_files', 0):,} unchanged, "
                      f"{last.get('removed_files', 0):,} removed in {last.get('seconds', 0):.1f} s") if last else "-",
     }
+    if not out.is_terminal:  # piped: whole `name: value` lines, never a path cropped to the table's width
+        sys.stdout.write("".join(f"{name}: {value}\n" for name, value in rows.items()))
+        sys.stdout.flush()
+        return
     for name, value in rows.items():
         table.add_row(f"[bold]{name}[/bold]", escape(value))  # paths may hold [..]
     out.print(table)
 
 
 def remove_command(
-    path: Path = typer.Argument(..., help="A file or folder (relative to here or to the indexed root)."),
+    path: str = typer.Argument(..., help="A file or folder (relative to here or to the indexed root)."),
     index_dir: Optional[Path] = typer.Option(None, "--index-dir", help=INDEX_DIR_HELP),
 ) -> None:
     """Remove a file, or everything under a folder, from the index (add it to .mretignore to keep it out)."""
+    if not path.strip():  # Path("") is "." (the root): an empty variable must not empty the index
+        fail("remove needs a file or folder, got an empty path")
     with _open(index_dir) as retriever, damage_named(retriever):
-        files, chunks = retriever.remove(path)
+        files, chunks = retriever.remove(path, whole_root=False)
     err.print(f"removed {files:,} files ({chunks:,} chunks); `mret index` takes them back unless .gitignore or "
               ".mretignore excludes them", highlight=False, soft_wrap=True)
 

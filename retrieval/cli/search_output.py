@@ -22,11 +22,12 @@ Hits = Sequence[Any]
 
 
 def use_color(stream: TextIO) -> bool:
-    """As rich decides: a terminal, unless NO_COLOR is set or TERM is dumb (FORCE_COLOR forces it)."""
-    if os.environ.get("FORCE_COLOR"):
-        return True
+    """As rich decides: a terminal, unless NO_COLOR is set or TERM is dumb (FORCE_COLOR forces a terminal, but
+    NO_COLOR and TERM=dumb still win over it)."""
     if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
         return False
+    if os.environ.get("FORCE_COLOR"):
+        return True
     return hasattr(stream, "isatty") and stream.isatty()
 
 

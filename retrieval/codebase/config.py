@@ -56,6 +56,16 @@ class IndexConfig:
                          index=raw.get("index", INDEX), pool_factor=raw.get("pool_factor", 1))
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise RetrieverError(f"{path} is not a modernretrieval index configuration ({error!r})") from None
+        if not _is_int(config.format) or config.format < 1:
+            raise RetrieverError(f"{path} has a format of {config.format!r}, not a modernretrieval index format")
+        if config.format > FORMAT:  # read and rewritten here, its newer keys would be lost
+            raise RetrieverError(f"{path} is format {config.format}, built by a newer modernretrieval (this one reads "
+                                 f"format {FORMAT}); upgrade modernretrieval")
+        for name, kind in (("max_length", int), ("max_length_setting", int), ("dim", int), ("root", str),
+                           ("model", str), ("index", str), ("kind", str)):
+            value = getattr(config, name)
+            if not (_is_int(value) if kind is int else isinstance(value, str)):
+                raise RetrieverError(f"{path} has {name} {value!r}, not {'an integer' if kind is int else 'a string'}")
         if config.kind not in KINDS:
             raise RetrieverError(f"{path} names an unknown kind {config.kind!r}")
         if isinstance(config.pool_factor, bool) or not isinstance(config.pool_factor, int) or config.pool_factor < 1:
@@ -105,6 +115,14 @@ def model_name(model: str | Path) -> str:
     return str(local.resolve()) if local.is_dir() else str(model)
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def read_last_run(index_dir: Path) -> dict[str, Any] | None:
-    path = index_dir / LAST_RUN
-    return json.loads(path.read_text()) if path.exists() else None
+    """The last run's summary, or None when there is none or it is damaged (only a report: never worth failing)."""
+    try:
+        last = json.loads((index_dir / LAST_RUN).read_text())
+    except (OSError, ValueError):  # absent, unreadable, not JSON (UnicodeDecodeError is a ValueError)
+        return None
+    return last if isinstance(last, dict) else None

@@ -280,7 +280,7 @@ class _Progress:
         from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-        console = Console(stderr=True)
+        console = Console(stderr=True, emoji=False)  # a path may hold ":fire:"
         self.total_files = total_files
         self.files = self.tokens = 0
         self.progress = Progress(

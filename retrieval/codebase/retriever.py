@@ -8,6 +8,7 @@ searches from many threads run against the index's last commit while another pro
 
 from __future__ import annotations
 
+import posixpath
 import shutil
 import threading
 from collections import Counter
@@ -409,12 +410,21 @@ class Retriever:
         return self.vectors.store.ids_of_sources(wanted)
 
     # ----- removing and describing
-    def remove(self, path: str | Path) -> tuple[int, int]:
+    def remove(self, path: str | Path, whole_root: bool = True) -> tuple[int, int]:
         """Drop a file, or everything under a folder, from the index: (files, chunks) removed. ``path`` is relative
-        to the root, or absolute under it. The next ``index`` takes it back unless it is ignored (.mretignore)."""
+        to the current folder or to the root, or absolute under it. The next ``index`` takes it back unless it is
+        ignored (.mretignore). ``whole_root=False`` refuses a path that is the root itself (`mret remove .`)."""
         relative = self._relative(path)
         known = self.vectors.store.files()
         paths = list(files_under(known, relative))
+        candidate = Path(path)
+        if not paths and not candidate.is_absolute() and not (Path.cwd() / candidate).exists():
+            # not here on disk nor indexed as resolved from here: a path relative to the root (sub/f.py from sub/)
+            relative = self._root_relative_path(candidate, path)
+            paths = list(files_under(known, relative))
+        if relative == "" and not whole_root:
+            raise RetrieverError(f"{path} is the indexed root {self.root}: to drop the whole index, delete its folder "
+                                 f"{self.index_dir}, or run `mret index --rebuild {self.root}` to build it again")
         if not paths:
             raise RetrieverError(f"nothing indexed at {relative or '.'}")
         ids = [i for p in paths for i in known[p].doc_ids]
@@ -429,8 +439,15 @@ class Retriever:
             relative = absolute.relative_to(self.root).as_posix()
             return "" if relative == "." else relative  # (not .strip("."): ".github" stays ".github")
         if not candidate.is_absolute():  # already relative to the root
-            return candidate.as_posix().strip("/")
+            return self._root_relative_path(candidate, path)
         raise RetrieverError(f"{path} is not under the indexed root {self.root}")
+
+    def _root_relative_path(self, candidate: Path, path: str | Path) -> str:
+        """``candidate`` (relative) read as relative to the root, normalized; ``..`` out of the root is refused."""
+        normal = posixpath.normpath(candidate.as_posix())
+        if normal == ".." or normal.startswith("../"):
+            raise RetrieverError(f"{path} is not under the indexed root {self.root}")
+        return "" if normal == "." else normal
 
     def status(self) -> dict[str, Any]:
         """What is indexed: root, model, counts by language, tokens, size on disk, the last run; ``pending_chunks``:

@@ -94,10 +94,20 @@ def read_server(index_dir: Path, check_alive: bool = True) -> ServerInfo | None:
     return info
 
 
-def call(info: ServerInfo, method: str, path: str, body: Any = None, timeout: float = 60.0) -> tuple[int, Any]:
-    """(status, decoded JSON) of one request to the server; OSError when it cannot be reached."""
+CONNECT_TIMEOUT_S = 1.5  # the fast path: a loopback server that does not accept at once is not worth waiting for
+SEARCH_TIMEOUT_S = 10.0  # ... nor one that accepted and does not answer (stuck): the local search runs instead
+
+
+def call(info: ServerInfo, method: str, path: str, body: Any = None, timeout: float = 60.0,
+         connect_timeout: float | None = None) -> tuple[int, Any]:
+    """(status, decoded JSON) of one request to the server; OSError when it cannot be reached, or when it does not
+    connect within ``connect_timeout`` (default ``timeout``) or answer within ``timeout`` (socket.timeout)."""
     connection = http.client.HTTPConnection(info.host, info.port, timeout=timeout)
     try:
+        if connect_timeout is not None:
+            connection.timeout = connect_timeout
+            connection.connect()
+            connection.sock.settimeout(timeout)
         headers = {"Authorization": f"Bearer {info.token}", "Content-Type": "application/json"}
         connection.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
         response = connection.getresponse()
@@ -125,7 +135,8 @@ def warm_search(index_dir: Path | None, query: str, k: int, path_glob: list[str]
         if value:
             body[key] = value
     try:
-        status, answer = call(info, "POST", "/search", body)
+        status, answer = call(info, "POST", "/search", body, timeout=SEARCH_TIMEOUT_S,
+                              connect_timeout=CONNECT_TIMEOUT_S)
     except OSError:
         return None
     if status != 200 or not isinstance(answer, dict):

@@ -117,6 +117,32 @@ def test_an_output_that_cannot_be_written_is_one_line_before_the_model_loads(tmp
     assert "Traceback" not in result.output and "no such model" not in result.output
 
 
+@pytest.mark.parametrize("kind, suffix", [("dense", ".npy"), ("colbert", ".npz")])
+def test_an_output_that_fails_to_write_after_encoding_is_one_line(tmp_path, monkeypatch, kind, suffix):
+    """A disk that fills up (or a path like /proc) while the vectors are written: one line, not a traceback."""
+    import errno
+
+    import modernretrieval.files
+    import retrieval.heads
+
+    class Head:
+        def encode_documents(self, texts, show_progress=False):
+            return np.ones((len(texts), 4), np.float32) if kind == "dense" else [np.ones((2, 4), np.float32)] * len(texts)
+
+    def full_disk(path, write):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(retrieval.heads, "load_head", lambda *args, **kwargs: Head())
+    monkeypatch.setattr(modernretrieval.files, "atomic_write", full_disk)
+    (tmp_path / "in.txt").write_text("\n".join(TEXTS) + "\n")
+    output = tmp_path / f"out{suffix}"
+    result = runner.invoke(app, ["embed", "-m", "any", "--kind", kind, "-i", str(tmp_path / "in.txt"),
+                                 "-o", str(output)])
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert "No space left on device" in result.output and str(output) in " ".join(result.output.split())
+    assert "Traceback" not in result.output and not output.exists()
+
+
 def test_missing_output_folders_are_made_and_a_replaced_file_is_said(tmp_path, minilm):
     (tmp_path / "in.txt").write_text("\n".join(TEXTS) + "\n")
     output = tmp_path / "new" / "deeper" / "out.npy"

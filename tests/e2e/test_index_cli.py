@@ -150,6 +150,65 @@ def test_remove_then_search_no_longer_returns_it(tmp_path, model_dir, monkeypatc
     assert json.loads(ok(mret("status", "--json")).stdout)["files"] == 8
 
 
+def test_remove_refuses_an_empty_path_and_the_whole_root(indexed, monkeypatch):
+    """`mret remove "$UNSET"` or `mret remove .` at the root emptied the whole index without a word."""
+    monkeypatch.chdir(indexed)
+    assert_user_error(mret("remove", ""), "empty path")
+    for path in (".", indexed, "sub/.."):
+        assert_user_error(mret("remove", path), "delete its folder", "mret index --rebuild")
+    monkeypatch.chdir(indexed / "sub")
+    assert_user_error(mret("remove", ".."), "delete its folder")
+    assert json.loads(ok(mret("status", "--json")).stdout)["files"] == 8  # nothing was removed
+
+
+def test_remove_a_root_relative_path_from_a_subfolder(tmp_path, model_dir, monkeypatch):
+    root = tmp_path / "tree"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.py").write_text("def a():\n    return 1\n")
+    (root / "sub" / "f2.py").write_text("def f2():\n    return 2\n")
+    ok(mret("index", root, "--model", model_dir, "--max-length", "128"))
+    monkeypatch.chdir(root / "sub")
+    assert "removed 1 files" in ok(mret("remove", "sub/f2.py")).stderr
+    assert_user_error(mret("remove", "../../outside.py"), "not under the indexed root")
+    assert json.loads(ok(mret("status", "--json")).stdout)["files"] == 1
+
+
+def test_status_piped_keeps_long_paths_whole_and_emoji_codes_as_they_are(tmp_path, model_dir, monkeypatch):
+    """Not a terminal: `name: value` lines, never a path cropped with "…" at 80 columns; ":fire:" in a path is not
+    an emoji, on stdout or stderr."""
+    root = tmp_path / ("a-rather-long-folder-name-" * 4) / "e:fire:x"
+    root.mkdir(parents=True)
+    (root / "a.py").write_text("def a():\n    return 1\n")
+    indexed = ok(mret("index", root, "--model", model_dir, "--max-length", "128"))
+    assert "e:fire:x" in indexed.stderr and "\N{FIRE}" not in indexed.stderr
+    monkeypatch.chdir(root)
+    text = ok(mret("status")).stdout
+    assert f"root: {root.resolve()}\n" in text and f"index: {root.resolve() / '.mret'}\n" in text
+    assert "…" not in text and "\N{FIRE}" not in text
+    missing = mret("remove", ":fire:.py")
+    assert_user_error(missing, "nothing indexed at :fire:.py")
+    assert "\N{FIRE}" not in missing.stderr
+
+
+@pytest.mark.parametrize("env, tty, expected", [
+    ({"NO_COLOR": "1", "FORCE_COLOR": "1"}, True, False), ({"NO_COLOR": "1", "FORCE_COLOR": "1"}, False, False),
+    ({"FORCE_COLOR": "1"}, False, True), ({"TERM": "dumb", "FORCE_COLOR": "1"}, True, False), ({}, True, True),
+    ({}, False, False)])
+def test_no_color_wins_over_force_color(monkeypatch, env, tty, expected):
+    """As rich decides: FORCE_COLOR makes a terminal of a pipe, but NO_COLOR (and TERM=dumb) still turn colour off."""
+    import io
+
+    from retrieval.cli.search_output import use_color
+
+    for name in ("NO_COLOR", "FORCE_COLOR", "TERM"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    stream = io.StringIO()
+    stream.isatty = lambda: tty
+    assert use_color(stream) is expected
+
+
 def test_index_dir_elsewhere(tmp_path, model_dir, monkeypatch):
     root = make_tree(tmp_path / "tree")
     other = tmp_path / "indexes" / "tree-index"

@@ -393,6 +393,56 @@ def test_remove_a_file_and_a_folder(tmp_path, model_dir, monkeypatch):
         assert summary.encoded_files == 6 and retriever.status()["files"] == 6
 
 
+def test_remove_a_root_relative_path_from_a_subfolder_and_refuse_the_root(tmp_path, model_dir, monkeypatch):
+    """`mret remove sub/f2.py` typed inside sub/ (a path relative to the root, not to here); `..` out of the root is
+    refused; `whole_root=False` (the command line) refuses the root itself."""
+    from retrieval.codebase.retriever import Retriever, RetrieverError
+
+    root = tmp_path / "tree"
+    (root / "sub").mkdir(parents=True)
+    for name in ("f1.py", "sub/f2.py", "sub/f3.py"):
+        (root / name).write_text(f"def {name.replace('/', '_')[:-3]}():\n    return 1\n")
+    with Retriever(root, model=model_dir, max_length=MAX_LENGTH, show_progress=False) as retriever:
+        retriever.index()
+        monkeypatch.chdir(root / "sub")
+        assert retriever.remove("sub/f2.py")[0] == 1  # not ./sub/f2.py on disk nor indexed: relative to the root
+        assert retriever.remove("f3.py")[0] == 1  # relative to here, as before
+        with pytest.raises(RetrieverError, match="not under the indexed root"):
+            retriever.remove("../../elsewhere.py")
+        for here, path in ((root / "sub", ".."), (root / "sub", root), (root, "."), (root, ""), (tmp_path, ".")):
+            monkeypatch.chdir(here)  # (".", from outside the root: the root, read as relative to it)
+            with pytest.raises(RetrieverError, match=r"delete its folder .*mret index --rebuild"):
+                retriever.remove(path, whole_root=False)
+        assert retriever.status()["files"] == 1
+
+
+def test_a_newer_or_mistyped_config_and_a_damaged_last_run(tmp_path):
+    """config.json from a newer modernretrieval is refused (read and rewritten here, its new keys would be lost);
+    fields of the wrong type are one line; a damaged last_run.json (only a report) reads as none."""
+    from retrieval.codebase.config import FORMAT, IndexConfig, RetrieverError, read_last_run
+
+    good = {"format": FORMAT, "root": str(tmp_path), "model": "m", "kind": "dense", "max_length": 128,
+            "max_length_setting": 0, "dim": 8, "index": "index", "pool_factor": 1}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(good))
+    assert IndexConfig.read(tmp_path).format == FORMAT
+    path.write_text(json.dumps({**good, "format": FORMAT + 1, "new_key": 1}))
+    with pytest.raises(RetrieverError, match="newer modernretrieval.*upgrade"):
+        IndexConfig.read(tmp_path)
+    for key, bad in (("format", "1"), ("format", 1.5), ("format", True), ("max_length", "128"), ("dim", None),
+                     ("max_length_setting", 1.0), ("root", 3), ("model", ["m"]), ("index", 1)):
+        path.write_text(json.dumps({**good, key: bad}))
+        with pytest.raises(RetrieverError) as error:
+            IndexConfig.read(tmp_path)
+        assert "\n" not in str(error.value) and (key in str(error.value) or "format" in str(error.value)), key
+    assert read_last_run(tmp_path) is None
+    for damaged in (b"{not json", b"\xff\xfe", b"[1, 2]"):
+        (tmp_path / "last_run.json").write_bytes(damaged)
+        assert read_last_run(tmp_path) is None
+    (tmp_path / "last_run.json").write_text('{"encoded_files": 3}')
+    assert read_last_run(tmp_path) == {"encoded_files": 3}
+
+
 # ----- 2. incremental runs
 class Counting:
     """Counts model loads, documents encoded (their texts) and files read, across Retriever instances."""

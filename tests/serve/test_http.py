@@ -317,6 +317,57 @@ def test_a_stale_server_file_falls_back_to_a_local_search(indexed_tree, tmp_path
         (index_dir / "server.json").unlink()
 
 
+def test_a_server_that_accepts_and_never_answers_falls_back_quickly(tmp_path, monkeypatch):
+    """A stuck server (it accepted; no answer comes) used to hold `mret search` for 60 s: the fast path gives up after
+    a short read timeout, and a connection the server does not take after a shorter one."""
+    import os
+    import socket
+
+    from retrieval.serve import warm
+
+    assert warm.CONNECT_TIMEOUT_S <= 2 and warm.SEARCH_TIMEOUT_S <= 15  # the defaults are short
+    monkeypatch.setattr(warm, "SEARCH_TIMEOUT_S", 0.5)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(5)  # the kernel accepts; nothing ever reads or answers
+        warm.write_server_file(tmp_path, warm.ServerInfo(os.getpid(), "127.0.0.1", listener.getsockname()[1], "x"))
+        started = time.monotonic()
+        assert warm.warm_search(tmp_path, "q", 3, None, None) is None  # the caller searches locally
+        assert time.monotonic() - started < 5
+
+
+def test_the_fast_path_ends_quietly_on_a_closed_pipe_and_on_ctrl_c(monkeypatch):
+    """`mret search q | head -1` with a warm server: no BrokenPipeError traceback, exit 1 as the full command (click)
+    does; Ctrl-C: exit 130, no KeyboardInterrupt traceback."""
+    from retrieval.cli.fast import run_warm_search
+    from retrieval.serve import warm
+
+    hits = [warm.RemoteHit("a.py", 1, 2, 0.5, "line one\nline two", 1)] * 50
+
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(warm, "warm_search", lambda *args: hits)
+    for argv in (["search", "q"], ["search", "q", "--json"]):
+        monkeypatch.setattr(sys, "stdout", ClosedPipe())
+        with pytest.raises(SystemExit) as ended:
+            run_warm_search(argv)
+        assert ended.value.code == 1 and ended.value.__suppress_context__  # (no traceback of the broken pipe)
+        assert not isinstance(sys.stdout, ClosedPipe)  # the interpreter's last flush must not fail again
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(warm, "warm_search", interrupted)
+    with pytest.raises(SystemExit) as ended:
+        run_warm_search(["search", "q"])
+    assert ended.value.code == 130
+
+
 def test_concurrent_searches_are_batched_and_equal_single_ones(service):
     from retrieval.serve.batching import BatchingHead
 
