@@ -24,6 +24,11 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 BODY_PREFIXES = ("embeddings.", "layers.", "final_norm.")
 
 
+def is_hub_id(text: str) -> bool:
+    """Whether ``text`` has the shape of a hub id ("owner/name"), not of a local path."""
+    return not text.startswith((".", "/", "~")) and text.count("/") == 1
+
+
 def resolve(name_or_path: str | Path, revision: str | None = None, extra_files: list[str] | None = None) -> Path:
     """A local folder as is; otherwise a hub id, downloaded (or taken from the cache) by huggingface_hub.
 
@@ -34,7 +39,7 @@ def resolve(name_or_path: str | Path, revision: str | None = None, extra_files: 
     text = str(name_or_path)
     if path.exists():
         raise ModelLoadError(f"{text} is a file; pass the checkpoint folder that holds config.json")
-    if text.startswith((".", "/", "~")) or text.count("/") != 1:
+    if not is_hub_id(text):
         raise ModelLoadError(f"no such model folder: {text}")
     from huggingface_hub import snapshot_download
 

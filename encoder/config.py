@@ -94,7 +94,7 @@ class ModernBertConfig:
             kwargs["layer_types"] = list(raw["layer_types"])
         else:
             every_n = raw.get("global_attn_every_n_layers", 3)
-            if not _is_int(every_n) or every_n < 1:
+            if not is_int(every_n) or every_n < 1:
                 raise ModelLoadError(f"invalid ModernBERT config: global_attn_every_n_layers={every_n!r} "
                                      "is not a positive integer")
             kwargs["layer_types"] = layer_pattern(n_layers, every_n)
@@ -142,7 +142,8 @@ FLOAT_FIELDS = ("norm_eps", "global_rope_theta", "local_rope_theta", "embedding_
                 "mlp_dropout")
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """An int as JSON gives one: True and False are not."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -157,10 +158,10 @@ def _check_values(raw: dict[str, Any]) -> None:
     A null shape (num_hidden_layers: null) is an error too: a default would build a model the weights do not fit."""
     problems = []
     for name in SHAPE_FIELDS:
-        if name in raw and (not _is_int(raw[name]) or raw[name] < 1):
+        if name in raw and (not is_int(raw[name]) or raw[name] < 1):
             problems.append(f"{name}={raw[name]!r} is not a positive integer")
     for name in INT_FIELDS:
-        if raw.get(name) is not None and not _is_int(raw[name]):
+        if raw.get(name) is not None and not is_int(raw[name]):
             problems.append(f"{name}={raw[name]!r} is not an integer")
     for name in FLOAT_FIELDS:
         value = raw.get(name)

@@ -6,8 +6,9 @@ checkpoint moves between the two without renaming.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -127,20 +128,26 @@ class Encoder(nn.Module):
 
     @torch.inference_mode()
     def embed_token_ids(self, token_ids: Sequence[Sequence[int]], batch_tokens: int | None = None,
-                        show_progress: bool | None = None,
-                        key_lengths: Sequence[int] | None = None) -> list[torch.Tensor]:
+                        show_progress: bool | None = None, key_lengths: Sequence[int] | None = None,
+                        reduce: Callable[[list[int], list[torch.Tensor]], Sequence[Any]] | None = None) -> list[Any]:
         """``embed`` for already tokenized input (lists of ids, special tokens included).
 
-        ``key_lengths``: per text, how many leading tokens are attended to (see ``forward``)."""
+        ``key_lengths``: per text, how many leading tokens are attended to (see ``forward``).
+        ``reduce``: applied to each batch as soon as it is run, (the batch's input positions, their token states) ->
+        one result each, returned in input order instead of the states: only one batch's states are alive at a time.
+        None: the states themselves."""
         budget = batch_tokens or (CUDA_BATCH_TOKENS if self.device.type == "cuda" else CPU_BATCH_TOKENS)
         batches = batches_by_token_budget([len(ids) for ids in token_ids], budget)
-        out: list[torch.Tensor | None] = [None] * len(token_ids)
+        out: list[Any] = [None] * len(token_ids)
         for batch in progress(batches, show_progress, total_tokens=sum(map(len, token_ids))):
             input_ids, cu_seqlens = pack([token_ids[i] for i in batch], self.device)
             keys = None if key_lengths is None else [key_lengths[i] for i in batch]
-            for i, states in zip(batch, split(self(input_ids, cu_seqlens, keys), cu_seqlens)):
-                out[i] = states
-        return out  # type: ignore[return-value]
+            states = split(self(input_ids, cu_seqlens, keys), cu_seqlens)
+            results = states if reduce is None else reduce(batch, states)
+            del states  # (reduced: the states are gone before the next batch runs)
+            for i, result in zip(batch, results, strict=True):
+                out[i] = result
+        return out
 
     @torch.inference_mode()
     def fill_mask(self, text: str, top_k: int = 5) -> list[tuple[str, float]]:

@@ -76,8 +76,8 @@ class Tokenizer:
         and the special tokens the post-processor put around them stay.
 
         A text longer than ``max_length * CUT_CHARS_PER_TOKEN`` characters is first tokenized from that prefix only
-        (an 8 MB line whole took 7 s and 1.6 GB); its tokens are used only when the room is filled by words that end
-        before the last two words of the prefix (words as the pre-tokenizer splits them: tokens never cross them,
+        (a multi-megabyte line tokenized whole costs seconds and gigabytes); its tokens are used only when the room
+        is filled by words that end before the last two words of the prefix (words as the pre-tokenizer splits them: tokens never cross them,
         and only the words at the cut can differ from the whole text's), else the text is tokenized whole. The ids
         are those of the whole text either way."""
         check_texts(texts)

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from modernretrieval.files import atomic_write
+from encoder.checkpoint import is_hub_id
 from retrieval.encoding import encode_texts
 from retrieval.heads.base import Head, Kind
 from retrieval.heads.colbert import pack_arrays
@@ -139,7 +140,7 @@ def _fingerprint(folder: Path) -> str:
 def hub_snapshot(name: str) -> Path | None:
     """The snapshot folder of hub id ``name`` in the local hub cache (``.../snapshots/{commit}``: the revision the
     loader just used), or None when it is not a hub id or not cached. Never goes to the network."""
-    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+    if not is_hub_id(name):
         return None
     try:
         from huggingface_hub import snapshot_download

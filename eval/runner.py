@@ -132,8 +132,7 @@ def _write_outputs(record: dict[str, Any], run: dict[str, dict[str, float]], out
                    settings: EvalSettings) -> None:
     output.mkdir(parents=True, exist_ok=True)
     tag = "mret-bm25" if settings.mode == "lexical" else f"mret-{settings.kind}-{settings.index}"
-    write_trec_run(run, output / "run.trec", tag=tag + ("-hybrid" if settings.mode == "hybrid" else ""),
-                   keep_own_ids=settings.keep_own_ids)
+    write_trec_run(run, output / "run.trec", tag=tag + ("-hybrid" if settings.mode == "hybrid" else ""))
     (output / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
@@ -306,12 +305,12 @@ def exhaustive_maxsim(encoded: EncodedBeir, depth: int, show_progress: bool | No
 
 
 # ----- outputs
-def write_trec_run(run: dict[str, dict[str, float]], path: Path, tag: str, keep_own_ids: bool = False) -> None:
-    """TREC format: query-id Q0 doc-id rank score tag, in trec_eval's order (ties: descending doc id), a query's
-    own id left out unless ``keep_own_ids``, as scored."""
+def write_trec_run(run: dict[str, dict[str, float]], path: Path, tag: str) -> None:
+    """TREC format: query-id Q0 doc-id rank score tag, in trec_eval's order (ties: descending doc id). ``run`` is
+    the run as scored (``without_own_ids``: own ids already dropped unless kept)."""
     with open(path, "w") as f:
         for query_id, docs in run.items():
-            ranked = trec_order({d: s for d, s in docs.items() if keep_own_ids or d != query_id})
+            ranked = trec_order(docs)
             for rank, (doc_id, score) in enumerate(ranked, start=1):
                 f.write(f"{query_id} Q0 {doc_id} {rank} {score:.6f} {tag}\n")
 

@@ -57,7 +57,7 @@ def ray_eval(data: Any, settings: Any, output: Path, cache: Path, address: str, 
                                       settings.index),
     }
     output.mkdir(parents=True, exist_ok=True)
-    write_trec_run(run, output / "run.trec", f"{Path(settings.model).name}-ray", keep_own_ids=keep_own_ids)
+    write_trec_run(run, output / "run.trec", f"{Path(settings.model).name}-ray")
     atomic_write_json(output / "metrics.json", record)
     return record
 

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from encoder.config import is_int
 from indexes import FaissIndex, PlaidIndex
 from modernretrieval.errors import ModernRetrievalError
 from modernretrieval.files import atomic_write_json
@@ -56,7 +57,7 @@ class IndexConfig:
                          index=raw.get("index", INDEX), pool_factor=raw.get("pool_factor", 1))
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise RetrieverError(f"{path} is not a modernretrieval index configuration ({error!r})") from None
-        if not _is_int(config.format) or config.format < 1:
+        if not is_int(config.format) or config.format < 1:
             raise RetrieverError(f"{path} has a format of {config.format!r}, not a modernretrieval index format")
         if config.format > FORMAT:  # read and rewritten here, its newer keys would be lost
             raise RetrieverError(f"{path} is format {config.format}, built by a newer modernretrieval (this one reads "
@@ -64,11 +65,11 @@ class IndexConfig:
         for name, kind in (("max_length", int), ("max_length_setting", int), ("dim", int), ("root", str),
                            ("model", str), ("index", str), ("kind", str)):
             value = getattr(config, name)
-            if not (_is_int(value) if kind is int else isinstance(value, str)):
+            if not (is_int(value) if kind is int else isinstance(value, str)):
                 raise RetrieverError(f"{path} has {name} {value!r}, not {'an integer' if kind is int else 'a string'}")
         if config.kind not in KINDS:
             raise RetrieverError(f"{path} names an unknown kind {config.kind!r}")
-        if isinstance(config.pool_factor, bool) or not isinstance(config.pool_factor, int) or config.pool_factor < 1:
+        if not is_int(config.pool_factor) or config.pool_factor < 1:
             raise RetrieverError(f"{path} names a pool factor of {config.pool_factor!r}, not an integer of at least 1")
         if not is_vector_folder(config.index):  # a name, never a path: rebuilds delete the folders they replace
             raise RetrieverError(f"{path} names {config.index!r} as its vector folder, not a folder of its own")
@@ -113,10 +114,6 @@ def model_name(model: str | Path) -> str:
     """A local folder by its absolute path (so that the index finds it from anywhere), a hub id as is."""
     local = Path(model).expanduser()
     return str(local.resolve()) if local.is_dir() else str(model)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def read_last_run(index_dir: Path) -> dict[str, Any] | None:

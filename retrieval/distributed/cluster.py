@@ -64,7 +64,7 @@ def connect(address: str | None = "local", num_cpus: int | None = None) -> Clust
                     ray.init(address=address, **options)
         except (ConnectionError, RuntimeError, ValueError) as error:
             raise RayUnavailableError(f"cannot join the Ray cluster at {address}: "
-                                      f"{_first_line(error)}") from None
+                                      f"{first_line(error)}") from None
     resources = ray.cluster_resources()
     return Cluster(str(address or "local"), len([n for n in ray.nodes() if n.get("Alive")]),
                    int(resources.get("CPU", 0)), int(resources.get("GPU", 0)))
@@ -177,6 +177,11 @@ def original_map_errors(ray) -> Iterator[None]:
         context.raise_original_map_exception = keep
 
 
-def _first_line(error: BaseException) -> str:
-    lines = [line for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of ``error``'s message, of the error Ray wraps where it wraps one (Ray appends its
+    retry advice and traces below)."""
+    cause = error
+    while getattr(cause, "cause", None) is not None:
+        cause = cause.cause
+    lines = [line for line in str(cause).splitlines() if line.strip()]
+    return lines[0] if lines else type(cause).__name__

@@ -73,8 +73,7 @@ class HeadSpec:
                                 f"not {self.kind}")
         check(self.device, self.dtype)
         path = Path(self.model).expanduser()
-        if model_files and not path.is_dir() and (path.exists() or self.model.startswith((".", "/", "~"))
-                                                  or self.model.count("/") != 1):
+        if model_files and not path.is_dir() and (path.exists() or not checkpoint.is_hub_id(self.model)):
             checkpoint.resolve(self.model)  # not a hub id: raises its ModelLoadError, downloads nothing
 
 

@@ -41,7 +41,7 @@ from modernretrieval.files import atomic_write, atomic_write_json
 from retrieval.encoding import CHUNK_TEXTS, Encoded, chunk_plan, part_name, saved_row_lengths
 
 from .blocks import encode_blocks, iter_plan, read_plan
-from .cluster import connect, require_ray
+from .cluster import connect, first_line, require_ray
 from .encode import EncodeReport, HeadSpec, check_load
 
 FORMATS = {".parquet": "parquet", ".jsonl": "json"}
@@ -131,7 +131,7 @@ def uri_folder(uri: str) -> list[str]:
         info = filesystem.get_file_info(root)
         files = (filesystem.get_file_info(pafs.FileSelector(root)) if info.type == pafs.FileType.Directory else [])
     except (OSError, ValueError) as error:  # no such scheme, unreachable, no credentials
-        raise CorpusFilesError(f"cannot list {uri}: {_first_line(error)}") from None
+        raise CorpusFilesError(f"cannot list {uri}: {first_line(error)}") from None
     if info.type == pafs.FileType.File:
         return [uri]
     if info.type != pafs.FileType.Directory:
@@ -348,12 +348,5 @@ def _corpus_error(error: BaseException, where: str) -> CorpusFilesError:
         if isinstance(cause, CorpusFilesError) and not isinstance(inner, CorpusFilesError):
             return CorpusFilesError(str(cause).splitlines()[0])
         cause = inner or cause.__cause__
-    return CorpusFilesError(f"cannot read {where}: {_first_line(error)}")
+    return CorpusFilesError(f"cannot read {where}: {first_line(error)}")
 
-
-def _first_line(error: BaseException) -> str:
-    cause = error
-    while getattr(cause, "cause", None) is not None:  # Ray wraps the reader's error
-        cause = cause.cause
-    lines = [line for line in str(cause).splitlines() if line.strip()]
-    return lines[0] if lines else type(cause).__name__  # Ray appends its retry advice below
