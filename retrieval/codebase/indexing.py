@@ -70,6 +70,9 @@ class IndexSettings:
     # the documents' encoder when it is not the head in this process (``mret index --ray``: a pool of Ray actors,
     # retrieval.distributed.RayEncoder); it must give the rows ``encode_texts`` gives with the index's head
     encode: Callable[[Sequence[str]], Encoded] | None = None
+    # called just before each batch is encoded (maybe in encoding.ahead's worker thread): what it raises ends the run
+    # between two commits (``TreeService.index`` stops a run this way)
+    before_batch: Callable[[], None] | None = None
 
 
 def chunk_budget(head: Head) -> int:
@@ -227,6 +230,8 @@ class _Run:
         (``encoding.ahead``) while the previous batch commits; it reads and writes nothing else."""
         started = time.perf_counter()
         encode = self.settings.encode or (lambda texts: encode_texts(self.head(), texts, is_query=False))
+        if documents and self.settings.before_batch is not None:
+            self.settings.before_batch()
         vectors = encode([d.text or "" for d in documents]).rows if documents else []
         return vectors, time.perf_counter() - started
 

@@ -15,8 +15,7 @@ import torch
 from torch import nn
 
 import encoder
-from encoder.packing import batches_by_token_budget, pack, split
-from encoder.pretrained import CPU_BATCH_TOKENS, CUDA_BATCH_TOKENS, progress
+from encoder.packing import batches_by_token_budget, pack
 from encoder.tokenizer import Tokenizer
 from modernretrieval.errors import SettingsError
 
@@ -40,24 +39,14 @@ class ModernBertBackbone(nn.Module):
         """Per-text token states; with ``key_lengths``, only the first key_lengths[i] tokens are attended to."""
         return self.model.embed_token_ids(token_ids, show_progress=show_progress, key_lengths=key_lengths)
 
-    @torch.inference_mode()
     def map_batches(self, token_ids: Sequence[Sequence[int]], reduce: Reduce, show_progress: bool | None = None,
                     key_lengths: Sequence[int] | None = None) -> list[Any]:
         """``reduce`` applied to each batch's token states as soon as the batch is run, results in input order: the
         batches and states of ``token_states`` (``Encoder.embed_token_ids``), but only one batch's states alive at a
         time, so that a head that pools or projects holds one batch of hidden states plus its outputs, not every
         token's state of every text."""
-        model = self.model
-        budget = CUDA_BATCH_TOKENS if model.device.type == "cuda" else CPU_BATCH_TOKENS
-        batches = batches_by_token_budget([len(ids) for ids in token_ids], budget)
-        out: list[Any] = [None] * len(token_ids)
-        for batch in progress(batches, show_progress, total_tokens=sum(map(len, token_ids))):
-            input_ids, cu_seqlens = pack([token_ids[i] for i in batch], model.device)
-            keys = None if key_lengths is None else [key_lengths[i] for i in batch]
-            results = reduce(batch, split(model(input_ids, cu_seqlens, keys), cu_seqlens))  # states: gone after
-            for i, result in zip(batch, results, strict=True):
-                out[i] = result
-        return out
+        return self.model.embed_token_ids(token_ids, show_progress=show_progress, key_lengths=key_lengths,
+                                          reduce=reduce)
 
     def forward_states(self, token_ids: Sequence[Sequence[int]],
                        key_lengths: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,13 +98,7 @@ class TransformersBackbone(nn.Module):
                      key_lengths: Sequence[int] | None = None, batch_tokens: int = 8192) -> list[torch.Tensor]:
         """As ModernBertBackbone.token_states; query-only tokens are those outside the attention mask, which
         still get outputs (what ColBERT's [MASK] expansion relies on)."""
-        out: list[torch.Tensor | None] = [None] * len(token_ids)
-        for batch in batches_by_token_budget([len(ids) for ids in token_ids], batch_tokens, max_sequences=256):
-            states = self._padded([token_ids[i] for i in batch], None if key_lengths is None else
-                                  [key_lengths[i] for i in batch])
-            for row, i in enumerate(batch):
-                out[i] = states[row, : len(token_ids[i])]
-        return out  # type: ignore[return-value]
+        return self.map_batches(token_ids, lambda batch, states: states, show_progress, key_lengths, batch_tokens)
 
     @torch.inference_mode()
     def map_batches(self, token_ids: Sequence[Sequence[int]], reduce: Reduce, show_progress: bool | None = None,

@@ -44,6 +44,8 @@ from .formats import METADATA, STFolder, is_stanford_folder, read_stanford_folde
 from .layers import PyLateDense
 from .token_pooling import check_pool_factor, pool_documents
 
+PRETRAINED_FILES = ["*.json", "*/*.json", "*/*.safetensors", METADATA, "vocab.txt"]  # what from_pretrained fetches
+
 
 class ColBERT(nn.Module):
     """An ``nn.Module``: the backbone and the projection are submodules, so ``parameters()``, ``train()``/``eval()``
@@ -100,7 +102,7 @@ class ColBERT(nn.Module):
         device = torch.device(device)
         check_dtype(device, dtype)
         folder = checkpoint.resolve(name_or_path, revision,
-                                    extra_files=["*.json", "*/*.json", "*/*.safetensors", METADATA, "vocab.txt"])
+                                    extra_files=PRETRAINED_FILES)
         spec = read_stanford_folder(folder) if is_stanford_folder(folder) else STFolder.read(folder, PyLateDense)
         if spec.pooling is not None:
             raise ModelLoadError(f"{folder} pools to one vector: load it with BiEncoder")

@@ -174,6 +174,18 @@ def is_stanford_folder(folder: Path) -> bool:
     return (folder / METADATA).exists() and not (folder / "modules.json").exists()
 
 
+def is_colbert_folder(folder: Path) -> bool:
+    """A Stanford ColBERT checkpoint, or a PyLate folder: sentence-transformers modules with a Dense projection and
+    no Pooling (a base checkpoint, or a bi-encoder, gets a new ColBERT head)."""
+    if is_stanford_folder(folder):
+        return True
+    try:
+        kinds = {module["type"].rsplit(".", 1)[-1] for module in json.loads((folder / "modules.json").read_text())}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return False
+    return "Dense" in kinds and "Pooling" not in kinds
+
+
 def read_stanford_folder(folder: Path) -> STFolder:
     """A Stanford ColBERT checkpoint as the PyLate folder it is equivalent to."""
     try:

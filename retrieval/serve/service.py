@@ -5,7 +5,6 @@ whose single-query encodings are batched across threads (batching.py)."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Protocol
@@ -13,7 +12,6 @@ from typing import Any, Protocol
 from ..codebase.config import RetrieverError
 from ..codebase.indexing import IndexSummary
 from ..codebase.retriever import Retriever
-from ..encoding import Encoded, encode_texts
 from .batching import BatchingHead
 from .collection import Collection, DocumentIn
 
@@ -75,19 +73,19 @@ class TreeService:
             if stopping():
                 raise IndexingStopped("stopped before it started")
             settings = self.retriever.settings
-            encode = settings.encode  # None: the index's head, as the run itself would call it
+            before_batch = settings.before_batch
 
-            def checked(texts: Sequence[str]) -> Encoded:
-                if stopping():  # raised where the run reads its next batch's vectors: between two commits
+            def check() -> None:
+                if stopping():  # raised just before the run encodes its next batch: between two commits
                     raise IndexingStopped("stopped before its next batch")
-                return encode(texts) if encode is not None else encode_texts(self.retriever.model, texts,
-                                                                              is_query=False)
+                if before_batch is not None:
+                    before_batch()
 
-            settings.encode = checked
+            settings.before_batch = check
             try:
                 return self.retriever.index()
             finally:
-                settings.encode = encode
+                settings.before_batch = before_batch
 
     def search(self, query: str, k: int, mode: str | None = None, path_glob: Any = None, file_type: Any = None,
                filter: dict[str, Any] | None = None) -> list[dict[str, Any]]:

@@ -45,7 +45,8 @@ from modernretrieval.files import atomic_write
 from modernretrieval.errors import SettingsError
 
 from ..heads import BiEncoder, ColBERT, Head
-from ..heads.formats import METADATA, is_stanford_folder
+from ..heads.colbert import PRETRAINED_FILES
+from ..heads.formats import is_colbert_folder
 from ..heads.loading import set_document_length
 from . import losses
 from .data import Example, batches, load_examples, load_texts, mine_negatives
@@ -55,7 +56,6 @@ LOSSES = {"dense": ("contrastive", "cached", "distillation"), "colbert": ("contr
           "mlm": ("mlm",)}
 DEFAULT_TEMPERATURE = {"dense": 0.05, "colbert": 1.0}  # MNRL's scale 20 on cosines; PyLate's default on MaxSim
 DISTILLATION_TEMPERATURE = 1.0  # dense: sentence-transformers' DistillKLDivLoss default (5.0.1 on)
-COLBERT_FILES = ["*.json", "*/*.json", "*/*.safetensors", METADATA, "vocab.txt"]  # what ColBERT.from_pretrained fetches
 # the settings a resumed run must share with the run that wrote its checkpoint (the others, device, bf16, save and
 # eval cadence, may change between the two)
 RESUME_SETTINGS = ("task", "model", "data", "split", "loss", "batch_size", "accumulation", "seed", "max_steps", "epochs",
@@ -248,7 +248,7 @@ class Trainer:
         if s.task == "dense":
             head: Head = BiEncoder.from_base(source, device=self.device)
         else:  # the name resolved first: a hub id or a ~/path is a ColBERT too
-            folder = resolve_checkpoint(source, extra_files=COLBERT_FILES)
+            folder = resolve_checkpoint(source, extra_files=PRETRAINED_FILES)
             head = ColBERT.from_pretrained(folder, device=self.device) if is_colbert_folder(folder) else (
                 ColBERT.from_base(folder, s.colbert_dim, device=self.device))
             head.query_length = s.query_length or head.query_length
@@ -536,18 +536,6 @@ class Trainer:
         root = self.output / "checkpoints"
         found = sorted(p for p in root.glob("step-*") if (p / STATE_JSON).exists()) if root.exists() else []
         return found[-1] if found else None
-
-
-def is_colbert_folder(folder: Path) -> bool:
-    """A Stanford ColBERT checkpoint, or a PyLate folder: sentence-transformers modules with a Dense projection and
-    no Pooling (a base checkpoint, or a bi-encoder, gets a new ColBERT head)."""
-    if is_stanford_folder(folder):
-        return True
-    try:
-        kinds = {module["type"].rsplit(".", 1)[-1] for module in json.loads((folder / "modules.json").read_text())}
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
-        return False
-    return "Dense" in kinds and "Pooling" not in kinds
 
 
 def paired_scores(model: Head, queries: Any, documents: Any, widths: list[int]) -> torch.Tensor:
